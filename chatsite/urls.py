@@ -1,0 +1,12 @@
+"""Top-level URLs: accounts, admin, the chat."""
+
+from __future__ import annotations
+
+from django.contrib import admin
+from django.urls import include, path
+
+urlpatterns = [
+    path("accounts/", include("allauth.urls")),
+    path("admin/", admin.site.urls),
+    path("", include("conversations.urls")),
+]

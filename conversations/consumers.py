@@ -1,0 +1,292 @@
+"""The conversation websocket: parse a frame, authorize, call a service, relay the group's events.
+
+Every socket keeps, per reply, how much text its client already has, so the events it relays
+join up exactly: `state` first, then deltas with repeats trimmed, whatever order they arrived in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from typing import Any
+
+import orjson
+from channels.consumer import get_handler_name
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
+from django.http import Http404
+
+from . import generation, services
+from .models import Conversation, Message
+from .selectors import conversation_for_user, streaming_reply
+from .services import ChatError
+
+log = logging.getLogger(__name__)
+
+# How long a socket waits for another process to describe its running reply.
+REMOTE_STATE_TIMEOUT = 2.0
+
+
+@database_sync_to_async
+def _conversation(user: Any, conversation_id: str) -> Conversation | None:
+    try:
+        return conversation_for_user(user, conversation_id)
+    except Http404:
+        return None
+
+
+@database_sync_to_async
+def _send(conversation: Conversation, client_id: uuid.UUID, content: object) -> services.Sent:
+    return services.message_send(conversation=conversation, client_id=client_id, content=content)
+
+
+@database_sync_to_async
+def _regenerate(conversation: Conversation) -> tuple[Message, list[int]]:
+    return services.reply_regenerate(conversation=conversation)
+
+
+@database_sync_to_async
+def _streaming(conversation_id: uuid.UUID) -> Message | None:
+    return streaming_reply(conversation_id)
+
+
+@database_sync_to_async
+def _message(conversation_id: uuid.UUID, message_id: int) -> Message | None:
+    return Message.objects.filter(conversation_id=conversation_id, pk=message_id).first()
+
+
+class ChatConsumer(AsyncWebsocketConsumer):
+    """One browser tab's socket on one conversation."""
+
+    conversation: Conversation
+    group: str
+
+    async def connect(self) -> None:
+        user = self.scope.get("user")
+        conversation = None
+        if user is not None and user.is_authenticated:
+            conversation = await _conversation(user, self.scope["url_route"]["kwargs"]["conversation_id"])
+        if conversation is None:
+            await self.close()  # refused at the handshake: no event, nothing learned
+            return
+        self.conversation = conversation
+        self.group = generation.group_name(conversation.pk)
+        self.offsets: dict[int, int] = {}  # reply id -> characters the client has
+        self.held: list[dict[str, Any]] | None = []  # events held back until `state` is out
+        self.frame_times: list[float] = []
+        self.state_timer: asyncio.TimerHandle | None = None
+        await self.channel_layer.group_add(self.group, self.channel_name)
+        await self.accept()
+        await self.send_state()
+
+    async def disconnect(self, code: int) -> None:
+        if self.state_timer is not None:
+            self.state_timer.cancel()
+        if hasattr(self, "group"):
+            await self.channel_layer.group_discard(self.group, self.channel_name)
+
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        # Relayed events never touch the database: skip Channels' per-message connection
+        # cleanup (a thread hop) on this hot path.
+        if message["type"].startswith("chat."):
+            await getattr(self, get_handler_name(message))(message)
+        else:
+            await super().dispatch(message)
+
+    # -- sending to the client -----------------------------------------------------------------
+    async def send_json(self, content: dict[str, Any]) -> None:
+        await self.send(text_data=orjson.dumps(content).decode())
+
+    async def send_error(self, code: str, message: str, retry_after: float | None = None) -> None:
+        await self.send_json({"type": "error", "code": code, "message": message, "retry_after": retry_after})
+
+    async def relay(self, event: dict[str, Any]) -> None:
+        """Send one event to the client, unless `state` is still to come, trimming repeated text."""
+        if self.held is not None:
+            self.held.append(event)
+            return
+        kind = event["type"]
+        if kind == "delta":
+            have = self.offsets.get(event["message_id"])
+            if have is not None:
+                end = event["offset"] + len(event["text"])
+                if end <= have:
+                    return  # already sent
+                if event["offset"] < have:
+                    event = {**event, "offset": have, "text": event["text"][have - event["offset"] :]}
+            self.offsets[event["message_id"]] = event["offset"] + len(event["text"])
+        elif kind == "start":
+            self.offsets.setdefault(event["message_id"], 0)
+        elif kind == "end":
+            self.offsets.pop(event["message_id"], None)
+        await self.send_json(event)
+
+    async def send_state(self) -> None:
+        """The first frame: the reply in progress, with its exact text so far."""
+        running = generation.local(self.conversation.pk)
+        if running is not None:
+            await self.release_state(running.snapshot())
+            return
+        await generation.interrupt_stale(self.conversation.pk)
+        reply = await _streaming(self.conversation.pk)
+        if reply is None:
+            await self.release_state(None)
+            return
+        # Another process is writing it: ask it for the text, and fall back to the stored text.
+        await self.ask_other_process(reply.pk, 0, "state")
+        self.state_timer = asyncio.get_running_loop().call_later(
+            REMOTE_STATE_TIMEOUT, lambda: generation.spawn(self.state_from_database())
+        )
+
+    async def release_state(self, generating: dict[str, Any] | None) -> None:
+        if self.held is None:
+            return
+        if self.state_timer is not None:
+            self.state_timer.cancel()
+            self.state_timer = None
+        held, self.held = self.held, None
+        if generating is not None:
+            generating = {**generating, "offset": len(generating["text"])}
+            self.offsets[generating["message_id"]] = generating["offset"]
+        await self.send_json({"type": "state", "generating": generating})
+        for event in held:
+            await self.relay(event)
+
+    async def state_from_database(self) -> None:
+        """No process answered for the running reply: use what the database holds."""
+        if self.held is None:
+            return
+        reply = await _streaming(self.conversation.pk)
+        if reply is None:
+            await self.release_state(None)
+        else:
+            await self.release_state({"message_id": reply.pk, "text": reply.content})
+
+    async def ask_other_process(self, message_id: int, offset: int, purpose: str) -> None:
+        await self.channel_layer.group_send(
+            generation.control_group_name(self.conversation.pk),
+            {"type": "gen.snapshot", "reply_to": self.channel_name, "offset": offset, "purpose": purpose},
+        )
+
+    # -- frames from the client ------------------------------------------------------------------
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        raw = text_data if text_data is not None else bytes_data or b""
+        if len(raw) > settings.CHAT_MAX_FRAME_BYTES:
+            await self.send_error("invalid", "That frame is too large.")
+            return
+        now = time.monotonic()
+        self.frame_times = [t for t in self.frame_times if now - t < 10] + [now]
+        if len(self.frame_times) > settings.CHAT_MAX_FRAMES_PER_10S:
+            await self.send_error("rate_limited", "Too many frames: slow down.", 10.0)
+            if len(self.frame_times) > 3 * settings.CHAT_MAX_FRAMES_PER_10S:
+                await self.close(code=4008)
+            return
+        try:
+            frame = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            await self.send_error("invalid", "Frames must be JSON objects.")
+            return
+        handler = {
+            "send": self.on_send,
+            "stop": self.on_stop,
+            "regenerate": self.on_regenerate,
+            "resume": self.on_resume,
+        }.get(frame.get("type") if isinstance(frame, dict) else None)
+        if handler is None:
+            await self.send_error("invalid", "Unknown frame type.")
+            return
+        try:
+            await handler(frame)
+        except ChatError as exc:
+            await self.send_json(exc.as_event())
+
+    async def on_send(self, frame: dict[str, Any]) -> None:
+        try:
+            client_id = uuid.UUID(str(frame.get("client_id")))
+        except ValueError:
+            raise ChatError("invalid", "`client_id` must be a UUID.") from None
+        sent = await _send(self.conversation, client_id, frame.get("content"))
+        event = {"type": "message", "message": sent.message.as_event()}
+        if sent.reply is None:  # a resend: answer it, start nothing
+            await self.send_json(event)
+            return
+        await self.channel_layer.group_send(self.group, {**event, "type": "chat.message"})
+        generation.start(sent.reply)
+
+    async def on_stop(self, frame: dict[str, Any]) -> None:
+        running = generation.local(self.conversation.pk)
+        if running is not None:
+            running.stop()
+            return
+        if await _streaming(self.conversation.pk) is not None:
+            await self.channel_layer.group_send(
+                generation.control_group_name(self.conversation.pk), {"type": "gen.stop"}
+            )
+
+    async def on_regenerate(self, frame: dict[str, Any]) -> None:
+        reply, replaced = await _regenerate(self.conversation)
+        generation.start(reply, replaces=replaced)
+
+    async def on_resume(self, frame: dict[str, Any]) -> None:
+        message_id, offset = frame.get("message_id"), frame.get("offset")
+        if not isinstance(message_id, int) or not isinstance(offset, int) or offset < 0:
+            raise ChatError("invalid", "`resume` needs integer `message_id` and `offset` >= 0.")
+        running = generation.local(self.conversation.pk)
+        if running is not None and running.reply_id == message_id:
+            await self.send_resumed(running.snapshot(min(offset, running.length)))
+            return
+        message = await _message(self.conversation.pk, message_id)
+        if message is None or message.role != Message.Role.ASSISTANT:
+            raise ChatError("not_found", "No such reply in this conversation.")
+        if message.status == Message.Status.STREAMING:
+            await self.ask_other_process(message_id, offset, "resume")
+            return
+        await self.send_resumed({"message_id": message_id, "offset": offset, "text": message.content[offset:]})
+        await self.send_json(
+            {
+                "type": "end",
+                "message_id": message_id,
+                "status": message.status,
+                "content": message.content,
+                "usage": {"input_tokens": message.input_tokens, "output_tokens": message.output_tokens},
+            }
+        )
+
+    async def send_resumed(self, snapshot: dict[str, Any]) -> None:
+        """The reply's text from the asked offset, as one delta; the socket's offset moves past it."""
+        self.offsets[snapshot["message_id"]] = snapshot["offset"] + len(snapshot["text"])
+        await self.send_json({"type": "delta", **snapshot})
+
+    # -- events from the group (and from the process running the reply) -------------------------
+    async def chat_message(self, event: dict[str, Any]) -> None:
+        await self.relay({"type": "message", "message": event["message"]})
+
+    async def chat_start(self, event: dict[str, Any]) -> None:
+        frame = {"type": "start", "message_id": event["message_id"], "model": event["model"]}
+        if event.get("replaces"):
+            frame["replaces"] = event["replaces"]
+        await self.relay(frame)
+
+    async def chat_delta(self, event: dict[str, Any]) -> None:
+        await self.relay(
+            {"type": "delta", "message_id": event["message_id"], "offset": event["offset"], "text": event["text"]}
+        )
+
+    async def chat_end(self, event: dict[str, Any]) -> None:
+        await self.relay({k: event[k] for k in ("message_id", "status", "content", "usage")} | {"type": "end"})
+
+    async def chat_error(self, event: dict[str, Any]) -> None:
+        await self.relay({k: event[k] for k in ("code", "message", "retry_after", "message_id")} | {"type": "error"})
+
+    async def chat_retrying(self, event: dict[str, Any]) -> None:
+        await self.relay({k: event[k] for k in ("message_id", "attempt", "retry_in", "code")} | {"type": "retrying"})
+
+    async def chat_snapshot(self, event: dict[str, Any]) -> None:
+        snapshot = {k: event[k] for k in ("message_id", "offset", "text")}
+        if event.get("purpose") == "state":
+            await self.release_state(snapshot)
+        else:
+            await self.send_resumed(snapshot)

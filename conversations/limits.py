@@ -1,0 +1,109 @@
+"""Per-user limits checked before a provider is called: message rate and daily token quota.
+
+Counters live in the cache (Redis in production, so every process shares them); the daily
+token count is rebuilt from stored usage whenever the cache has lost it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import time
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.core.cache import cache
+from django.db.models import F, Sum
+from django.db.models.functions import Coalesce
+from django.utils import timezone
+
+from .models import Message, UserQuota
+
+UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+@dataclass(frozen=True)
+class Refusal:
+    code: str
+    message: str
+    retry_after: float | None
+
+
+def parse_rate(rate: str) -> tuple[int, int]:
+    """`20/m` -> (20, 60); `100/5m` -> (100, 300). Raises ValueError on nonsense."""
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d*)\s*([smhd])\s*", rate)
+    if not match:
+        raise ValueError(f"Bad rate {rate!r}: use e.g. 20/m, 100/h, 10/5m.")
+    count, multiple, unit = match.groups()
+    return int(count), int(multiple or 1) * UNITS[unit]
+
+
+def check_rate(user_id: int) -> Refusal | None:
+    """Count one message against the user's rate; a Refusal when over it (fixed windows)."""
+    limit, window = parse_rate(settings.CHAT_RATE_LIMIT)
+    now = time.time()
+    start = int(now // window) * window
+    key = f"chat:rate:{user_id}:{window}:{start}"
+    cache.add(key, 0, timeout=window + 5)
+    try:
+        count = cache.incr(key)
+    except ValueError:  # expired between add and incr
+        cache.set(key, 1, timeout=window + 5)
+        count = 1
+    if count > limit:
+        wait = max(1.0, start + window - now)
+        return Refusal("rate_limited", f"You are sending messages too fast. Try again in {wait:.0f} s.", wait)
+    return None
+
+
+def daily_quota(user_id: int) -> int:
+    """The user's daily token quota: their override, else CHAT_DAILY_TOKEN_QUOTA (0 = none)."""
+    override = UserQuota.objects.filter(user_id=user_id).values_list("daily_token_quota", flat=True).first()
+    return override if override is not None else settings.CHAT_DAILY_TOKEN_QUOTA
+
+
+def _day_start() -> dt.datetime:
+    return timezone.now().replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def _quota_key(user_id: int) -> str:
+    return f"chat:tokens:{user_id}:{_day_start().date().isoformat()}"
+
+
+def tokens_used_today(user_id: int) -> int:
+    """Input + output tokens of the user's replies since midnight UTC (cache, else stored usage)."""
+    key = _quota_key(user_id)
+    used = cache.get(key)
+    if used is None:
+        used = Message.objects.filter(
+            conversation__owner_id=user_id, role=Message.Role.ASSISTANT, created_at__gte=_day_start()
+        ).aggregate(total=Coalesce(Sum(Coalesce(F("input_tokens"), 0) + Coalesce(F("output_tokens"), 0)), 0))["total"]
+        cache.add(key, used, timeout=86400 + 60)
+    return int(used)
+
+
+def check_quota(user_id: int) -> Refusal | None:
+    """A Refusal when the user has spent their tokens for today."""
+    quota = daily_quota(user_id)
+    if not quota:
+        return None
+    if tokens_used_today(user_id) >= quota:
+        wait = (_day_start() + dt.timedelta(days=1) - timezone.now()).total_seconds()
+        hours = wait / 3600
+        return Refusal(
+            "quota_exceeded",
+            f"You have used today's {quota:,} tokens. The quota resets at midnight UTC (in {hours:.1f} h).",
+            wait,
+        )
+    return None
+
+
+def record_usage(user_id: int, tokens: int) -> None:
+    """Add a finished reply's tokens to today's counter (rebuilt from the database if missing)."""
+    if tokens <= 0:
+        return
+    key = _quota_key(user_id)
+    try:
+        cache.incr(key, tokens)
+    except ValueError:
+        tokens_used_today(user_id)  # the row is already stored, so a rebuild counts it

@@ -1,0 +1,86 @@
+"""Providers by name: `provider:model` -> a Provider instance (one per event loop) and the model."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import weakref
+
+from django.conf import settings
+
+from .base import ChatRequest, Provider, ProviderError, Usage
+
+__all__ = [
+    "ChatRequest",
+    "Provider",
+    "ProviderError",
+    "Usage",
+    "complete_once",
+    "configured_providers",
+    "provider_for",
+]
+
+PROVIDERS = ("openai", "anthropic", "offline")
+
+# SDK clients hold connection pools bound to the event loop that made them.
+_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, ...], Provider]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def configured_providers() -> set[str]:
+    """Providers this site can reach with its settings."""
+    found = {"offline"}
+    if settings.OPENAI_API_KEY or settings.OPENAI_BASE_URL:
+        found.add("openai")
+    if settings.ANTHROPIC_API_KEY or settings.ANTHROPIC_BASE_URL:
+        found.add("anthropic")
+    return found
+
+
+def split_model(spec: str) -> tuple[str, str]:
+    """`provider:model` -> (provider, model); raise ProviderError if malformed or unknown."""
+    provider, sep, model = spec.partition(":")
+    if not sep or not model or provider not in PROVIDERS:
+        raise ProviderError("provider_unavailable", f"Unknown model {spec!r}: use provider:model.")
+    return provider, model
+
+
+def _make(provider: str) -> Provider:
+    if provider == "openai":
+        from .openai import OpenAIProvider
+
+        return OpenAIProvider()
+    if provider == "anthropic":
+        from .anthropic import AnthropicProvider
+
+        return AnthropicProvider()
+    from .offline import OfflineProvider
+
+    return OfflineProvider()
+
+
+def provider_for(spec: str) -> tuple[Provider, str]:
+    """The provider for `provider:model` in the running event loop, and the bare model name."""
+    provider, model = split_model(spec)
+    key = (
+        provider,
+        settings.OPENAI_API_KEY,
+        settings.OPENAI_BASE_URL,
+        settings.ANTHROPIC_API_KEY,
+        settings.ANTHROPIC_BASE_URL,
+    )
+    per_loop = _clients.setdefault(asyncio.get_running_loop(), {})
+    if key not in per_loop:
+        per_loop[key] = _make(provider)
+    return per_loop[key], model
+
+
+async def complete_once(spec: str, request: ChatRequest) -> tuple[str, Usage]:
+    """One whole (non-streamed) reply from a fresh client, closed afterwards: for background tasks."""
+    provider_name, model = split_model(spec)
+    provider = _make(provider_name)
+    try:
+        return await provider.complete(dataclasses.replace(request, model=model))
+    finally:
+        await provider.aclose()

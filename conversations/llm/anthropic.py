@@ -1,0 +1,98 @@
+"""Anthropic Messages API through the official async SDK; the system prompt goes in `system`."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anthropic
+import httpx
+from django.conf import settings
+
+from .base import ChatRequest, Provider, ProviderError, Usage, error_for_status, parse_retry_after
+
+DEFAULT_MAX_TOKENS = 4096
+
+
+def map_error(exc: Exception) -> ProviderError:
+    """The SDK's (and httpx's) exceptions as our one error type."""
+    if isinstance(exc, anthropic.APIStatusError):
+        body = exc.body if isinstance(exc.body, dict) else {}
+        error = body.get("error") if isinstance(body.get("error"), dict) else {}
+        return error_for_status(
+            exc.status_code,
+            exc.message,
+            kind=str(error.get("type") or ""),
+            retry_after=parse_retry_after(exc.response.headers),
+        )
+    if isinstance(exc, anthropic.APITimeoutError | httpx.TimeoutException):
+        return ProviderError("provider_unavailable", "The provider timed out.", retryable=True)
+    if isinstance(exc, anthropic.APIConnectionError | httpx.HTTPError):
+        return ProviderError("provider_unavailable", "Could not reach the provider.", retryable=True)
+    if isinstance(exc, anthropic.APIError):
+        # e.g. an `event: error` inside a 200 stream (overloaded_error counts as retryable).
+        body = exc.body if isinstance(exc.body, dict) else {}
+        error = body.get("error") if isinstance(body.get("error"), dict) else {}
+        return error_for_status(500, exc.message, kind=str(error.get("type") or exc.message))
+    return ProviderError("provider_unavailable", f"Unexpected provider failure: {type(exc).__name__}")
+
+
+def merged_turns(messages: list[dict[str, str]]) -> list[dict[str, str]]:
+    """Anthropic wants alternating turns starting with the user: merge repeats, drop a leading reply."""
+    turns: list[dict[str, str]] = []
+    for m in messages:
+        if turns and turns[-1]["role"] == m["role"]:
+            turns[-1] = {"role": m["role"], "content": turns[-1]["content"] + "\n\n" + m["content"]}
+        else:
+            turns.append({"role": m["role"], "content": m["content"]})
+    while turns and turns[0]["role"] != "user":
+        turns.pop(0)
+    return turns
+
+
+class AnthropicProvider(Provider):
+    """Streams raw message events: text deltas, input tokens at the start, output tokens at the end."""
+
+    name = "anthropic"
+
+    def __init__(self) -> None:
+        self.client = anthropic.AsyncAnthropic(
+            api_key=settings.ANTHROPIC_API_KEY or "not-set",
+            base_url=settings.ANTHROPIC_BASE_URL or None,
+            max_retries=0,
+            timeout=httpx.Timeout(settings.CHAT_READ_TIMEOUT, connect=settings.CHAT_CONNECT_TIMEOUT),
+        )
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[str | Usage]:
+        kwargs: dict[str, Any] = {}
+        if request.system:
+            kwargs["system"] = request.system
+        if request.temperature is not None:
+            kwargs["temperature"] = request.temperature
+        usage = Usage()
+        try:
+            stream = await self.client.messages.create(
+                model=request.model,
+                messages=merged_turns(request.messages),  # type: ignore[arg-type]
+                max_tokens=request.max_output_tokens or DEFAULT_MAX_TOKENS,
+                stream=True,
+                **kwargs,
+            )
+            async with stream:
+                async for event in stream:
+                    if event.type == "content_block_delta" and event.delta.type == "text_delta":
+                        if event.delta.text:
+                            yield event.delta.text
+                    elif event.type == "message_start":
+                        usage.input_tokens = event.message.usage.input_tokens
+                        usage.output_tokens = event.message.usage.output_tokens
+                    elif event.type == "message_delta":
+                        usage.output_tokens = event.usage.output_tokens
+        except ProviderError:
+            raise
+        except Exception as exc:  # every SDK/transport failure becomes a ProviderError
+            raise map_error(exc) from exc
+        yield usage
+
+    async def aclose(self) -> None:
+        await self.client.close()

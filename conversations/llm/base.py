@@ -1,0 +1,106 @@
+"""The provider interface: one request shape, a stream of text chunks then usage, one error type."""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """What every provider is asked: a system prompt, the turns in order, and settings."""
+
+    model: str
+    system: str
+    messages: list[dict[str, str]] = field(default_factory=list)  # {"role": "user"|"assistant", "content": ...}
+    temperature: float | None = None
+    max_output_tokens: int | None = None
+    # What the request is for ("chat", "summary", "title"): only the offline demo model looks.
+    purpose: str = "chat"
+
+
+@dataclass
+class Usage:
+    """Tokens the provider says it counted; None where it said nothing."""
+
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+
+
+class ProviderError(Exception):
+    """Any provider failure, already mapped to a protocol error code."""
+
+    def __init__(self, code: str, message: str, *, retryable: bool = False, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.retryable = retryable
+        self.retry_after = retry_after
+
+    def __repr__(self) -> str:
+        return f"ProviderError({self.code!r}, {self.message!r}, retryable={self.retryable})"
+
+
+class Provider(ABC):
+    """One LLM service. `stream` yields text chunks, then exactly one Usage at the end."""
+
+    name: str = ""
+
+    @abstractmethod
+    def stream(self, request: ChatRequest) -> AsyncIterator[str | Usage]:
+        """Stream the reply to `request`; raise ProviderError on failure."""
+
+    async def complete(self, request: ChatRequest) -> tuple[str, Usage]:
+        """The whole reply at once (used by background tasks)."""
+        parts: list[str] = []
+        usage = Usage()
+        async for item in self.stream(request):
+            if isinstance(item, Usage):
+                usage = item
+            else:
+                parts.append(item)
+        return "".join(parts), usage
+
+    async def aclose(self) -> None:  # noqa: B027 - most providers hold nothing to release
+        """Release network resources."""
+
+
+def parse_retry_after(headers: Mapping[str, str] | None) -> float | None:
+    """Seconds to wait from `retry-after-ms` / `Retry-After` (seconds or an HTTP date)."""
+    if not headers:
+        return None
+    ms = headers.get("retry-after-ms")
+    if ms:
+        try:
+            return max(0.0, float(ms) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        parsed = email.utils.parsedate_to_datetime(value) if value else None
+        return max(0.0, parsed.timestamp() - time.time()) if parsed else None
+
+
+def error_for_status(status: int, message: str, *, kind: str = "", retry_after: float | None = None) -> ProviderError:
+    """Map an HTTP status (and the provider's error type/code) to our one error type."""
+    lowered = f"{kind} {message}".lower()
+    if status in (401, 403):
+        return ProviderError("provider_auth", "The provider rejected the API key.")
+    if "context_length" in lowered or "prompt is too long" in lowered or "maximum context length" in lowered:
+        return ProviderError("context_too_long", "The conversation is too long for the model.")
+    if status == 429 or "rate_limit" in lowered:
+        return ProviderError(
+            "provider_rate_limited", "The provider is rate limiting requests.", retryable=True, retry_after=retry_after
+        )
+    if status in (408, 409) or status >= 500 or "overloaded" in lowered:
+        return ProviderError(
+            "provider_unavailable", "The provider is unavailable.", retryable=True, retry_after=retry_after
+        )
+    return ProviderError("provider_unavailable", f"The provider refused the request ({status}).")

@@ -1,0 +1,155 @@
+"""Personas people chat with, their conversations, and one row per message."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.contrib.auth.models import Group
+from django.db import models
+from django.db.models import Q
+from django.urls import reverse
+
+
+class Persona(models.Model):
+    """A curated assistant: system prompt, model and settings, chosen by staff."""
+
+    name = models.CharField(max_length=100)
+    slug = models.SlugField(max_length=100, unique=True)
+    description = models.TextField(blank=True, help_text="Shown to people choosing a persona.")
+    system_prompt = models.TextField(blank=True, help_text="Sent to the model first in every request; never shown.")
+    model = models.CharField(
+        max_length=200,
+        blank=True,
+        help_text="provider:model, e.g. openai:gpt-4o-mini, anthropic:claude-haiku-4-5, offline:demo. "
+        "Blank: CHAT_DEFAULT_MODEL.",
+    )
+    temperature = models.FloatField(null=True, blank=True)
+    max_output_tokens = models.PositiveIntegerField(null=True, blank=True)
+    context_budget_tokens = models.PositiveIntegerField(
+        null=True, blank=True, help_text="History budget in tokens. Blank: CHAT_CONTEXT_BUDGET_TOKENS."
+    )
+    is_active = models.BooleanField(default=True)
+    is_default = models.BooleanField(default=False)
+    groups = models.ManyToManyField(
+        Group, blank=True, related_name="personas", help_text="Who may use it. None: everyone."
+    )
+    position = models.PositiveIntegerField(default=0, help_text="Order in the persona picker.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["position", "name"]
+        constraints = [
+            models.UniqueConstraint(fields=["is_default"], condition=Q(is_default=True), name="one_default_persona"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def resolved_model(self) -> str:
+        """The `provider:model` this persona talks to."""
+        return self.model or settings.CHAT_DEFAULT_MODEL
+
+    def budget_tokens(self) -> int:
+        """The history budget of a request, in tokens."""
+        return self.context_budget_tokens or settings.CHAT_CONTEXT_BUDGET_TOKENS
+
+
+class Conversation(models.Model):
+    """A thread owned by one user, talking to one persona."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="conversations")
+    persona = models.ForeignKey(Persona, on_delete=models.PROTECT, related_name="conversations")
+    title = models.CharField(max_length=200, blank=True)
+    title_is_auto = models.BooleanField(default=True)
+    pinned = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    # The rolling summary of older turns: what the summarizer returned, and the last
+    # message id it covers (messages after it are sent verbatim).
+    summary = models.TextField(blank=True)
+    summary_through = models.BigIntegerField(null=True, blank=True)
+    summary_updated_at = models.DateTimeField(null=True, blank=True)
+    # Set while a worker summarizes: the claim that keeps two workers from doing it twice.
+    summarizing_since = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["owner", "-updated_at"])]
+
+    def __str__(self) -> str:
+        return self.title or "New chat"
+
+    def get_absolute_url(self) -> str:
+        return reverse("conversation", args=[self.id])
+
+    @property
+    def group_name(self) -> str:
+        """The channel group every socket of this conversation listens on."""
+        return f"conv.{self.id.hex}"
+
+
+class Message(models.Model):
+    """One user message or one assistant reply."""
+
+    class Role(models.TextChoices):
+        USER = "user"
+        ASSISTANT = "assistant"
+
+    class Status(models.TextChoices):
+        STREAMING = "streaming"
+        COMPLETE = "complete"
+        STOPPED = "stopped"
+        ERROR = "error"
+        INTERRUPTED = "interrupted"
+
+    conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="messages")
+    role = models.CharField(max_length=16, choices=Role.choices)
+    content = models.TextField(blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.COMPLETE)
+    model = models.CharField(max_length=200, blank=True)
+    input_tokens = models.PositiveIntegerField(null=True, blank=True)
+    output_tokens = models.PositiveIntegerField(null=True, blank=True)
+    client_id = models.UUIDField(null=True, blank=True)
+    error_code = models.CharField(max_length=32, blank=True)
+    # A regenerated reply (or an edited message) stays for usage accounting, out of sight.
+    hidden = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    # Touched by every flush: a streaming row that stops being touched has lost its process.
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.UniqueConstraint(fields=["conversation", "client_id"], name="unique_client_id_per_conversation"),
+            # One reply at a time per conversation, held by the database itself.
+            models.UniqueConstraint(
+                fields=["conversation"], condition=Q(status="streaming"), name="one_streaming_reply_per_conversation"
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["conversation", "hidden", "id"]),
+            models.Index(fields=["status"], condition=Q(status="streaming"), name="streaming_messages"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.role} #{self.pk}"
+
+    def as_event(self) -> dict[str, object]:
+        """The message as the protocol's `message` payload."""
+        return {
+            "id": self.pk,
+            "role": self.role,
+            "content": self.content,
+            "client_id": str(self.client_id) if self.client_id else None,
+        }
+
+
+class UserQuota(models.Model):
+    """A per-user override of CHAT_DAILY_TOKEN_QUOTA, set by staff in the admin."""
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="chat_quota")
+    daily_token_quota = models.PositiveIntegerField(help_text="Tokens (input + output) per day; 0 means no limit.")
+
+    def __str__(self) -> str:
+        return f"{self.user}: {self.daily_token_quota}/day"

@@ -1,0 +1,200 @@
+"""Writes: create conversations, accept messages, open and close replies. Each one transaction."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from . import limits
+from .models import Conversation, Message, Persona
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import AbstractBaseUser
+
+TITLE_WORDS = 8
+
+
+class ChatError(Exception):
+    """A request the site refuses, with the protocol's error code."""
+
+    def __init__(self, code: str, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.retry_after = retry_after
+
+    def as_event(self) -> dict[str, object]:
+        return {"type": "error", "code": self.code, "message": self.message, "retry_after": self.retry_after}
+
+
+@dataclass(frozen=True)
+class Sent:
+    """The outcome of a send: the stored user message, and the reply it opened (None on a resend)."""
+
+    message: Message
+    reply: Message | None
+
+
+def conversation_create(*, owner: AbstractBaseUser, persona: Persona) -> Conversation:
+    """A new, empty thread."""
+    return Conversation.objects.create(owner=owner, persona=persona)
+
+
+def _default_persona() -> Persona:
+    persona = Persona.objects.filter(is_default=True, is_active=True).first()
+    if persona is None:
+        persona = Persona.objects.filter(is_active=True).order_by("position", "id").first()
+    if persona is None:
+        raise ChatError("not_found", "No persona is available. Ask an admin to activate one.")
+    return persona
+
+
+def effective_persona(conversation: Conversation) -> Persona:
+    """The persona a new reply uses: the thread's own, or the default once it has been retired."""
+    if conversation.persona.is_active:
+        return conversation.persona
+    return _default_persona()
+
+
+def clean_content(content: object) -> str:
+    """The message text, or ChatError("invalid") for empty, non-text or over-long input."""
+    if not isinstance(content, str) or not content.strip():
+        raise ChatError("invalid", "Type a message first.")
+    if "\x00" in content:
+        raise ChatError("invalid", "The message contains a NUL character.")
+    limit = settings.CHAT_MAX_MESSAGE_CHARS
+    if len(content) > limit:
+        raise ChatError("invalid", f"That message is {len(content):,} characters; the limit is {limit:,}.")
+    return content
+
+
+def _check_limits(user_id: int) -> None:
+    refusal = limits.check_quota(user_id) or limits.check_rate(user_id)
+    if refusal:
+        raise ChatError(refusal.code, refusal.message, refusal.retry_after)
+
+
+def _open_reply(conversation: Conversation) -> Message:
+    """Insert the streaming reply row; the partial unique index turns a race into `busy`."""
+    if Message.objects.filter(conversation=conversation, status=Message.Status.STREAMING).exists():
+        raise ChatError("busy", "A reply is still being written. Stop it or wait for it to finish.")
+    try:
+        with transaction.atomic():
+            return Message.objects.create(
+                conversation=conversation,
+                role=Message.Role.ASSISTANT,
+                status=Message.Status.STREAMING,
+                model=effective_persona(conversation).resolved_model(),
+            )
+    except IntegrityError as exc:
+        raise ChatError("busy", "A reply is still being written. Stop it or wait for it to finish.") from exc
+
+
+def _lock(conversation: Conversation) -> Conversation:
+    return Conversation.objects.select_for_update().get(pk=conversation.pk)
+
+
+def message_send(*, conversation: Conversation, client_id: uuid.UUID, content: object) -> Sent:
+    """Store the user's message and open the reply; a resent `client_id` changes nothing.
+
+    Refusals (`invalid`, `busy`, `rate_limited`, `quota_exceeded`) store nothing.
+    """
+    existing = Message.objects.filter(conversation=conversation, client_id=client_id).first()
+    if existing:
+        return Sent(existing, None)
+    text = clean_content(content)
+    with transaction.atomic():
+        conv = _lock(conversation)
+        existing = Message.objects.filter(conversation=conv, client_id=client_id).first()
+        if existing:
+            return Sent(existing, None)
+        if Message.objects.filter(conversation=conv, status=Message.Status.STREAMING).exists():
+            raise ChatError("busy", "A reply is still being written. Stop it or wait for it to finish.")
+        _check_limits(conv.owner_id)
+        message = Message.objects.create(conversation=conv, role=Message.Role.USER, content=text, client_id=client_id)
+        reply = _open_reply(conv)
+        fields = ["updated_at"]
+        conv.updated_at = timezone.now()
+        if not conv.title:
+            conv.title = " ".join(text.split()[:TITLE_WORDS])[:200]
+            fields.append("title")
+        conv.save(update_fields=fields)
+    return Sent(message, reply)
+
+
+def reply_regenerate(*, conversation: Conversation) -> tuple[Message, list[int]]:
+    """A new reply to the last user message; the replies it replaces are hidden. Returns (reply, hidden ids)."""
+    with transaction.atomic():
+        conv = _lock(conversation)
+        last_user = conv.messages.filter(hidden=False, role=Message.Role.USER).order_by("-id").first()
+        if last_user is None:
+            raise ChatError("invalid", "There is no message to answer yet.")
+        if Message.objects.filter(conversation=conv, status=Message.Status.STREAMING).exists():
+            raise ChatError("busy", "A reply is still being written. Stop it or wait for it to finish.")
+        _check_limits(conv.owner_id)
+        replaced = list(
+            conv.messages.filter(hidden=False, role=Message.Role.ASSISTANT, id__gt=last_user.pk).values_list(
+                "id", flat=True
+            )
+        )
+        conv.messages.filter(id__in=replaced).update(hidden=True)
+        reply = _open_reply(conv)
+    return reply, replaced
+
+
+def reply_flush(*, reply_id: int, content: str) -> bool:
+    """Save a streaming reply's text so far (one UPDATE); False if it is no longer streaming."""
+    return bool(
+        Message.objects.filter(pk=reply_id, status=Message.Status.STREAMING).update(
+            content=content, updated_at=timezone.now()
+        )
+    )
+
+
+def reply_finish(
+    *,
+    reply_id: int,
+    content: str,
+    status: str,
+    input_tokens: int | None,
+    output_tokens: int | None,
+    error_code: str = "",
+    quota_tokens: int = 0,
+) -> bool:
+    """Close a streaming reply with its whole text and usage; False if something else closed it first."""
+    updated = Message.objects.filter(pk=reply_id, status=Message.Status.STREAMING).update(
+        content=content,
+        status=status,
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        error_code=error_code,
+        updated_at=timezone.now(),
+    )
+    if updated:
+        owner_id = Conversation.objects.filter(messages__id=reply_id).values_list("owner_id", flat=True).first()
+        if owner_id is not None:
+            # Estimates stand in where the provider reported nothing (a stopped reply, say).
+            limits.record_usage(owner_id, quota_tokens or (input_tokens or 0) + (output_tokens or 0))
+    return bool(updated)
+
+
+def replies_interrupt_stale(*, conversation_id: uuid.UUID | None = None) -> list[Message]:
+    """Mark streaming replies whose process stopped touching them as `interrupted`; returns them."""
+    cutoff = timezone.now() - dt.timedelta(seconds=settings.CHAT_STALE_AFTER)
+    stale = Message.objects.filter(status=Message.Status.STREAMING, updated_at__lt=cutoff)
+    if conversation_id is not None:
+        stale = stale.filter(conversation_id=conversation_id)
+    interrupted = []
+    for message in stale:
+        if Message.objects.filter(pk=message.pk, status=Message.Status.STREAMING, updated_at__lt=cutoff).update(
+            status=Message.Status.INTERRUPTED, updated_at=timezone.now()
+        ):
+            message.status = Message.Status.INTERRUPTED
+            interrupted.append(message)
+    return interrupted

@@ -1,0 +1,111 @@
+"""Background summaries of older turns, and model-written titles. Called by the task worker."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import uuid
+
+from asgiref.sync import async_to_sync
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from .context import history_tokens, split_for_summary, summary_prompt, system_text
+from .llm import ChatRequest, complete_once
+from .models import Conversation, Message
+from .selectors import history_turns
+from .services import effective_persona
+
+log = logging.getLogger(__name__)
+
+CLAIM_TIMEOUT = dt.timedelta(minutes=10)
+NO_LIMIT = 2**62
+
+
+def needs_summary(conversation: Conversation) -> bool:
+    """True when the unsummarized history no longer fits the persona's budget."""
+    persona = effective_persona(conversation)
+    turns = history_turns(conversation, before_id=NO_LIMIT)
+    system = system_text(persona.system_prompt, conversation.summary)
+    return history_tokens(system, turns) > persona.budget_tokens()
+
+
+def summarize(conversation_id: uuid.UUID | str) -> bool:
+    """Fold the older turns into the conversation's summary. True if a new summary was stored.
+
+    Safe to run twice at once: a claim on the row lets only one run call the model, and the
+    summary is saved only if nobody moved `summary_through` meanwhile.
+    """
+    now = timezone.now()
+    claimed = (
+        Conversation.objects.filter(pk=conversation_id)
+        .filter(Q(summarizing_since__isnull=True) | Q(summarizing_since__lt=now - CLAIM_TIMEOUT))
+        .update(summarizing_since=now)
+    )
+    if not claimed:
+        return False
+    try:
+        conversation = Conversation.objects.select_related("persona").get(pk=conversation_id)
+        if not needs_summary(conversation):
+            return False
+        persona = effective_persona(conversation)
+        # A reply still streaming is never summarized: stop before it.
+        streaming = conversation.messages.filter(status=Message.Status.STREAMING).order_by("id").first()
+        turns = history_turns(conversation, before_id=streaming.pk if streaming else NO_LIMIT)
+        older, _recent = split_for_summary(turns, persona.budget_tokens())
+        if not older:
+            return False
+        system, messages = summary_prompt(conversation.summary, older)
+        text, _usage = async_to_sync(complete_once)(
+            persona.resolved_model(),
+            ChatRequest(model="", system=system, messages=messages, purpose="summary", temperature=0.2),
+        )
+        text = text.strip()
+        if not text:
+            log.warning("summary of %s came back empty; keeping the old one", conversation_id)
+            return False
+        with transaction.atomic():
+            locked = Conversation.objects.select_for_update().get(pk=conversation_id)
+            if locked.summary_through != conversation.summary_through:
+                return False  # someone else summarized meanwhile
+            locked.summary = text
+            locked.summary_through = older[-1].id
+            locked.summary_updated_at = timezone.now()
+            locked.save(update_fields=["summary", "summary_through", "summary_updated_at"])
+        log.info("summarized %s through message %s", conversation_id, older[-1].id)
+        return True
+    finally:
+        Conversation.objects.filter(pk=conversation_id).update(summarizing_since=None)
+
+
+TITLE_PROMPT = (
+    "Write a short title (3 to 6 words) for a conversation that starts with the message below. "
+    "Reply with the title only: no quotes, no final punctuation."
+)
+
+
+def write_title(conversation_id: uuid.UUID | str) -> str | None:
+    """Replace the first-words title with one written by the thread's model (once)."""
+    conversation = Conversation.objects.select_related("persona").get(pk=conversation_id)
+    if not conversation.title_is_auto:
+        return None
+    first = conversation.messages.filter(role=Message.Role.USER, hidden=False).order_by("id").first()
+    if first is None:
+        return None
+    text, _usage = async_to_sync(complete_once)(
+        effective_persona(conversation).resolved_model(),
+        ChatRequest(
+            model="",
+            system=TITLE_PROMPT,
+            messages=[{"role": "user", "content": first.content[:2000]}],
+            purpose="title",
+            max_output_tokens=30,
+        ),
+    )
+    title = " ".join(text.strip().strip("\"'").split())[:80].rstrip(".")
+    if not title:
+        return None
+    # Only if the user has not renamed it meanwhile.
+    Conversation.objects.filter(pk=conversation_id, title_is_auto=True).update(title=title, title_is_auto=False)
+    return title

@@ -1,0 +1,36 @@
+"""Test data: users, personas, conversations, messages."""
+
+from __future__ import annotations
+
+from django.contrib.auth import get_user_model
+
+from conversations.models import Conversation, Message, Persona
+
+
+def make_user(name: str, **extra):
+    User = get_user_model()
+    return User.objects.create_user(username=name, email=f"{name}@example.com", password="pw-" + name * 3, **extra)
+
+
+def default_persona() -> Persona:
+    return Persona.objects.get(is_default=True)
+
+
+def make_persona(slug: str = "coder", **fields) -> Persona:
+    fields.setdefault("name", slug.title())
+    fields.setdefault("system_prompt", f"You are {slug}.")
+    return Persona.objects.create(slug=slug, **fields)
+
+
+def make_conversation(owner, persona: Persona | None = None, **fields) -> Conversation:
+    return Conversation.objects.create(owner=owner, persona=persona or default_persona(), **fields)
+
+
+def make_turns(conversation: Conversation, n: int, words: int = 5) -> list[Message]:
+    """`n` alternating user/assistant messages, complete."""
+    out = []
+    for i in range(n):
+        role = Message.Role.USER if i % 2 == 0 else Message.Role.ASSISTANT
+        text = " ".join(f"{role}{i}w{j}" for j in range(words))
+        out.append(Message.objects.create(conversation=conversation, role=role, content=text))
+    return out

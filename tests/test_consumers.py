@@ -1,0 +1,301 @@
+"""The websocket protocol, frame by frame, on the real ASGI stack with the offline and fake providers."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+from asgiref.sync import sync_to_async
+
+from conversations.llm.offline import demo_text
+from conversations.models import Message
+from tests.conftest import open_socket
+from tests.factories import make_conversation, make_turns
+from tests.fakes.provider import Reply
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+async def messages_of(conversation):
+    return await sync_to_async(lambda: list(Message.objects.filter(conversation=conversation).order_by("id")))()
+
+
+async def test_it_streams_a_reply_and_stores_it(alice):
+    conv = await sync_to_async(make_conversation)(alice)
+    ok, ws = await open_socket(alice, conv.pk)
+    assert ok
+    assert await ws.recv() == {"type": "state", "generating": None}
+    client_id = await ws.send_message("Hello there")
+    message = await ws.until("message")
+    assert message["message"]["content"] == "Hello there"
+    assert message["message"]["client_id"] == client_id
+    assert message["message"]["role"] == "user"
+    start = await ws.until("start")
+    assert start["model"] == "offline:demo"
+    end = await ws.until("end")
+    assert end["status"] == "complete"
+    assert ws.text_of(start["message_id"]) == end["content"]
+    assert "offline demo model" in end["content"]
+    assert len([f for f in ws.frames if f["type"] == "delta"]) > 20  # word by word
+    rows = await messages_of(conv)
+    assert [(m.role, m.status) for m in rows] == [("user", "complete"), ("assistant", "complete")]
+    assert rows[1].content == end["content"]
+    assert rows[1].output_tokens and end["usage"]["output_tokens"] == rows[1].output_tokens
+    await ws.close()
+
+
+async def test_it_streams_through_the_openai_sdk_exactly(alice, fake_provider):
+    text = "Streaming *works*: " + " ".join(f"tok{i}" for i in range(200)) + " ünïcödé 漢字 🎉 end."
+    fake_provider.script(Reply(text=text, input_tokens=42, output_tokens=205))
+    conv = await sync_to_async(make_conversation)(alice)
+    ok, ws = await open_socket(alice, conv.pk)
+    await ws.recv()
+    await ws.send_message("Go")
+    start = await ws.until("start")
+    end = await ws.until("end")
+    assert end["status"] == "complete"
+    assert ws.text_of(start["message_id"]) == text == end["content"]
+    assert end["usage"] == {"input_tokens": 42, "output_tokens": 205}
+    reply = (await messages_of(conv))[-1]
+    assert (reply.content, reply.input_tokens, reply.output_tokens) == (text, 42, 205)
+    await ws.close()
+
+
+async def test_it_streams_through_the_anthropic_sdk_exactly(alice, fake_provider, settings):
+    settings.CHAT_DEFAULT_MODEL = "anthropic:claude-test"
+    text = "Anthropic " + " ".join(f"w{i}" for i in range(100))
+    fake_provider.script(Reply(text=text, input_tokens=17, output_tokens=101))
+    conv = await sync_to_async(make_conversation)(alice)
+    ok, ws = await open_socket(alice, conv.pk)
+    await ws.recv()
+    await ws.send_message("Hi")
+    start = await ws.until("start")
+    end = await ws.until("end")
+    assert ws.text_of(start["message_id"]) == text == end["content"]
+    assert end["usage"] == {"input_tokens": 17, "output_tokens": 101}
+    assert fake_provider.requests[-1].path == "/v1/messages"
+    await ws.close()
+
+
+async def test_the_request_carries_the_system_prompt_first_and_once_and_every_turn(alice, fake_provider):
+    conv = await sync_to_async(make_conversation)(alice)
+    earlier = await sync_to_async(make_turns)(conv, 4)
+    ok, ws = await open_socket(alice, conv.pk)
+    await ws.recv()
+    await ws.send_message("And now?")
+    await ws.until("end")
+    body = fake_provider.requests[-1].json
+    assert body["stream"] is True and body["stream_options"] == {"include_usage": True}
+    roles = [m["role"] for m in body["messages"]]
+    assert roles == ["system", "user", "assistant", "user", "assistant", "user"]
+    assert body["messages"][0]["content"] == conv.persona.system_prompt
+    assert [m["content"] for m in body["messages"][1:5]] == [m.content for m in earlier]
+    assert body["messages"][-1]["content"] == "And now?"
+    rows = await messages_of(conv)
+    assert conv.persona.system_prompt not in [m.content for m in rows]
+    await ws.close()
+
+
+async def test_anthropic_gets_the_system_prompt_in_system(alice, fake_provider, settings):
+    settings.CHAT_DEFAULT_MODEL = "anthropic:claude-test"
+    conv = await sync_to_async(make_conversation)(alice)
+    await sync_to_async(make_turns)(conv, 2)
+    ok, ws = await open_socket(alice, conv.pk)
+    await ws.recv()
+    await ws.send_message("Next")
+    await ws.until("end")
+    body = fake_provider.requests[-1].json
+    assert body["system"] == conv.persona.system_prompt
+    assert [m["role"] for m in body["messages"]] == ["user", "assistant", "user"]
+    assert all(conv.persona.system_prompt not in str(m["content"]) for m in body["messages"])
+    await ws.close()
+
+
+async def test_a_resent_client_id_stores_one_message_and_starts_one_reply(alice):
+    conv = await sync_to_async(make_conversation)(alice)
+    ok, ws = await open_socket(alice, conv.pk)
+    await ws.recv()
+    client_id = await ws.send_message("Once")
+    first = await ws.until("message")
+    await ws.until("end")
+    await ws.send_message("Once", client_id=client_id)
+    again = await ws.until("message")
+    assert again == first
+    await asyncio.sleep(0.3)
+    assert not await ws.c.receive_nothing(timeout=0.3)  # no start, no reply
+    rows = await messages_of(conv)
+    assert [m.role for m in rows] == ["user", "assistant"]
+    await ws.close()
+
+
+async def test_a_send_during_a_reply_is_busy_and_stores_nothing(alice, fake_provider):
+    fake_provider.script(Reply(text="slow " * 40, token_delay=0.02))
+    conv = await sync_to_async(make_conversation)(alice)
+    ok, ws = await open_socket(alice, conv.pk)
+    await ws.recv()
+    await ws.send_message("first")
+    await ws.until("delta")
+    await ws.send_message("second")
+    error = await ws.until("error")
+    assert error["code"] == "busy"
+    await ws.until("end")
+    rows = await messages_of(conv)
+    assert [m.content for m in rows if m.role == "user"] == ["first"]
+    await ws.close()
+
+
+async def test_stop_keeps_what_was_streamed(alice, fake_provider):
+    fake_provider.script(Reply(text="word " * 500, token_delay=0.01))
+    conv = await sync_to_async(make_conversation)(alice)
+    ok, ws = await open_socket(alice, conv.pk)
+    await ws.recv()
+    await ws.send_message("long please")
+    start = await ws.until("start")
+    for _ in range(5):
+        await ws.until("delta")
+    await ws.send({"type": "stop"})
+    end = await ws.until("end")
+    assert end["status"] == "stopped"
+    assert 0 < len(end["content"]) < len("word " * 500)
+    assert ws.text_of(start["message_id"]) == end["content"]
+    reply = (await messages_of(conv))[-1]
+    assert (reply.status, reply.content) == ("stopped", end["content"])
+    await ws.close()
+
+
+async def test_closing_the_socket_does_not_stop_the_reply_and_reconnecting_rebuilds_it(alice, fake_provider):
+    text = " ".join(f"t{i}" for i in range(150))
+    fake_provider.script(Reply(text=text, token_delay=0.005))
+    conv = await sync_to_async(make_conversation)(alice)
+    ok, ws = await open_socket(alice, conv.pk)
+    await ws.recv()
+    await ws.send_message("go")
+    start = await ws.until("start")
+    for _ in range(10):
+        await ws.until("delta")
+    await ws.close()
+    await asyncio.sleep(0.1)  # tokens stream while nobody listens
+    ok, ws2 = await open_socket(alice, conv.pk)
+    state = await ws2.recv()
+    assert state["type"] == "state"
+    assert state["generating"]["message_id"] == start["message_id"]
+    assert state["generating"]["offset"] == len(state["generating"]["text"]) > 0
+    end = await ws2.until("end")
+    assert ws2.text_of(start["message_id"]) == text == end["content"]
+    await ws2.close()
+
+
+async def test_resume_sends_the_rest_from_an_offset(alice, fake_provider):
+    text = " ".join(f"r{i}" for i in range(80))
+    fake_provider.script(Reply(text=text, token_delay=0.01))
+    conv = await sync_to_async(make_conversation)(alice)
+    ok, ws = await open_socket(alice, conv.pk)
+    await ws.recv()
+    await ws.send_message("go")
+    start = await ws.until("start")
+    await ws.until("delta")
+    await ws.send({"type": "resume", "message_id": start["message_id"], "offset": 3})
+    resumed = await ws.until("delta", offset=3)
+    assert text.startswith(text[:3] + resumed["text"])
+    end = await ws.until("end")
+    await ws.send({"type": "resume", "message_id": start["message_id"], "offset": 10})
+    after = await ws.until("delta", offset=10)
+    assert after["text"] == end["content"][10:]
+    await ws.close()
+
+
+async def test_a_second_socket_gets_the_same_events(alice, fake_provider):
+    text = " ".join(f"s{i}" for i in range(60))
+    fake_provider.script(Reply(text=text, token_delay=0.002))
+    conv = await sync_to_async(make_conversation)(alice)
+    ok1, one = await open_socket(alice, conv.pk)
+    ok2, two = await open_socket(alice, conv.pk)
+    await one.recv()
+    await two.recv()
+    await one.send_message("both see this")
+    for ws in (one, two):
+        await ws.until("end")
+    relevant = {"message", "start", "delta", "end"}
+    assert [f for f in one.frames if f["type"] in relevant] == [f for f in two.frames if f["type"] in relevant]
+    start = next(f for f in two.frames if f["type"] == "start")
+    assert two.text_of(start["message_id"]) == text
+    await one.close()
+    await two.close()
+
+
+async def test_regenerate_replaces_the_last_reply(alice, fake_provider):
+    fake_provider.script(Reply(text="first answer"), Reply(text="second answer"))
+    conv = await sync_to_async(make_conversation)(alice)
+    ok, ws = await open_socket(alice, conv.pk)
+    await ws.recv()
+    await ws.send_message("q")
+    first = await ws.until("end")
+    await ws.send({"type": "regenerate"})
+    start = await ws.until("start")
+    assert start["replaces"] == [first["message_id"]]
+    second = await ws.until("end")
+    assert second["content"] == "second answer"
+    from conversations.selectors import visible_messages
+
+    shown = await sync_to_async(lambda: [m.content for m in visible_messages(conv)])()
+    assert shown == ["q", "second answer"]
+    # Both requests answered the same question.
+    assert [r.json["messages"][-1]["content"] for r in fake_provider.requests] == ["q", "q"]
+    await ws.close()
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        {"type": "send", "client_id": "not-a-uuid", "content": "x"},
+        {"type": "send", "client_id": str(uuid.uuid4()), "content": ""},
+        {"type": "send", "client_id": str(uuid.uuid4()), "content": 12},
+        {"type": "send", "client_id": str(uuid.uuid4())},
+        {"type": "resume", "message_id": "1", "offset": 0},
+        {"type": "resume", "message_id": 1, "offset": -1},
+        {"type": "explode"},
+        ["not", "an", "object"],
+        {"no": "type"},
+    ],
+)
+async def test_invalid_frames_get_invalid_and_store_nothing(alice, frame):
+    conv = await sync_to_async(make_conversation)(alice)
+    ok, ws = await open_socket(alice, conv.pk)
+    await ws.recv()
+    await ws.send(frame)
+    error = await ws.recv()
+    assert error["type"] == "error" and error["code"] == "invalid", error
+    assert error["message"]
+    assert await messages_of(conv) == []
+    await ws.close()
+
+
+async def test_non_json_and_oversized_frames_are_invalid(alice, settings):
+    settings.CHAT_MAX_MESSAGE_CHARS = 50
+    conv = await sync_to_async(make_conversation)(alice)
+    ok, ws = await open_socket(alice, conv.pk)
+    await ws.recv()
+    await ws.c.send_to(text_data="{nope")
+    assert (await ws.recv())["code"] == "invalid"
+    await ws.send_message("x" * 51)
+    assert (await ws.recv())["code"] == "invalid"
+    assert await messages_of(conv) == []
+    await ws.close()
+
+
+async def test_resume_of_an_unknown_reply_is_not_found(alice):
+    conv = await sync_to_async(make_conversation)(alice)
+    ok, ws = await open_socket(alice, conv.pk)
+    await ws.recv()
+    await ws.send({"type": "resume", "message_id": 999999, "offset": 0})
+    assert (await ws.recv())["code"] == "not_found"
+    await ws.close()
+
+
+async def test_the_offline_demo_reply_is_deterministic(alice):
+    from conversations.llm import ChatRequest
+
+    request = ChatRequest(model="demo", system="", messages=[{"role": "user", "content": "same words"}])
+    assert demo_text(request) == demo_text(request)
+    assert "same words" in demo_text(request)
