@@ -25,13 +25,25 @@ def _fast_chat(settings):
     settings.CHAT_RATE_LIMIT = "1000/m"
 
 
+def _forget_counters():
+    from django.core.cache import cache
+    from django.core.cache.backends.redis import RedisCache
+
+    if isinstance(cache, RedisCache):
+        # Redis may be shared with other test runs: drop only our counters, not the database.
+        client = cache._cache.get_client(write=True)
+        keys = list(client.scan_iter(match="*chat:*"))
+        if keys:
+            client.delete(*keys)
+    else:
+        cache.clear()
+
+
 @pytest.fixture(autouse=True)
 def _clear_cache():
-    from django.core.cache import cache
-
-    cache.clear()
+    _forget_counters()
     yield
-    cache.clear()
+    _forget_counters()
 
 
 @pytest.fixture
@@ -134,3 +146,20 @@ async def open_socket(user, conversation_id, *, origin: str = "http://localhost"
     communicator = WebsocketCommunicator(application, f"/ws/conversations/{conversation_id}/", headers=headers)
     connected, _ = await communicator.connect(timeout=5)
     return connected, Socket(communicator)
+
+
+@pytest.fixture
+def live_server_factory(transactional_db, tmp_path):
+    """Start real daphne processes on the test database: `live_server_factory(**env)`; all stopped after."""
+    from tests.live import LiveServer
+
+    servers: list[LiveServer] = []
+
+    def start(**env: str) -> LiveServer:
+        server = LiveServer(tmp_path, name=f"daphne{len(servers)}", **env).start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
