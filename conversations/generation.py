@@ -25,6 +25,7 @@ from . import services
 from .context import estimate_tokens
 from .history import build_chat_request, trimmed
 from .llm import ChatRequest, ProviderError, Usage, provider_for
+from .llm.base import within_gap
 from .models import Message
 
 log = logging.getLogger(__name__)
@@ -161,7 +162,7 @@ class Generation:
         trimmed_once = False
         while True:
             try:
-                async for item in provider.stream(request):
+                async for item in within_gap(provider.stream(request), settings.CHAT_READ_TIMEOUT):
                     if isinstance(item, Usage):
                         self.usage = item
                         continue
@@ -179,6 +180,8 @@ class Generation:
                     continue
                 if not exc.retryable or attempt >= settings.CHAT_PROVIDER_RETRIES:
                     raise
+                if exc.retry_after is not None and exc.retry_after > settings.CHAT_RETRY_MAX_DELAY:
+                    raise  # longer than we hold a reply open: the error tells the user when to try again
                 attempt += 1
                 delay = backoff(attempt, exc.retry_after)
                 log.info("reply %s: %s, retry %s in %.1fs", self.reply_id, exc.code, attempt, delay)
@@ -384,9 +387,9 @@ async def _janitor() -> None:
 async def interrupt_stale(conversation_id: uuid.UUID | None = None) -> None:
     """Mark replies whose process stopped writing them `interrupted`, and tell their sockets."""
     layer = get_channel_layer()
-    for message in await sync_to_async(_interrupt_rows, thread_sensitive=False)(conversation_id):
-        if message.conversation_id in _running and _running[message.conversation_id].reply_id == message.pk:
-            continue
+    # Never this process's own running replies: their `end` comes from their task.
+    own = [g.reply_id for g in _running.values()]
+    for message in await sync_to_async(_interrupt_rows, thread_sensitive=False)(conversation_id, own):
         log.warning("reply %s was left streaming by a dead process: interrupted", message.pk)
         await layer.group_send(
             group_name(message.conversation_id),
@@ -400,6 +403,6 @@ async def interrupt_stale(conversation_id: uuid.UUID | None = None) -> None:
         )
 
 
-def _interrupt_rows(conversation_id: uuid.UUID | None) -> list[Message]:
+def _interrupt_rows(conversation_id: uuid.UUID | None, own: list[int]) -> list[Message]:
     close_old_connections()
-    return services.replies_interrupt_stale(conversation_id=conversation_id)
+    return services.replies_interrupt_stale(conversation_id=conversation_id, exclude_ids=own)

@@ -184,10 +184,17 @@ def reply_finish(
     return bool(updated)
 
 
-def replies_interrupt_stale(*, conversation_id: uuid.UUID | None = None) -> list[Message]:
-    """Mark streaming replies whose process stopped touching them as `interrupted`; returns them."""
+def replies_interrupt_stale(
+    *, conversation_id: uuid.UUID | None = None, exclude_ids: list[int] | None = None
+) -> list[Message]:
+    """Mark streaming replies whose process stopped touching them as `interrupted`; returns them.
+
+    `exclude_ids`: the caller's own running replies, alive whatever their row says.
+    """
     cutoff = timezone.now() - dt.timedelta(seconds=settings.CHAT_STALE_AFTER)
     stale = Message.objects.filter(status=Message.Status.STREAMING, updated_at__lt=cutoff)
+    if exclude_ids:
+        stale = stale.exclude(pk__in=exclude_ids)
     if conversation_id is not None:
         stale = stale.filter(conversation_id=conversation_id)
     interrupted = []

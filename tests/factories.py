@@ -13,7 +13,16 @@ def make_user(name: str, **extra):
 
 
 def default_persona() -> Persona:
-    return Persona.objects.get(is_default=True)
+    """The migration's default persona (transactional tests flush it away: make it again)."""
+    persona = Persona.objects.filter(is_default=True).first()
+    if persona is None:
+        persona = Persona.objects.create(
+            name="Assistant",
+            slug="assistant",
+            system_prompt="You are a helpful, concise assistant. Use markdown where it helps.",
+            is_default=True,
+        )
+    return persona
 
 
 def make_persona(slug: str = "coder", **fields) -> Persona:

@@ -123,7 +123,7 @@ async def test_a_resent_client_id_stores_one_message_and_starts_one_reply(alice)
     again = await ws.until("message")
     assert again == first
     await asyncio.sleep(0.3)
-    assert not await ws.c.receive_nothing(timeout=0.3)  # no start, no reply
+    assert await ws.c.receive_nothing(timeout=0.3)  # no start, no reply
     rows = await messages_of(conv)
     assert [m.role for m in rows] == ["user", "assistant"]
     await ws.close()
@@ -195,9 +195,10 @@ async def test_resume_sends_the_rest_from_an_offset(alice, fake_provider):
     await ws.send_message("go")
     start = await ws.until("start")
     await ws.until("delta")
-    await ws.send({"type": "resume", "message_id": start["message_id"], "offset": 3})
-    resumed = await ws.until("delta", offset=3)
-    assert text.startswith(text[:3] + resumed["text"])
+    await ws.send({"type": "resume", "message_id": start["message_id"], "offset": 1})
+    resumed = await ws.until("delta", offset=1)
+    assert len(resumed["text"]) >= 1
+    assert text.startswith(text[:1] + resumed["text"])
     end = await ws.until("end")
     await ws.send({"type": "resume", "message_id": start["message_id"], "offset": 10})
     after = await ws.until("delta", offset=10)

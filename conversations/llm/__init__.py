@@ -69,6 +69,9 @@ def provider_for(spec: str) -> tuple[Provider, str]:
         settings.OPENAI_BASE_URL,
         settings.ANTHROPIC_API_KEY,
         settings.ANTHROPIC_BASE_URL,
+        # Timeouts are baked into the SDK client: a changed setting needs a new one.
+        str(settings.CHAT_CONNECT_TIMEOUT),
+        str(settings.CHAT_READ_TIMEOUT),
     )
     per_loop = _clients.setdefault(asyncio.get_running_loop(), {})
     if key not in per_loop:

@@ -6,7 +6,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import anthropic
-import httpx
+import anyio
+import httpx2
 from django.conf import settings
 
 from .base import ChatRequest, Provider, ProviderError, Usage, error_for_status, parse_retry_after
@@ -15,7 +16,7 @@ DEFAULT_MAX_TOKENS = 4096
 
 
 def map_error(exc: Exception) -> ProviderError:
-    """The SDK's (and httpx's) exceptions as our one error type."""
+    """The SDK's (and its transport's) exceptions as our one error type."""
     if isinstance(exc, anthropic.APIStatusError):
         body = exc.body if isinstance(exc.body, dict) else {}
         error = body.get("error") if isinstance(body.get("error"), dict) else {}
@@ -25,9 +26,11 @@ def map_error(exc: Exception) -> ProviderError:
             kind=str(error.get("type") or ""),
             retry_after=parse_retry_after(exc.response.headers),
         )
-    if isinstance(exc, anthropic.APITimeoutError | httpx.TimeoutException):
+    # The SDK wraps transport failures while sending the request, not while the body streams:
+    # then httpx2's (the SDK's transport's) own exceptions come through as they are.
+    if isinstance(exc, anthropic.APITimeoutError | httpx2.TimeoutException):
         return ProviderError("provider_unavailable", "The provider timed out.", retryable=True)
-    if isinstance(exc, anthropic.APIConnectionError | httpx.HTTPError):
+    if isinstance(exc, anthropic.APIConnectionError | httpx2.HTTPError | anyio.EndOfStream | OSError):
         return ProviderError("provider_unavailable", "Could not reach the provider.", retryable=True)
     if isinstance(exc, anthropic.APIError):
         # e.g. an `event: error` inside a 200 stream (overloaded_error counts as retryable).
@@ -60,7 +63,7 @@ class AnthropicProvider(Provider):
             api_key=settings.ANTHROPIC_API_KEY or "not-set",
             base_url=settings.ANTHROPIC_BASE_URL or None,
             max_retries=0,
-            timeout=httpx.Timeout(settings.CHAT_READ_TIMEOUT, connect=settings.CHAT_CONNECT_TIMEOUT),
+            timeout=anthropic.Timeout(settings.CHAT_READ_TIMEOUT, connect=settings.CHAT_CONNECT_TIMEOUT),
         )
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[str | Usage]:
@@ -70,6 +73,7 @@ class AnthropicProvider(Provider):
         if request.temperature is not None:
             kwargs["temperature"] = request.temperature
         usage = Usage()
+        stopped = False
         try:
             stream = await self.client.messages.create(
                 model=request.model,
@@ -88,10 +92,15 @@ class AnthropicProvider(Provider):
                         usage.output_tokens = event.message.usage.output_tokens
                     elif event.type == "message_delta":
                         usage.output_tokens = event.usage.output_tokens
+                    elif event.type == "message_stop":
+                        stopped = True
         except ProviderError:
             raise
         except Exception as exc:  # every SDK/transport failure becomes a ProviderError
             raise map_error(exc) from exc
+        if not stopped:
+            # The body ended cleanly but before `message_stop`: a cut stream, not a whole reply.
+            raise ProviderError("provider_unavailable", "The provider ended the reply early.", retryable=True)
         yield usage
 
     async def aclose(self) -> None:

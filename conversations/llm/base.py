@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import time
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Mapping
 from dataclasses import dataclass, field
 
 
@@ -104,3 +105,49 @@ def error_for_status(status: int, message: str, *, kind: str = "", retry_after: 
             "provider_unavailable", "The provider is unavailable.", retryable=True, retry_after=retry_after
         )
     return ProviderError("provider_unavailable", f"The provider refused the request ({status}).")
+
+
+async def within_gap(stream: AsyncIterable[str | Usage], gap: float) -> AsyncIterator[str | Usage]:
+    """`stream`, failing with a retryable ProviderError when it yields nothing for `gap` seconds.
+
+    The SDKs' read timeouts catch a silent connection, not one kept busy by keep-alives
+    (Anthropic's `ping` events, an OpenAI-compatible proxy's SSE comments) while no text comes.
+    One timer per stream, re-armed lazily, rather than one per chunk: chunks are the hot path.
+    """
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    iterator = aiter(stream)
+    waiting_since: float | None = None  # set while we wait for the provider, not for our caller
+    fired = False
+
+    def check() -> None:
+        nonlocal handle, fired
+        now = loop.time()
+        if waiting_since is not None and now - waiting_since >= gap:
+            fired = True
+            task.cancel()
+        else:
+            handle = loop.call_at((waiting_since if waiting_since is not None else now) + gap, check)
+
+    handle = loop.call_at(loop.time() + gap, check)
+    try:
+        while True:
+            waiting_since = loop.time()
+            try:
+                item = await anext(iterator)
+            except StopAsyncIteration:
+                return
+            except asyncio.CancelledError:
+                if fired and task.uncancel() == 0:  # our timer, and nobody else, cancelled it
+                    raise ProviderError(
+                        "provider_unavailable", "The provider stopped sending.", retryable=True
+                    ) from None
+                raise
+            waiting_since = None
+            yield item
+    finally:
+        handle.cancel()
+        # Release the provider's connection now, not when the garbage collector gets to it.
+        if isinstance(iterator, AsyncGenerator):
+            await iterator.aclose()
