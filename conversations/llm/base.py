@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import email.utils
+import math
 import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Mapping
@@ -70,23 +72,30 @@ class Provider(ABC):
 
 
 def parse_retry_after(headers: Mapping[str, str] | None) -> float | None:
-    """Seconds to wait from `retry-after-ms` / `Retry-After` (seconds or an HTTP date)."""
+    """Seconds to wait from `retry-after-ms` / `Retry-After` (seconds or an HTTP date); None if absent or bad.
+
+    A malformed header must never turn a retryable failure into a crash.
+    """
     if not headers:
         return None
-    ms = headers.get("retry-after-ms")
-    if ms:
+    for name, scale in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
+        value = headers.get(name)
+        if not value:
+            continue
         try:
-            return max(0.0, float(ms) / 1000)
+            seconds = float(value) / scale
         except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        parsed = email.utils.parsedate_to_datetime(value) if value else None
-        return max(0.0, parsed.timestamp() - time.time()) if parsed else None
+            if name == "retry-after-ms":
+                continue
+            try:
+                parsed = email.utils.parsedate_to_datetime(value)
+            except (ValueError, TypeError, IndexError):
+                return None
+            if parsed.tzinfo is None:
+                parsed = parsed.replace(tzinfo=dt.UTC)
+            seconds = parsed.timestamp() - time.time()
+        return max(0.0, seconds) if math.isfinite(seconds) else None
+    return None
 
 
 def error_for_status(status: int, message: str, *, kind: str = "", retry_after: float | None = None) -> ProviderError:
