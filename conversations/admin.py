@@ -1,16 +1,39 @@
-"""Admin: personas are curated here; conversations are read-only for moderation."""
+"""Admin: personas are curated (and previewed) here; conversations are read-only for moderation."""
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
+from collections.abc import AsyncIterator
 from typing import Any
 
+from asgiref.sync import async_to_sync
 from django import forms
-from django.contrib import admin
+from django.conf import settings
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 from django.db import transaction
-from django.http import HttpRequest
+from django.db.models import Count, IntegerField, OuterRef, QuerySet, Subquery, Sum
+from django.db.models.functions import Coalesce
+from django.http import Http404, HttpRequest, StreamingHttpResponse
+from django.http.response import HttpResponseBase
+from django.template.response import TemplateResponse
+from django.urls import URLPattern, path
+from django.utils import timezone
+from django.utils.html import escape
+from django.utils.safestring import mark_safe
 
-from .llm import ProviderError, configured_providers, split_model
+from .llm import ChatRequest, ProviderError, Usage, complete_once, configured_providers, provider_for, split_model
 from .models import Conversation, Message, Persona, UserQuota
+from .rendering import render_markdown
+
+STATS_DAYS = 30
+# Where the streamed reply goes in the rendered preview page.
+STREAM_MARKER = "<!--preview-stream-->"
+
+
+def _is_default_in_db(persona: Persona) -> bool:
+    return bool(persona.pk) and Persona.objects.filter(pk=persona.pk, is_default=True).exists()
 
 
 class PersonaForm(forms.ModelForm):
@@ -31,6 +54,10 @@ class PersonaForm(forms.ModelForm):
             "position",
         ]
 
+    def _get_validation_exclusions(self) -> set[str]:
+        # The one-default constraint holds through save_model, which clears the old default first.
+        return {*super()._get_validation_exclusions(), "is_default"}  # type: ignore[misc]
+
     def clean_model(self) -> str:
         spec = self.cleaned_data["model"].strip()
         if not spec:
@@ -38,10 +65,14 @@ class PersonaForm(forms.ModelForm):
         try:
             provider, _ = split_model(spec)
         except ProviderError as exc:
-            raise forms.ValidationError(exc.message) from exc
-        if provider not in configured_providers():
             raise forms.ValidationError(
-                f"The {provider} provider is not configured on this site: set its API key (see README)."
+                f"{exc.message} Providers: openai, anthropic, offline (e.g. openai:gpt-4o-mini)."
+            ) from exc
+        if provider not in configured_providers():
+            configured = ", ".join(sorted(configured_providers()))
+            raise forms.ValidationError(
+                f"The {provider} provider is not configured on this site (configured: {configured}). "
+                f"Set its API key or base URL (see the README) and restart, or pick a configured provider."
             )
         return spec
 
@@ -51,16 +82,124 @@ class PersonaForm(forms.ModelForm):
             raise forms.ValidationError("Temperature is between 0 and 2.")
         return value
 
+    def clean_context_budget_tokens(self) -> int | None:
+        value = self.cleaned_data.get("context_budget_tokens")
+        if value is not None and value < 200:
+            raise forms.ValidationError("A budget under 200 tokens leaves no room for a conversation.")
+        return value
+
+    def clean(self) -> dict[str, Any]:
+        super().clean()
+        data = self.cleaned_data
+        if data.get("is_default"):
+            # Every user falls back to the default (new chats, retired personas): it must be usable by all.
+            if not data.get("is_active"):
+                self.add_error("is_active", "The default persona must be active.")
+            if data.get("groups"):
+                self.add_error("groups", "The default persona is for everyone: leave its groups empty.")
+        elif _is_default_in_db(self.instance):
+            self.add_error(
+                "is_default",
+                "There is always exactly one default persona: make another persona the default instead.",
+            )
+        return data
+
+
+class PersonaChangeListForm(forms.ModelForm):
+    """The list page's inline edits (active, position) keep the default persona active."""
+
+    def clean_is_active(self) -> bool:
+        active = self.cleaned_data.get("is_active", True)
+        if not active and _is_default_in_db(self.instance):
+            raise forms.ValidationError("The default persona cannot be retired: make another one the default first.")
+        return active
+
+
+def _usage_stats(queryset: QuerySet[Persona]) -> QuerySet[Persona]:
+    """Threads, messages and tokens of the last STATS_DAYS days per persona, as subqueries (no N+1)."""
+    since = timezone.now() - dt.timedelta(days=STATS_DAYS)
+    recent = Message.objects.filter(conversation__persona=OuterRef("pk"), created_at__gte=since).order_by()
+
+    def per_persona(aggregate: Any) -> Coalesce:
+        values = recent.values("conversation__persona").annotate(v=aggregate).values("v")
+        return Coalesce(Subquery(values, output_field=IntegerField()), 0)
+
+    return queryset.annotate(
+        threads_30d=per_persona(Count("conversation", distinct=True)),
+        messages_30d=per_persona(Count("id")),
+        tokens_in_30d=per_persona(Sum("input_tokens")),
+        tokens_out_30d=per_persona(Sum("output_tokens")),
+    )
+
+
+class PreviewForm(forms.Form):
+    message = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 4, "cols": 80}),
+        max_length=settings.CHAT_MAX_MESSAGE_CHARS,
+        help_text="Sent with the persona's system prompt and settings. Nothing is stored.",
+    )
+    stream = forms.BooleanField(required=False, initial=True, help_text="Show the reply as it streams.")
+
 
 @admin.register(Persona)
 class PersonaAdmin(admin.ModelAdmin):
     form = PersonaForm
-    list_display = ["name", "slug", "model", "is_active", "is_default", "position"]
+    change_form_template = "admin/conversations/persona/change_form.html"
+    list_display = [
+        "name",
+        "slug",
+        "model_display",
+        "who",
+        "is_active",
+        "is_default",
+        "position",
+        "threads_30d",
+        "messages_30d",
+        "tokens_in_30d",
+        "tokens_out_30d",
+    ]
+    list_display_links = ["name"]
     list_editable = ["position", "is_active"]
-    list_filter = ["is_active"]
+    list_filter = ["is_active", "is_default"]
     prepopulated_fields = {"slug": ["name"]}
     filter_horizontal = ["groups"]
     search_fields = ["name", "slug", "description"]
+    actions = ["activate", "retire"]
+    fieldsets = [
+        (None, {"fields": ["name", "slug", "description", "is_active", "is_default", "position"]}),
+        ("Model", {"fields": ["system_prompt", "model", "temperature", "max_output_tokens", "context_budget_tokens"]}),
+        ("Who may use it", {"fields": ["groups"]}),
+    ]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Persona]:
+        return _usage_stats(super().get_queryset(request)).prefetch_related("groups")
+
+    def get_changelist_form(self, request: HttpRequest, **kwargs: Any) -> type[forms.ModelForm]:
+        return super().get_changelist_form(request, form=PersonaChangeListForm, **kwargs)
+
+    @admin.display(description="Model")
+    def model_display(self, persona: Persona) -> str:
+        return persona.model or f"default ({settings.CHAT_DEFAULT_MODEL})"
+
+    @admin.display(description="Who may use it")
+    def who(self, persona: Persona) -> str:
+        return ", ".join(g.name for g in persona.groups.all()) or "Everyone"
+
+    @admin.display(description=f"Threads ({STATS_DAYS}d)", ordering="threads_30d")
+    def threads_30d(self, persona: Persona) -> int:
+        return persona.threads_30d  # type: ignore[attr-defined]
+
+    @admin.display(description=f"Messages ({STATS_DAYS}d)", ordering="messages_30d")
+    def messages_30d(self, persona: Persona) -> int:
+        return persona.messages_30d  # type: ignore[attr-defined]
+
+    @admin.display(description=f"Tokens in ({STATS_DAYS}d)", ordering="tokens_in_30d")
+    def tokens_in_30d(self, persona: Persona) -> int:
+        return persona.tokens_in_30d  # type: ignore[attr-defined]
+
+    @admin.display(description=f"Tokens out ({STATS_DAYS}d)", ordering="tokens_out_30d")
+    def tokens_out_30d(self, persona: Persona) -> int:
+        return persona.tokens_out_30d  # type: ignore[attr-defined]
 
     def save_model(self, request: HttpRequest, obj: Persona, form: Any, change: bool) -> None:
         # Exactly one default: choosing a new one clears the old in the same transaction.
@@ -69,35 +208,179 @@ class PersonaAdmin(admin.ModelAdmin):
                 Persona.objects.filter(is_default=True).exclude(pk=obj.pk).update(is_default=False)
             super().save_model(request, obj, form, change)
 
+    def has_delete_permission(self, request: HttpRequest, obj: Persona | None = None) -> bool:
+        if obj is not None and obj.is_default:
+            return False
+        return super().has_delete_permission(request, obj)
 
-class ReadOnlyAdmin(admin.ModelAdmin):
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
+    def get_actions(self, request: HttpRequest) -> dict[str, Any]:
+        # Retire, don't delete: a persona with threads is protected, and bulk delete would skip the checks.
+        actions = super().get_actions(request)
+        actions.pop("delete_selected", None)
+        return actions
 
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
+    @admin.action(description="Activate selected personas", permissions=["change"])
+    def activate(self, request: HttpRequest, queryset: QuerySet[Persona]) -> None:
+        count = queryset.update(is_active=True)
+        self.message_user(request, f"Activated {count} persona(s).", messages.SUCCESS)
+
+    @admin.action(
+        description="Retire selected personas (their threads continue with the default)", permissions=["change"]
+    )
+    def retire(self, request: HttpRequest, queryset: QuerySet[Persona]) -> None:
+        if queryset.filter(is_default=True).exists():
+            self.message_user(
+                request, "The default persona stays active: make another one the default first.", messages.WARNING
+            )
+        count = queryset.exclude(is_default=True).update(is_active=False)
+        self.message_user(request, f"Retired {count} persona(s).", messages.SUCCESS)
+
+    # -- preview: a test message, answered by the persona, stored nowhere ------------------------
+    def get_urls(self) -> list[URLPattern]:
+        preview = path(
+            "<path:object_id>/preview/",
+            self.admin_site.admin_view(self.preview_view),
+            name="conversations_persona_preview",
+        )
+        return [preview, *super().get_urls()]
+
+    def preview_view(self, request: HttpRequest, object_id: str) -> HttpResponseBase:
+        """Send a test message to the persona and show its reply, streamed or whole."""
+        persona = self.get_object(request, object_id)
+        if persona is None:
+            raise Http404("No such persona.")
+        if not self.has_change_permission(request, persona):
+            raise PermissionDenied
+        form = PreviewForm(request.POST or None)
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "original": persona,
+            "persona": persona,
+            "model": persona.resolved_model(),
+            "form": form,
+            "title": f"Preview: {persona.name}",
+        }
+        if request.method == "POST" and form.is_valid():
+            chat = ChatRequest(
+                model="",
+                system=persona.system_prompt,
+                messages=[{"role": "user", "content": form.cleaned_data["message"]}],
+                temperature=persona.temperature,
+                max_output_tokens=persona.max_output_tokens,
+            )
+            if form.cleaned_data["stream"]:
+                context["streaming"] = True
+                context["stream_marker"] = mark_safe(STREAM_MARKER)
+                page = TemplateResponse(request, "admin/conversations/persona/preview.html", context).render()
+                head, _, tail = page.content.decode().partition(STREAM_MARKER)
+                response = StreamingHttpResponse(
+                    _stream_preview(head, tail, persona.resolved_model(), chat), content_type="text/html; charset=utf-8"
+                )
+                response["X-Accel-Buffering"] = "no"  # proxies must not hold the stream back
+                response["Cache-Control"] = "no-store"
+                return response
+            try:
+                text, usage = async_to_sync(complete_once)(persona.resolved_model(), chat)
+            except ProviderError as exc:
+                context["error"] = exc.message
+            else:
+                context.update(reply=render_markdown(text), usage=_usage_text(usage))
+        return TemplateResponse(request, "admin/conversations/persona/preview.html", context)
+
+
+async def _stream_preview(head: str, tail: str, spec: str, chat: ChatRequest) -> AsyncIterator[str]:
+    """The preview page, with the reply's text written into it as the provider streams it."""
+    yield head + '<pre class="preview-stream">'
+    usage = Usage()
+    try:
+        provider, model = provider_for(spec)
+        async for item in provider.stream(dataclasses.replace(chat, model=model)):
+            if isinstance(item, Usage):
+                usage = item
+            else:
+                yield escape(item)
+    except ProviderError as exc:
+        yield f'</pre><p class="errornote">The preview failed: {escape(exc.message)}</p>'
+    else:
+        yield f'</pre><p class="help">{_usage_text(usage)}</p>'
+    yield tail
+
+
+def _usage_text(usage: Usage) -> str:
+    def n(value: int | None) -> str:
+        return "?" if value is None else str(value)
+
+    return f"Usage: {n(usage.input_tokens)} tokens in, {n(usage.output_tokens)} out."
 
 
 class MessageInline(admin.TabularInline):
     model = Message
-    fields = ["id", "role", "status", "content", "model", "input_tokens", "output_tokens", "hidden", "created_at"]
-    readonly_fields = fields
+    fields = readonly_fields = (
+        "id",
+        "role",
+        "status",
+        "content",
+        "model",
+        "input_tokens",
+        "output_tokens",
+        "hidden",
+        "created_at",
+    )
     extra = 0
     can_delete = False
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return request.user.is_active and request.user.is_staff
+
 
 @admin.register(Conversation)
-class ConversationAdmin(ReadOnlyAdmin):
-    list_display = ["__str__", "owner", "persona", "updated_at"]
+class ConversationAdmin(admin.ModelAdmin):
+    """Every thread, readable by any staff member for moderation; nobody edits or deletes it here."""
+
+    list_display = ["__str__", "owner", "persona", "message_count", "updated_at"]
     list_select_related = ["owner", "persona"]
     search_fields = ["title", "owner__username", "owner__email"]
     list_filter = ["persona"]
-    readonly_fields = ["id", "owner", "persona", "title", "created_at", "updated_at", "summary", "summary_through"]
-    exclude = ["summarizing_since", "title_is_auto", "summary_updated_at", "pinned"]
+    fields = readonly_fields = (
+        "id",
+        "owner",
+        "persona",
+        "title",
+        "created_at",
+        "updated_at",
+        "summary",
+        "summary_through",
+    )
     inlines = [MessageInline]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Conversation]:
+        return super().get_queryset(request).annotate(n_messages=Count("messages"))
+
+    @admin.display(description="Messages", ordering="n_messages")
+    def message_count(self, conversation: Conversation) -> int:
+        return conversation.n_messages  # type: ignore[attr-defined]
+
+    def has_module_permission(self, request: HttpRequest) -> bool:
+        return request.user.is_active and request.user.is_staff
+
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return request.user.is_active and request.user.is_staff
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
 
 
 @admin.register(UserQuota)

@@ -3,22 +3,52 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
+from functools import cached_property
 
 # Per-message framing the providers add (role markers, separators), in tokens.
 MESSAGE_OVERHEAD = 4
 SUMMARY_HEADING = "Summary of the earlier conversation (older messages are not repeated below):"
+# Summarize once the unsummarized history reaches this share of the budget: the next user
+# message then still fits, so the summary is usually stored before any request needs trimming.
+SUMMARIZE_AT = 0.9
+# The newest turns kept verbatim after a summary: this share of the budget (at least one exchange).
+RECENT_SHARE = 0.5
+
+# Roughly how BPE tokenizers pre-split text: letter runs, digit runs, single non-ASCII
+# characters, whitespace, and runs of ASCII punctuation.
+_PIECES = re.compile(r"[A-Za-z]+|[0-9]+|[^\x00-\x7f]|\s+|[^A-Za-z0-9\s\x80-\U0010ffff]+")
 
 
 def estimate_tokens(text: str) -> int:
-    """A tokenizer-free estimate: ~4 ASCII characters a token, one token per other character.
+    """Tokens `text` is likely to cost, without a tokenizer; meant to err a little high.
 
-    English prose runs about 4 characters a token with OpenAI's and Anthropic's tokenizers;
-    counting every non-ASCII character as a whole token keeps CJK and emoji from being
-    underestimated. See docs/architecture.md for how far it can be off.
+    Per piece: a letter run is one token per 7 letters (most English words are one token),
+    digits one per 3 (tokenizers group at most three), a space before a number one, ASCII
+    punctuation one per 3 characters, a newline half a token, other characters one each
+    (CJK, accented letters) or two when they take 4 UTF-8 bytes (emoji). Measured against
+    OpenAI's o200k_base it runs 3-16% high on English, markdown and code; docs/architecture.md
+    has the table.
     """
-    ascii_chars = sum(1 for ch in text if ch < "\x80")
-    return math.ceil(ascii_chars / 4) + (len(text) - ascii_chars)
+    total = 0.0
+    previous = ""
+    for match in _PIECES.finditer(text):
+        piece = match.group()
+        first = piece[0]
+        if first.isascii():
+            if first.isalpha():
+                total += math.ceil(len(piece) / 7)
+            elif first.isdigit():
+                total += math.ceil(len(piece) / 3) + (1 if previous.endswith(" ") else 0)
+            elif first.isspace():
+                total += piece.count("\n") / 2
+            else:
+                total += math.ceil(len(piece) / 3)
+        else:
+            total += 2 if len(first.encode()) == 4 else 1
+        previous = piece
+    return math.ceil(total)
 
 
 @dataclass(frozen=True)
@@ -30,35 +60,21 @@ class Turn:
     content: str
     tokens: int | None = None  # the provider's count (assistant output tokens), when stored
 
-    def cost(self) -> int:
+    @cached_property
+    def _cost(self) -> int:
         return (self.tokens if self.tokens is not None else estimate_tokens(self.content)) + MESSAGE_OVERHEAD
+
+    def cost(self) -> int:
+        """Tokens this turn adds to a request: the provider's count if stored, else the estimate."""
+        return self._cost
 
 
 def system_text(system_prompt: str, summary: str) -> str:
-    """The system prompt, with the summary of earlier turns after it when there is one."""
-    if not summary:
+    """The system prompt, with the summary of earlier turns after it, marked as such, when there is one."""
+    if not summary.strip():
         return system_prompt
     parts = [system_prompt.strip(), f"{SUMMARY_HEADING}\n{summary.strip()}"]
     return "\n\n".join(p for p in parts if p)
-
-
-def fit_turns(system: str, turns: list[Turn], budget: int) -> list[Turn]:
-    """The newest turns that fit in `budget` beside `system`; the last turn is always kept."""
-    if not turns:
-        return []
-    remaining = budget - estimate_tokens(system) - MESSAGE_OVERHEAD
-    kept = [turns[-1]]
-    remaining -= turns[-1].cost()
-    for turn in reversed(turns[:-1]):
-        remaining -= turn.cost()
-        if remaining < 0:
-            break
-        kept.append(turn)
-    kept.reverse()
-    # A request starts with the user's turn: a leading reply without its question is noise.
-    while len(kept) > 1 and kept[0].role != "user":
-        kept.pop(0)
-    return kept
 
 
 def history_tokens(system: str, turns: list[Turn]) -> int:
@@ -66,38 +82,112 @@ def history_tokens(system: str, turns: list[Turn]) -> int:
     return estimate_tokens(system) + MESSAGE_OVERHEAD + sum(t.cost() for t in turns)
 
 
-def split_for_summary(turns: list[Turn], budget: int) -> tuple[list[Turn], list[Turn]]:
-    """(older turns to summarize, recent turns kept verbatim): the recent window is half the budget.
+def fit_turns(system: str, turns: list[Turn], budget: int) -> list[Turn]:
+    """The newest turns that fit in `budget` beside `system`; the last turn is always kept.
 
-    The recent window always holds at least the last two turns, and starts with a user turn.
+    Only the oldest turns are dropped, so what is sent is always a contiguous recent stretch.
     """
-    window = budget // 2
-    recent: list[Turn] = []
+    if not turns:
+        return []
+    remaining = budget - estimate_tokens(system) - MESSAGE_OVERHEAD - turns[-1].cost()
+    start = len(turns) - 1
+    while start > 0 and remaining - turns[start - 1].cost() >= 0:
+        start -= 1
+        remaining -= turns[start].cost()
+    kept = turns[start:]
+    # A request starts with the user's turn: a leading reply without its question is noise.
+    while len(kept) > 1 and kept[0].role != "user":
+        kept = kept[1:]
+    return kept
+
+
+def due_for_summary(system: str, turns: list[Turn], budget: int) -> bool:
+    """True once `system` and the unsummarized `turns` reach SUMMARIZE_AT of the budget."""
+    return len(turns) > 2 and history_tokens(system, turns) > budget * SUMMARIZE_AT
+
+
+def split_for_summary(turns: list[Turn], budget: int) -> tuple[list[Turn], list[Turn]]:
+    """(older turns to summarize, recent turns kept verbatim).
+
+    The recent window is RECENT_SHARE of the budget, always holds at least the last two turns,
+    and starts with a user turn (so older ends just before a user turn).
+    """
+    window = budget * RECENT_SHARE
+    start = len(turns)
     used = 0
-    for turn in reversed(turns):
-        if len(recent) >= 2 and used + turn.cost() > window:
+    while start > 0:
+        cost = turns[start - 1].cost()
+        if len(turns) - start >= 2 and used + cost > window:
             break
-        recent.append(turn)
-        used += turn.cost()
-    recent.reverse()
-    older = turns[: len(turns) - len(recent)]
-    while recent and recent[0].role != "user":
-        older.append(recent.pop(0))
-    return older, recent
+        start -= 1
+        used += cost
+    if 0 < start < len(turns) and turns[start].role != "user":
+        # Widen the window back to the user turn that asked for its first reply; if that would
+        # leave nothing to summarize, narrow it to its first user turn instead.
+        back = start - 1
+        while back > 0 and turns[back].role != "user":
+            back -= 1
+        if back > 0:
+            start = back
+        else:
+            while start < len(turns) and turns[start].role != "user":
+                start += 1
+    return turns[:start], turns[start:]
+
+
+SUMMARY_SYSTEM = (
+    "You write concise running summaries of a conversation between a user and an assistant. "
+    "Keep facts, names, numbers, decisions, open questions and the user's preferences. "
+    "Write in the third person, as plain prose or short bullet points, at most 250 words. "
+    "Reply with the summary only."
+)
 
 
 def summary_prompt(previous_summary: str, turns: list[Turn]) -> tuple[str, list[dict[str, str]]]:
-    """The system prompt and single user message that ask a model to summarize `turns`."""
-    system = (
-        "You write concise running summaries of a conversation between a user and an assistant. "
-        "Keep facts, names, numbers, decisions, open questions and the user's preferences. "
-        "Write in the third person, as plain prose or short bullet points, at most 250 words. "
-        "Reply with the summary only."
-    )
+    """The system prompt and single user message that ask a model to fold `turns` into the summary."""
     lines = []
-    if previous_summary:
+    if previous_summary.strip():
         lines.append(f"Summary so far:\n{previous_summary.strip()}\n")
     lines.append("New messages to fold into the summary:")
-    for turn in turns:
-        lines.append(f"\n[{turn.role}]\n{turn.content.strip()}")
-    return system, [{"role": "user", "content": "\n".join(lines)}]
+    lines.extend(_summary_line(turn) for turn in turns)
+    return SUMMARY_SYSTEM, [{"role": "user", "content": "\n".join(lines)}]
+
+
+def _summary_line(turn: Turn) -> str:
+    return f"\n[{turn.role}]\n{turn.content.strip()}"
+
+
+# A summary request may use at least this many tokens, however small the persona's budget.
+SUMMARY_MIN_REQUEST = 2000
+
+
+def summary_batch(previous_summary: str, older: list[Turn], budget: int) -> list[Turn]:
+    """The oldest of `older` whose summary request fits in the budget (always at least one turn).
+
+    The limit is the persona's budget, or SUMMARY_MIN_REQUEST if larger (a tiny budget should not
+    mean one model call per turn). A long backlog (a persona's budget lowered, say) is folded in
+    several requests, each within the limit, instead of one that no model accepts.
+    """
+    system, messages = summary_prompt(previous_summary, [])
+    remaining = (
+        max(budget, SUMMARY_MIN_REQUEST)
+        - estimate_tokens(system)
+        - estimate_tokens(messages[0]["content"])
+        - 2 * MESSAGE_OVERHEAD
+    )
+    end = 0
+    while end < len(older):
+        # The turn (the provider's count if stored) in its framing, plus the newline that joins it on.
+        turn = older[end]
+        text_cost = turn.tokens if turn.tokens is not None else estimate_tokens(turn.content.strip())
+        cost = text_cost + estimate_tokens(f"\n[{turn.role}]\n") + 1
+        if end and remaining - cost < 0:
+            break
+        remaining -= cost
+        end += 1
+    return older[:end]
+
+
+def summary_max_tokens(budget: int) -> int:
+    """Output cap of a summary: a quarter of the budget, between 100 and 800 tokens."""
+    return max(100, min(800, budget // 4))

@@ -11,7 +11,14 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from .context import history_tokens, split_for_summary, summary_prompt, system_text
+from .context import (
+    due_for_summary,
+    split_for_summary,
+    summary_batch,
+    summary_max_tokens,
+    summary_prompt,
+    system_text,
+)
 from .llm import ChatRequest, complete_once
 from .models import Conversation, Message
 from .selectors import history_turns
@@ -19,23 +26,26 @@ from .services import effective_persona
 
 log = logging.getLogger(__name__)
 
+# A claim older than this belongs to a worker that died mid-summary: another may take over.
 CLAIM_TIMEOUT = dt.timedelta(minutes=10)
+# Backlog requests one run may make (each within the budget); the next reply queues the rest.
+MAX_BATCHES = 8
 NO_LIMIT = 2**62
 
 
 def needs_summary(conversation: Conversation) -> bool:
-    """True when the unsummarized history no longer fits the persona's budget."""
+    """True when the unsummarized history (finished messages only) nears the persona's budget."""
     persona = effective_persona(conversation)
     turns = history_turns(conversation, before_id=NO_LIMIT)
-    system = system_text(persona.system_prompt, conversation.summary)
-    return history_tokens(system, turns) > persona.budget_tokens()
+    return due_for_summary(system_text(persona.system_prompt, conversation.summary), turns, persona.budget_tokens())
 
 
 def summarize(conversation_id: uuid.UUID | str) -> bool:
     """Fold the older turns into the conversation's summary. True if a new summary was stored.
 
-    Safe to run twice at once: a claim on the row lets only one run call the model, and the
-    summary is saved only if nobody moved `summary_through` meanwhile.
+    Safe to run twice at once: a claim on the row (`summarizing_since`) lets only one run call
+    the model, and each summary is saved only if nobody moved `summary_through` meanwhile.
+    A provider failure raises ProviderError after releasing the claim; chatting never waits on it.
     """
     now = timezone.now()
     claimed = (
@@ -44,39 +54,66 @@ def summarize(conversation_id: uuid.UUID | str) -> bool:
         .update(summarizing_since=now)
     )
     if not claimed:
+        log.info("summary of %s is already being written elsewhere", conversation_id)
         return False
     try:
-        conversation = Conversation.objects.select_related("persona").get(pk=conversation_id)
-        if not needs_summary(conversation):
-            return False
-        persona = effective_persona(conversation)
-        # A reply still streaming is never summarized: stop before it.
-        streaming = conversation.messages.filter(status=Message.Status.STREAMING).order_by("id").first()
-        turns = history_turns(conversation, before_id=streaming.pk if streaming else NO_LIMIT)
-        older, _recent = split_for_summary(turns, persona.budget_tokens())
+        return _fold(conversation_id)
+    finally:
+        # Release only our own claim: a run that outlived CLAIM_TIMEOUT must not free a newer one.
+        Conversation.objects.filter(pk=conversation_id, summarizing_since=now).update(summarizing_since=None)
+
+
+def _fold(conversation_id: uuid.UUID | str) -> bool:
+    conversation = Conversation.objects.select_related("persona").get(pk=conversation_id)
+    if not needs_summary(conversation):
+        return False
+    persona = effective_persona(conversation)
+    budget = persona.budget_tokens()
+    # A reply still streaming, and the message it answers, are never summarized: stop before it.
+    streaming = conversation.messages.filter(status=Message.Status.STREAMING).order_by("id").first()
+    turns = history_turns(conversation, before_id=streaming.pk if streaming else NO_LIMIT)
+    older, _recent = split_for_summary(turns, budget)
+    stored = False
+    for _ in range(MAX_BATCHES):
         if not older:
-            return False
-        system, messages = summary_prompt(conversation.summary, older)
-        text, _usage = async_to_sync(complete_once)(
+            break
+        batch = summary_batch(conversation.summary, older, budget)
+        system, messages = summary_prompt(conversation.summary, batch)
+        text, usage = async_to_sync(complete_once)(
             persona.resolved_model(),
-            ChatRequest(model="", system=system, messages=messages, purpose="summary", temperature=0.2),
+            ChatRequest(
+                model="",
+                system=system,
+                messages=messages,
+                purpose="summary",
+                temperature=0.2,
+                max_output_tokens=summary_max_tokens(budget),
+            ),
         )
         text = text.strip()
         if not text:
             log.warning("summary of %s came back empty; keeping the old one", conversation_id)
-            return False
+            break
         with transaction.atomic():
             locked = Conversation.objects.select_for_update().get(pk=conversation_id)
             if locked.summary_through != conversation.summary_through:
-                return False  # someone else summarized meanwhile
+                log.info("summary of %s was moved by another run; dropping this one", conversation_id)
+                break
             locked.summary = text
-            locked.summary_through = older[-1].id
+            locked.summary_through = batch[-1].id
             locked.summary_updated_at = timezone.now()
             locked.save(update_fields=["summary", "summary_through", "summary_updated_at"])
-        log.info("summarized %s through message %s", conversation_id, older[-1].id)
-        return True
-    finally:
-        Conversation.objects.filter(pk=conversation_id).update(summarizing_since=None)
+        conversation = locked
+        stored = True
+        older = older[len(batch) :]
+        log.info(
+            "summarized %s through message %s (%s in, %s out tokens)",
+            conversation_id,
+            batch[-1].id,
+            usage.input_tokens,
+            usage.output_tokens,
+        )
+    return stored
 
 
 TITLE_PROMPT = (
