@@ -10,7 +10,7 @@ import asyncio
 import logging
 import time
 import uuid
-from typing import Any
+from typing import Any, TypeGuard
 
 import orjson
 from channels.consumer import get_handler_name
@@ -39,8 +39,8 @@ def _conversation(user: Any, conversation_id: str) -> Conversation | None:
 
 
 @database_sync_to_async
-def _send(conversation: Conversation, client_id: uuid.UUID, content: object) -> services.Sent:
-    return services.message_send(conversation=conversation, client_id=client_id, content=content)
+def _send(conversation: Conversation, client_id: uuid.UUID, content: object, edit_of: int | None) -> services.Sent:
+    return services.message_send(conversation=conversation, client_id=client_id, content=content, edit_of=edit_of)
 
 
 @database_sync_to_async
@@ -56,6 +56,20 @@ def _streaming(conversation_id: uuid.UUID) -> Message | None:
 @database_sync_to_async
 def _message(conversation_id: uuid.UUID, message_id: int) -> Message | None:
     return Message.objects.filter(conversation_id=conversation_id, pk=message_id).first()
+
+
+def _frame_type(frame: object) -> str:
+    """The frame's `type` if it is an object with a string type, else "" (a list there must not crash us)."""
+    kind = frame.get("type") if isinstance(frame, dict) else None
+    return kind if isinstance(kind, str) else ""
+
+
+# Ids and offsets travel through the database and msgpack (Redis): keep them in a signed 64-bit range.
+_MAX_ID = 2**63 - 1
+
+
+def _is_id(value: object, lowest: int = 1) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool) and lowest <= value <= _MAX_ID
 
 
 class ChatConsumer(AsyncWebsocketConsumer):
@@ -80,11 +94,16 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.state_timer: asyncio.TimerHandle | None = None
         await self.channel_layer.group_add(self.group, self.channel_name)
         await self.accept()
+        # Every process with sockets sweeps for replies left by a dead process, not only those
+        # that started a reply since they booted: else a socket could wait on one forever.
+        generation.ensure_janitor()
         await self.send_state()
 
     async def disconnect(self, code: int) -> None:
-        if self.state_timer is not None:
-            self.state_timer.cancel()
+        # A socket refused at the handshake never set up its state: nothing to clean.
+        timer: asyncio.TimerHandle | None = getattr(self, "state_timer", None)
+        if timer is not None:
+            timer.cancel()
         if hasattr(self, "group"):
             await self.channel_layer.group_discard(self.group, self.channel_name)
 
@@ -174,15 +193,21 @@ class ChatConsumer(AsyncWebsocketConsumer):
     # -- frames from the client ------------------------------------------------------------------
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         raw = text_data if text_data is not None else bytes_data or b""
-        if len(raw) > settings.CHAT_MAX_FRAME_BYTES:
-            await self.send_error("invalid", "That frame is too large.")
-            return
+        # Every frame counts against the rate, oversized ones included.
         now = time.monotonic()
         self.frame_times = [t for t in self.frame_times if now - t < 10] + [now]
         if len(self.frame_times) > settings.CHAT_MAX_FRAMES_PER_10S:
             await self.send_error("rate_limited", "Too many frames: slow down.", 10.0)
             if len(self.frame_times) > 3 * settings.CHAT_MAX_FRAMES_PER_10S:
                 await self.close(code=4008)
+            return
+        # The limit is in bytes: encode only when the characters alone do not settle it.
+        limit = settings.CHAT_MAX_FRAME_BYTES
+        size = len(raw)
+        if isinstance(raw, str) and limit < size * 4:
+            size = len(raw.encode("utf-8", "surrogatepass"))
+        if size > limit:
+            await self.send_error("invalid", "That frame is too large.")
             return
         try:
             frame = orjson.loads(raw)
@@ -194,7 +219,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             "stop": self.on_stop,
             "regenerate": self.on_regenerate,
             "resume": self.on_resume,
-        }.get(frame.get("type") if isinstance(frame, dict) else None)
+        }.get(_frame_type(frame))
         if handler is None:
             await self.send_error("invalid", "Unknown frame type.")
             return
@@ -208,8 +233,13 @@ class ChatConsumer(AsyncWebsocketConsumer):
             client_id = uuid.UUID(str(frame.get("client_id")))
         except ValueError:
             raise ChatError("invalid", "`client_id` must be a UUID.") from None
-        sent = await _send(self.conversation, client_id, frame.get("content"))
-        event = {"type": "message", "message": sent.message.as_event()}
+        edit_of = frame.get("edit_of")
+        if edit_of is not None and not _is_id(edit_of):
+            raise ChatError("invalid", "`edit_of` must be a message id.")
+        sent = await _send(self.conversation, client_id, frame.get("content"), edit_of)
+        event: dict[str, Any] = {"type": "message", "message": sent.message.as_event()}
+        if sent.replaces:
+            event["replaces"] = list(sent.replaces)
         if sent.reply is None:  # a resend: answer it, start nothing
             await self.send_json(event)
             return
@@ -232,7 +262,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     async def on_resume(self, frame: dict[str, Any]) -> None:
         message_id, offset = frame.get("message_id"), frame.get("offset")
-        if not isinstance(message_id, int) or not isinstance(offset, int) or offset < 0:
+        if not _is_id(message_id) or not _is_id(offset, lowest=0):
             raise ChatError("invalid", "`resume` needs integer `message_id` and `offset` >= 0.")
         running = generation.local(self.conversation.pk)
         if running is not None and running.reply_id == message_id:
@@ -262,7 +292,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     # -- events from the group (and from the process running the reply) -------------------------
     async def chat_message(self, event: dict[str, Any]) -> None:
-        await self.relay({"type": "message", "message": event["message"]})
+        frame = {"type": "message", "message": event["message"]}
+        if event.get("replaces"):
+            frame["replaces"] = event["replaces"]
+        await self.relay(frame)
 
     async def chat_start(self, event: dict[str, Any]) -> None:
         frame = {"type": "start", "message_id": event["message_id"], "model": event["model"]}

@@ -113,8 +113,11 @@ class Generation:
     def stop(self) -> None:
         """Stop the reply; what was streamed is kept with status `stopped`."""
         self._stopping = True
-        if self._stream_task is not None:
+        if self._stream_task is not None and not self._stream_task.done():
             self._stream_task.cancel()
+            # redis-py can swallow a cancellation that lands inside a command (a delta's
+            # group_send): insist until the stream has really ended.
+            asyncio.get_running_loop().call_later(0.1, self.stop)
 
     async def send(self, event: dict[str, Any]) -> None:
         """An event to every socket of the conversation; a layer failure never stops the reply."""
@@ -170,6 +173,8 @@ class Generation:
                     self.chunks.append(item)
                     self.length += len(item)
                     await self.send({"type": "chat.delta", "message_id": self.reply_id, "offset": offset, "text": item})
+                    if self._stopping:  # stopped, though the cancellation itself got lost
+                        raise asyncio.CancelledError
                 return
             except ProviderError as exc:
                 if self.length:

@@ -1,22 +1,40 @@
-"""The in-memory channel layer, with its expired-message sweep done at most once a second.
+"""The in-memory channel layer, made cheap per message for hundreds of live streams.
 
-Channels' InMemoryChannelLayer walks every channel and group on every send and receive to
-drop expired messages; with hundreds of live streams that sweep dominated the CPU profile.
-Expiry is a safety net (60 s), so sweeping once a second changes nothing a user can see.
+Channels' InMemoryChannelLayer costs grow with the number of streams (see docs/performance.md):
+- it walks every channel and group on every send and receive to drop expired messages;
+  expiry is a safety net (60 s), so sweeping once a second changes nothing a user can see;
+- `group_send` starts one task per member channel and awaits them with `as_completed`, although
+  each put is synchronous; here the puts happen in a plain loop;
+- every message is deep-copied per channel; a message of plain scalars (every `chat.delta`)
+  gets a flat copy instead, which is the same thing for such a message.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
+from copy import deepcopy
+from typing import Any
 
+from channels.exceptions import ChannelFull
 from channels.layers import InMemoryChannelLayer as BaseInMemoryChannelLayer
+
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def _copy(message: dict[str, Any]) -> dict[str, Any]:
+    """An independent copy of a message, as deepcopy makes it, without deepcopy's cost for flat ones."""
+    for value in message.values():
+        if not isinstance(value, _SCALARS):
+            return deepcopy(message)
+    return dict(message)
 
 
 class InMemoryChannelLayer(BaseInMemoryChannelLayer):
     sweep_interval = 1.0
 
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self._last_sweep = 0.0
 
     def _clean_expired(self) -> None:
@@ -25,3 +43,30 @@ class InMemoryChannelLayer(BaseInMemoryChannelLayer):
             return
         self._last_sweep = now
         super()._clean_expired()
+
+    def _put(self, channel: str, message: dict[str, Any]) -> None:
+        queue = self.channels.get(channel)
+        if queue is None:
+            queue = self.channels[channel] = asyncio.Queue(maxsize=self.get_capacity(channel))
+        try:
+            queue.put_nowait((time.time() + self.expiry, _copy(message)))
+        except asyncio.QueueFull:
+            raise ChannelFull(channel) from None
+
+    async def send(self, channel: str, message: dict[str, Any]) -> None:
+        """Put a message on a channel (the base class's checks, then one put)."""
+        assert isinstance(message, dict), "message is not a dict"
+        self.require_valid_channel_name(channel)
+        assert "__asgi_channel__" not in message
+        self._put(channel, message)
+
+    async def group_send(self, group: str, message: dict[str, Any]) -> None:
+        """Put a message on every channel of a group; a full channel misses it, as in the base class."""
+        assert isinstance(message, dict), "Message is not a dict"
+        self.require_valid_group_name(group)
+        self._clean_expired()
+        for channel in list(self.groups.get(group, ())):
+            try:  # noqa: SIM105 - a plain try costs less than contextlib.suppress on this hot path
+                self._put(channel, message)
+            except ChannelFull:
+                pass

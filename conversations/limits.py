@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from django.conf import settings
 from django.core.cache import cache
 from django.db.models import F, Sum
-from django.db.models.functions import Coalesce
+from django.db.models.functions import Coalesce, Length
 from django.utils import timezone
 
 from .models import Message, UserQuota
@@ -75,9 +75,12 @@ def tokens_used_today(user_id: int) -> int:
     key = _quota_key(user_id)
     used = cache.get(key)
     if used is None:
+        # A reply the provider reported no usage for (stopped, cut, interrupted) still cost its
+        # text: count it roughly (a token per four characters) rather than as free.
+        output = Coalesce(F("output_tokens"), Length("content") / 4)
         used = Message.objects.filter(
             conversation__owner_id=user_id, role=Message.Role.ASSISTANT, created_at__gte=_day_start()
-        ).aggregate(total=Coalesce(Sum(Coalesce(F("input_tokens"), 0) + Coalesce(F("output_tokens"), 0)), 0))["total"]
+        ).aggregate(total=Coalesce(Sum(Coalesce(F("input_tokens"), 0) + output), 0))["total"]
         cache.add(key, used, timeout=86400 + 60)
     return int(used)
 

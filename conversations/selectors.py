@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import re
 import uuid
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from django.db.models import Exists, OuterRef, Q, QuerySet
+from django.contrib.postgres.search import SearchHeadline, SearchQuery, SearchVector
+from django.db import connection
+from django.db.models import Case, Exists, OuterRef, Q, QuerySet, Subquery, TextField, Value, When
+from django.db.models.functions import Greatest, Lower, StrIndex, Substr
 from django.http import Http404
 
 from .context import Turn
@@ -71,9 +77,146 @@ def history_turns(conversation: Conversation, *, before_id: int) -> list[Turn]:
     if conversation.summary_through is not None:
         qs = qs.filter(id__gt=conversation.summary_through)
     turns = []
-    for m in qs.order_by("id").only("id", "role", "content", "output_tokens"):
+    # `conversation` too: the related manager sets it on every row, and a deferred one is a query each.
+    for m in qs.order_by("id").only("id", "conversation", "role", "content", "output_tokens"):
         if not m.content.strip():
             continue  # a reply that failed before its first token says nothing
         tokens = m.output_tokens if m.role == Message.Role.ASSISTANT else None
         turns.append(Turn(id=m.pk, role=m.role, content=m.content, tokens=tokens))
     return turns
+
+
+# -- the sidebar: threads newest first, grouped by day, a page at a time, searchable -----------------
+SIDEBAR_PAGE_SIZE = 50
+SNIPPET_CHARS = 160
+# What PostgreSQL's ts_headline puts around a match; turned into <mark> by the template tag.
+MARK_START, MARK_END = "\x02", "\x03"
+
+
+@dataclass(frozen=True)
+class SidebarPage:
+    """One page of the sidebar: rows of (group label or None when the group continues, thread)."""
+
+    rows: list[tuple[str | None, Conversation]]
+    next_cursor: str | None
+    last_group: str | None
+
+
+def search_terms(query: str) -> list[str]:
+    """The words of a search, at most eight."""
+    return re.findall(r"\w+", query)[:8]
+
+
+def _around_match(needle: str) -> Substr:
+    """The text around the first case-insensitive occurrence of `needle` (or the start)."""
+    at = StrIndex(Lower("content"), Value(needle.lower()))
+    return Substr("content", Greatest(at - Value(SNIPPET_CHARS // 3), Value(1)), SNIPPET_CHARS)
+
+
+def _search(qs: QuerySet[Conversation], query: str) -> QuerySet[Conversation]:
+    """Threads whose title or visible messages match; each annotated with a `snippet` of the first match.
+
+    PostgreSQL: full-text search ('simple' configuration, every word a prefix, so "bana" finds
+    "bananas" and nothing depends on a language), or the text as typed anywhere (the full-text
+    parser drops things that look like HTML tags, and people search for those too).
+    Elsewhere (SQLite): a case-insensitive contains search.
+    """
+    needle = query.strip()
+    if not needle:
+        return qs.none()
+    messages = Message.objects.filter(conversation=OuterRef("pk"), hidden=False)
+    if connection.vendor == "postgresql" and search_terms(query):
+        tsquery = SearchQuery(" & ".join(f"'{t}':*" for t in search_terms(query)), search_type="raw", config="simple")
+        matching = messages.annotate(doc=SearchVector("content", config="simple")).filter(
+            Q(doc=tsquery) | Q(content__icontains=needle)
+        )
+        headline = SearchHeadline(
+            "content",
+            tsquery,
+            config="simple",
+            start_sel=MARK_START,
+            stop_sel=MARK_END,
+            max_words=24,
+            min_words=8,
+            short_word="2",
+        )
+        snippet = Case(
+            When(content__icontains=needle, then=_around_match(needle)), default=headline, output_field=TextField()
+        )
+        return (
+            qs.annotate(title_doc=SearchVector("title", config="simple"))
+            .filter(Q(title_doc=tsquery) | Q(title__icontains=needle) | Exists(matching))
+            .annotate(snippet=Subquery(matching.order_by("id").annotate(s=snippet).values("s")[:1]))
+        )
+    containing = messages.filter(content__icontains=needle)
+    # Only the text around the match leaves the database.
+    return qs.filter(Q(title__icontains=needle) | Exists(containing)).annotate(
+        snippet=Subquery(containing.order_by("id").annotate(s=_around_match(needle)).values("s")[:1])
+    )
+
+
+def _cursor_of(c: Conversation) -> str:
+    return f"{int(c.pinned)}~{c.updated_at.isoformat()}~{c.pk}"
+
+
+def _after_cursor(qs: QuerySet[Conversation], cursor: str) -> QuerySet[Conversation]:
+    """Keyset pagination on (pinned, updated_at, id), all descending: stable while threads are added."""
+    try:
+        pinned_s, at_s, id_s = cursor.split("~")
+        pinned, at, pk = pinned_s == "1", dt.datetime.fromisoformat(at_s), uuid.UUID(id_s)
+    except ValueError:
+        return qs
+    return qs.filter(
+        Q(pinned__lt=pinned) | Q(pinned=pinned, updated_at__lt=at) | Q(pinned=pinned, updated_at=at, id__lt=pk)
+    )
+
+
+def day_group(conversation: Conversation, today: dt.date, tz: dt.tzinfo) -> str:
+    """The sidebar heading a thread falls under, by its last activity in the person's time zone."""
+    if conversation.pinned:
+        return "Pinned"
+    day = conversation.updated_at.astimezone(tz).date()
+    age = (today - day).days
+    if age <= 0:
+        return "Today"
+    if age == 1:
+        return "Yesterday"
+    if age < 7:
+        return "Previous 7 days"
+    if age < 30:
+        return "Previous 30 days"
+    return f"{day:%B}" if day.year == today.year else f"{day:%B %Y}"
+
+
+def sidebar_page(
+    user: AbstractBaseUser,
+    *,
+    query: str = "",
+    cursor: str = "",
+    after_group: str | None = None,
+    now: dt.datetime,
+    tz: dt.tzinfo,
+    size: int = SIDEBAR_PAGE_SIZE,
+) -> SidebarPage:
+    """One page of the user's threads (one query, whatever the page size), grouped by day."""
+    qs = (
+        conversations_for_user(user)
+        .select_related(None)
+        .only("id", "title", "pinned", "updated_at")
+        .order_by("-pinned", "-updated_at", "-id")
+    )
+    if query.strip():
+        qs = _search(qs, query)
+    if cursor:
+        qs = _after_cursor(qs, cursor)
+    threads = list(qs[: size + 1])
+    more = len(threads) > size
+    threads = threads[:size]
+    today = now.astimezone(tz).date()
+    rows: list[tuple[str | None, Conversation]] = []
+    group = after_group
+    for c in threads:
+        label = day_group(c, today, tz)
+        rows.append((label if label != group else None, c))
+        group = label
+    return SidebarPage(rows=rows, next_cursor=_cursor_of(threads[-1]) if more else None, last_group=group)

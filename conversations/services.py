@@ -39,6 +39,8 @@ class Sent:
 
     message: Message
     reply: Message | None
+    # Messages an edit took out of sight (the edited message and the replies after it).
+    replaces: tuple[int, ...] = ()
 
 
 def conversation_create(*, owner: AbstractBaseUser, persona: Persona) -> Conversation:
@@ -60,6 +62,13 @@ def effective_persona(conversation: Conversation) -> Persona:
     if conversation.persona.is_active:
         return conversation.persona
     return _default_persona()
+
+
+def _check_persona(conversation: Conversation) -> None:
+    """Refuse to continue a thread whose persona staff have since restricted to groups its owner is not in."""
+    persona = effective_persona(conversation)
+    if persona.groups.exists() and not persona.groups.filter(user=conversation.owner_id).exists():
+        raise ChatError("not_found", f"{persona.name} is no longer available to you. Start a new chat.")
 
 
 def clean_content(content: object) -> str:
@@ -100,9 +109,13 @@ def _lock(conversation: Conversation) -> Conversation:
     return Conversation.objects.select_for_update().get(pk=conversation.pk)
 
 
-def message_send(*, conversation: Conversation, client_id: uuid.UUID, content: object) -> Sent:
+def message_send(
+    *, conversation: Conversation, client_id: uuid.UUID, content: object, edit_of: int | None = None
+) -> Sent:
     """Store the user's message and open the reply; a resent `client_id` changes nothing.
 
+    `edit_of` (the last user message's id) sends an edited version of it instead: that message and
+    the replies after it are hidden, kept for usage accounting.
     Refusals (`invalid`, `busy`, `rate_limited`, `quota_exceeded`) store nothing.
     """
     existing = Message.objects.filter(conversation=conversation, client_id=client_id).first()
@@ -116,7 +129,16 @@ def message_send(*, conversation: Conversation, client_id: uuid.UUID, content: o
             return Sent(existing, None)
         if Message.objects.filter(conversation=conv, status=Message.Status.STREAMING).exists():
             raise ChatError("busy", "A reply is still being written. Stop it or wait for it to finish.")
+        replaces: list[int] = []
+        if edit_of is not None:
+            last_user = conv.messages.filter(hidden=False, role=Message.Role.USER).order_by("-id").first()
+            if last_user is None or last_user.pk != edit_of:
+                raise ChatError("invalid", "Only your last message can be edited.")
+        _check_persona(conv)
         _check_limits(conv.owner_id)
+        if edit_of is not None:
+            replaces = list(conv.messages.filter(hidden=False, id__gte=edit_of).values_list("id", flat=True))
+            conv.messages.filter(id__in=replaces).update(hidden=True)
         message = Message.objects.create(conversation=conv, role=Message.Role.USER, content=text, client_id=client_id)
         reply = _open_reply(conv)
         fields = ["updated_at"]
@@ -125,7 +147,7 @@ def message_send(*, conversation: Conversation, client_id: uuid.UUID, content: o
             conv.title = " ".join(text.split()[:TITLE_WORDS])[:200]
             fields.append("title")
         conv.save(update_fields=fields)
-    return Sent(message, reply)
+    return Sent(message, reply, tuple(replaces))
 
 
 def reply_regenerate(*, conversation: Conversation) -> tuple[Message, list[int]]:
@@ -137,6 +159,7 @@ def reply_regenerate(*, conversation: Conversation) -> tuple[Message, list[int]]
             raise ChatError("invalid", "There is no message to answer yet.")
         if Message.objects.filter(conversation=conv, status=Message.Status.STREAMING).exists():
             raise ChatError("busy", "A reply is still being written. Stop it or wait for it to finish.")
+        _check_persona(conv)
         _check_limits(conv.owner_id)
         replaced = list(
             conv.messages.filter(hidden=False, role=Message.Role.ASSISTANT, id__gt=last_user.pk).values_list(
@@ -205,3 +228,26 @@ def replies_interrupt_stale(
             message.status = Message.Status.INTERRUPTED
             interrupted.append(message)
     return interrupted
+
+
+def conversation_rename(*, conversation: Conversation, title: object) -> Conversation:
+    """Give a thread the title its owner chose; the model's background title never overwrites it."""
+    text = " ".join(title.split())[:200] if isinstance(title, str) else ""
+    if not text:
+        raise ChatError("invalid", "A title cannot be empty.")
+    conversation.title = text
+    conversation.title_is_auto = False
+    conversation.save(update_fields=["title", "title_is_auto"])
+    return conversation
+
+
+def conversation_pin(*, conversation: Conversation, pinned: bool) -> Conversation:
+    """Pin a thread to the top of the sidebar, or unpin it."""
+    conversation.pinned = pinned
+    conversation.save(update_fields=["pinned"])
+    return conversation
+
+
+def conversation_delete(*, conversation: Conversation) -> None:
+    """Delete a thread and its messages. A reply still running stops at its next write (its row is gone)."""
+    conversation.delete()

@@ -1,14 +1,32 @@
-"""Short function views: the chat page, a conversation, a new conversation."""
+"""Short function views: the chat page, a conversation, the sidebar and its htmx partials."""
 
 from __future__ import annotations
+
+import json
+import zoneinfo
+from typing import Any
 
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
-from django.views.decorators.http import require_GET, require_POST
+from django.utils import timezone
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from . import selectors, services
+from . import rendering, selectors, services
 from .models import Conversation
+from .services import ChatError
+
+# What to do next, per error code: shown with the error, by the server (stored replies) and by chat.js.
+ERROR_HINTS = {
+    "rate_limited": "You are sending messages faster than this site allows: wait a moment and try again.",
+    "quota_exceeded": "You have used today's token allowance. It renews tomorrow; ask your admin if you need more.",
+    "provider_auth": "The provider rejected the key: ask your admin to check the API key.",
+    "provider_rate_limited": "The model provider is rate limiting this site: try again shortly.",
+    "provider_unavailable": "The model provider did not answer properly: try again in a moment.",
+    "context_too_long": "This conversation is too long for the model: start a new chat to go on.",
+    "busy": "A reply is still being written: stop it or wait for it to finish.",
+    "interrupted": "The server restarted while this reply was being written: try again for a full answer.",
+}
 
 
 def healthz(request: HttpRequest) -> HttpResponse:
@@ -16,13 +34,52 @@ def healthz(request: HttpRequest) -> HttpResponse:
     return JsonResponse({"ok": True})
 
 
+def _is_htmx(request: HttpRequest) -> bool:
+    return request.headers.get("HX-Request") == "true"
+
+
+def _tz(request: HttpRequest) -> Any:
+    """The person's time zone, from the cookie the page's script sets; the site's otherwise."""
+    name = request.COOKIES.get("tz", "")
+    if name:
+        try:
+            return zoneinfo.ZoneInfo(name)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            pass
+    return timezone.get_current_timezone()
+
+
+def _sidebar(
+    request: HttpRequest, *, query: str = "", cursor: str = "", after_group: str | None = None
+) -> dict[str, Any]:
+    page = selectors.sidebar_page(
+        request.user,  # type: ignore[arg-type]
+        query=query[:200],
+        cursor=cursor,
+        after_group=after_group,
+        now=timezone.now(),
+        tz=_tz(request),
+    )
+    return {"sidebar": page, "q": query[:200]}
+
+
 def _page(request: HttpRequest, conversation: Conversation | None) -> HttpResponse:
-    context = {
-        "conversation": conversation,
-        "messages_list": list(selectors.visible_messages(conversation)) if conversation else [],
-        "conversations": selectors.conversations_for_user(request.user)[:50],  # type: ignore[arg-type]
-        "personas": selectors.personas_for_user(request.user),  # type: ignore[arg-type]
-    }
+    """The chat page: a conversation with its whole history, or the new-chat picker."""
+    context: dict[str, Any] = {"conversation": conversation, "error_hints": ERROR_HINTS, **_sidebar(request)}
+    if conversation is not None:
+        persona = services.effective_persona(conversation)
+        # Only what the page shows: 1,000 rows' timestamps alone cost more than rendering them.
+        fields = ("id", "conversation_id", "role", "content", "status", "client_id", "error_code")
+        messages = list(selectors.visible_messages(conversation).only(*fields))
+        for m, article in zip(messages, rendering.render_messages(messages, ERROR_HINTS), strict=True):
+            m.article = article  # type: ignore[attr-defined]
+        model = persona.resolved_model()
+        context.update(persona=persona, model=model, messages_list=messages, offline_demo=model.startswith("offline:"))
+    else:
+        personas = list(selectors.personas_for_user(request.user))  # type: ignore[arg-type]
+        chosen = next((p for p in personas if p.is_default), personas[0] if personas else None)
+        context.update(personas=personas, chosen=chosen, messages_list=[])
+        context["offline_demo"] = bool(chosen and chosen.resolved_model().startswith("offline:"))
     return render(request, "conversations/chat.html", context)
 
 
@@ -30,16 +87,24 @@ def _page(request: HttpRequest, conversation: Conversation | None) -> HttpRespon
 @require_GET
 def index(request: HttpRequest) -> HttpResponse:
     """The latest conversation, or a new chat."""
-    latest = selectors.conversations_for_user(request.user).first()  # type: ignore[arg-type]
+    latest = (
+        selectors.conversations_for_user(request.user)  # type: ignore[arg-type]
+        .select_related(None)
+        .only("id")
+        .order_by("-updated_at")  # the latest, pinned or not
+        .first()
+    )
     if latest is not None:
         return redirect(latest)
     return _page(request, None)
 
 
 @login_required
-@require_POST
+@require_http_methods(["GET", "POST"])
 def conversation_new(request: HttpRequest) -> HttpResponse:
-    """Create a conversation with the chosen (or default) persona and open it."""
+    """GET: the persona picker. POST: create a conversation with the chosen (or default) persona and open it."""
+    if request.method == "GET":
+        return _page(request, None)
     persona = selectors.persona_for_user(request.user, request.POST.get("persona") or None)  # type: ignore[arg-type]
     if persona is None:
         raise Http404("No such persona.")
@@ -52,3 +117,82 @@ def conversation_new(request: HttpRequest) -> HttpResponse:
 def conversation_detail(request: HttpRequest, conversation_id: str) -> HttpResponse:
     """One conversation with its whole history, rendered on the server."""
     return _page(request, selectors.conversation_for_user(request.user, conversation_id))
+
+
+@login_required
+@require_GET
+def sidebar(request: HttpRequest) -> HttpResponse:
+    """A page of the sidebar's threads (htmx: search, load on scroll, refresh)."""
+    context = _sidebar(
+        request,
+        query=request.GET.get("q", ""),
+        cursor=request.GET.get("cursor", ""),
+        after_group=request.GET.get("group") or None,
+    )
+    return render(request, "conversations/_threads.html", context)
+
+
+@login_required
+@require_GET
+def conversation_item(request: HttpRequest, conversation_id: str) -> HttpResponse:
+    """One thread's sidebar entry (htmx: after a cancelled rename)."""
+    conversation = selectors.conversation_for_user(request.user, conversation_id)
+    return render(request, "conversations/_thread.html", {"c": conversation})
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def conversation_rename(request: HttpRequest, conversation_id: str) -> HttpResponse:
+    """GET: the inline rename form. POST: save the title; htmx gets the entry back, a plain form a redirect."""
+    conversation = selectors.conversation_for_user(request.user, conversation_id)
+    if request.method == "GET":
+        return render(request, "conversations/_thread_rename.html", {"c": conversation})
+    try:
+        services.conversation_rename(conversation=conversation, title=request.POST.get("title"))
+    except ChatError as exc:
+        context = {"c": conversation, "error": exc.message}
+        return render(request, "conversations/_thread_rename.html", context, status=400)
+    if not _is_htmx(request):
+        return redirect(conversation)
+    response = render(request, "conversations/_thread.html", {"c": conversation})
+    response["HX-Trigger"] = json.dumps({"chat:renamed": {"id": str(conversation.pk), "title": conversation.title}})
+    return response
+
+
+@login_required
+@require_POST
+def conversation_pin(request: HttpRequest, conversation_id: str) -> HttpResponse:
+    """Pin or unpin; htmx gets the sidebar's first page back (the order changed)."""
+    conversation = selectors.conversation_for_user(request.user, conversation_id)
+    services.conversation_pin(conversation=conversation, pinned=request.POST.get("pinned") in {"1", "true", "on"})
+    if not _is_htmx(request):
+        return redirect(conversation)
+    return render(request, "conversations/_threads.html", _sidebar(request, query=request.POST.get("q", "")))
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def conversation_delete(request: HttpRequest, conversation_id: str) -> HttpResponse:
+    """GET: a confirmation page (without script). POST: delete the thread and its messages."""
+    conversation = selectors.conversation_for_user(request.user, conversation_id)
+    if request.method == "GET":
+        return render(request, "conversations/confirm_delete.html", {"c": conversation})
+    services.conversation_delete(conversation=conversation)
+    if not _is_htmx(request):
+        return redirect("index")
+    response = HttpResponse("")
+    response["HX-Trigger"] = json.dumps({"chat:deleted": {"id": str(conversation_id)}})
+    return response
+
+
+@login_required
+@require_GET
+def message_detail(request: HttpRequest, conversation_id: str, message_id: int) -> HttpResponse:
+    """One visible message as the page renders it (?format=text: its raw text, for copying)."""
+    conversation = selectors.conversation_for_user(request.user, conversation_id)
+    message = selectors.visible_messages(conversation).filter(pk=message_id).first()
+    if message is None:
+        raise Http404
+    if request.GET.get("format") == "text":
+        return HttpResponse(message.content, content_type="text/plain; charset=utf-8")
+    return HttpResponse(rendering.render_messages([message], ERROR_HINTS)[0])

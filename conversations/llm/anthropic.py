@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 import anthropic
 import anyio
 import httpx2
+from anthropic import AsyncStream
+from anthropic.types import (
+    RawContentBlockDeltaEvent,
+    RawMessageDeltaEvent,
+    RawMessageStartEvent,
+    RawMessageStopEvent,
+    RawMessageStreamEvent,
+    TextDelta,
+)
 from django.conf import settings
 
 from .base import ChatRequest, Provider, ProviderError, Usage, error_for_status, parse_retry_after
@@ -18,8 +27,8 @@ DEFAULT_MAX_TOKENS = 4096
 def map_error(exc: Exception) -> ProviderError:
     """The SDK's (and its transport's) exceptions as our one error type."""
     if isinstance(exc, anthropic.APIStatusError):
-        body = exc.body if isinstance(exc.body, dict) else {}
-        error = body.get("error") if isinstance(body.get("error"), dict) else {}
+        body: dict[str, Any] = exc.body if isinstance(exc.body, dict) else {}
+        error: dict[str, Any] = body["error"] if isinstance(body.get("error"), dict) else {}
         return error_for_status(
             exc.status_code,
             exc.message,
@@ -35,7 +44,7 @@ def map_error(exc: Exception) -> ProviderError:
     if isinstance(exc, anthropic.APIError):
         # e.g. an `event: error` inside a 200 stream (overloaded_error counts as retryable).
         body = exc.body if isinstance(exc.body, dict) else {}
-        error = body.get("error") if isinstance(body.get("error"), dict) else {}
+        error = body["error"] if isinstance(body.get("error"), dict) else {}
         return error_for_status(500, exc.message, kind=str(error.get("type") or exc.message))
     return ProviderError("provider_unavailable", f"Unexpected provider failure: {type(exc).__name__}")
 
@@ -75,24 +84,28 @@ class AnthropicProvider(Provider):
         usage = Usage()
         stopped = False
         try:
-            stream = await self.client.messages.create(
-                model=request.model,
-                messages=merged_turns(request.messages),  # type: ignore[arg-type]
-                max_tokens=request.max_output_tokens or DEFAULT_MAX_TOKENS,
-                stream=True,
-                **kwargs,
+            # `stream=True` with **kwargs defeats the SDK's overloads: say which one this is.
+            stream = cast(
+                "AsyncStream[RawMessageStreamEvent]",
+                await self.client.messages.create(
+                    model=request.model,
+                    messages=merged_turns(request.messages),  # type: ignore[arg-type]
+                    max_tokens=request.max_output_tokens or DEFAULT_MAX_TOKENS,
+                    stream=True,
+                    **kwargs,
+                ),
             )
             async with stream:
                 async for event in stream:
-                    if event.type == "content_block_delta" and event.delta.type == "text_delta":
-                        if event.delta.text:
+                    if isinstance(event, RawContentBlockDeltaEvent):
+                        if isinstance(event.delta, TextDelta) and event.delta.text:
                             yield event.delta.text
-                    elif event.type == "message_start":
+                    elif isinstance(event, RawMessageStartEvent):
                         usage.input_tokens = event.message.usage.input_tokens
                         usage.output_tokens = event.message.usage.output_tokens
-                    elif event.type == "message_delta":
+                    elif isinstance(event, RawMessageDeltaEvent):
                         usage.output_tokens = event.usage.output_tokens
-                    elif event.type == "message_stop":
+                    elif isinstance(event, RawMessageStopEvent):
                         stopped = True
         except ProviderError:
             raise

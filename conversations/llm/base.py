@@ -129,6 +129,7 @@ async def within_gap(stream: AsyncIterable[str | Usage], gap: float) -> AsyncIte
     iterator = aiter(stream)
     waiting_since: float | None = None  # set while we wait for the provider, not for our caller
     fired = False
+    handle: asyncio.TimerHandle | None = None
 
     def check() -> None:
         nonlocal handle, fired
@@ -156,7 +157,8 @@ async def within_gap(stream: AsyncIterable[str | Usage], gap: float) -> AsyncIte
             waiting_since = None
             yield item
     finally:
-        handle.cancel()
+        if handle is not None:
+            handle.cancel()
         # Release the provider's connection now, not when the garbage collector gets to it.
         if isinstance(iterator, AsyncGenerator):
             await iterator.aclose()

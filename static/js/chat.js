@@ -1,5 +1,6 @@
-// The conversation page's websocket client: sends messages, renders streamed replies by offset,
-// reconnects and resumes without losing or repeating text. See docs/protocol.md.
+// The conversation page's websocket client (docs/protocol.md): sends messages, grows streamed replies
+// in place by offset, reconnects and resumes without losing or repeating text, and drives the
+// message actions (stop, regenerate, edit and resend, copy) and the inline errors.
 (function () {
   "use strict";
 
@@ -7,66 +8,137 @@
   if (!main) return;
   const conversationId = main.dataset.conversationId;
   const messagesEl = document.getElementById("messages");
+  const emptyEl = messagesEl.querySelector(".empty-thread");
   const form = document.getElementById("composer");
   const input = document.getElementById("composer-input");
   const sendBtn = document.getElementById("send");
   const stopBtn = document.getElementById("stop");
+  const jumpBtn = document.getElementById("jump");
   const connectionEl = document.getElementById("connection");
-  const charCount = document.getElementById("char-count");
+  const announcer = document.getElementById("announcer");
   const maxChars = parseInt(main.dataset.maxChars || "20000", 10);
+  const hints = JSON.parse((document.getElementById("error-hints") || {}).textContent || "{}");
+  const ui = window.chatUI || {};
+  const md = window.ChatMarkdown;
+  const REFUSALS = ["invalid", "busy", "rate_limited", "quota_exceeded", "not_found"];
 
-  const replies = new Map(); // message id -> {text, el, status}
+  const replies = new Map(); // reply id -> {text, length, el, status, announced}
+  const assembled = new Map(); // reply id -> the text the deltas built, at its `end`
+  const mismatches = []; // replies whose deltas did not add up to the stored text
+  let connections = 0;
   let generatingId = null;
   let socket = null;
+  let failures = 0;
   let retryDelay = 500;
-  let pending = null; // {client_id, content}: sent, not yet acknowledged by a `message` event
+  let pending = null; // {client_id, content, edit_of}: sent, not yet acknowledged by a `message` event
+  let stopping = false;
 
-  // -- rendering -----------------------------------------------------------------------------
-  function renderMarkdown(el, text) {
-    if (window.marked && window.DOMPurify) {
-      const html = window.marked.parse(text, { gfm: true, breaks: false });
-      el.innerHTML = window.DOMPurify.sanitize(html, { USE_PROFILES: { html: true } });
-      el.querySelectorAll("a[href]").forEach((a) => { a.rel = "noopener noreferrer nofollow"; });
-    } else {
-      el.textContent = text;
-    }
+  // -- text by code points (the protocol's offsets count code points, not UTF-16 units) -------------
+  function codePoints(text) {
+    let n = 0;
+    for (const _ of text) n++; // eslint-disable-line no-unused-vars
+    return n;
+  }
+  function sliceCodePoints(text, start) {
+    return Array.from(text).slice(start).join("");
   }
 
-  let renderQueued = new Set();
-  function scheduleRender(id) {
-    renderQueued.add(id);
-    if (renderQueued.size === 1) {
-      requestAnimationFrame(() => {
-        for (const rid of renderQueued) {
-          const r = replies.get(rid);
-          if (r) renderMarkdown(r.el.querySelector(".msg-content"), r.text);
-        }
-        renderQueued = new Set();
-        autoscroll();
-      });
+  // -- scrolling: follow the reply unless the person scrolled up ----------------------------------------
+  let stick = true;
+  let lastIntent = -Infinity; // when the reader last touched the thread (wheel, touch, pointer, keys)
+  let upIntent = -Infinity; // when the reader last moved the view up
+  function distanceFromBottom() {
+    return messagesEl.scrollHeight - messagesEl.scrollTop - messagesEl.clientHeight;
+  }
+  function scrollToBottom(smooth) {
+    messagesEl.scrollTo({ top: messagesEl.scrollHeight, behavior: smooth ? "smooth" : "auto" });
+    stick = true;
+    jumpBtn.hidden = true;
+  }
+  function followContent() {
+    if (stick && performance.now() - upIntent > 700) scrollToBottom(false);
+    else if (distanceFromBottom() > 40) jumpBtn.hidden = false;
+  }
+  // Only the reader un-sticks the view: layout changes (a code block enhanced as it scrolls into
+  // view, a long history laid out lazily) move scrollTop too, and then the view is pinned again.
+  const intent = () => { lastIntent = performance.now(); };
+  const followAgain = () => { upIntent = -Infinity; lastIntent = -Infinity; };
+  let pinQueued = false;
+  function pinSoon() {
+    if (pinQueued) return;
+    pinQueued = true;
+    requestAnimationFrame(() => {
+      pinQueued = false;
+      if (stick && performance.now() - upIntent > 700) scrollToBottom(false);
+    });
+  }
+  let lastTop = 0;
+  messagesEl.addEventListener("wheel", (event) => {
+    if (event.deltaY < 0) { stick = false; upIntent = performance.now(); }
+  }, { passive: true });
+  for (const type of ["touchmove", "pointerdown", "keydown"]) messagesEl.addEventListener(type, intent, { passive: true });
+  messagesEl.addEventListener("scroll", () => {
+    const now = performance.now();
+    const top = messagesEl.scrollTop;
+    if (now - lastIntent < 1000 && top < lastTop - 2) upIntent = now;
+    lastTop = top;
+    const near = distanceFromBottom() < 40;
+    if (now - upIntent < 700) stick = false; // still on its way up: never pull it back down
+    else if (near) stick = true;
+    else if (now - lastIntent < 1000) stick = false;
+    else if (stick) pinSoon();
+    jumpBtn.hidden = near || stick;
+  }, { passive: true });
+  new MutationObserver(() => { if (stick) pinSoon(); }).observe(messagesEl, { childList: true, subtree: true });
+  jumpBtn.addEventListener("click", () => { followAgain(); scrollToBottom(true); input.focus(); });
+
+  // -- announcing the reply politely to screen readers, a sentence or so at a time -------------------
+  function announce(text) {
+    text = text.replace(/\s+/g, " ").trim();
+    if (!text) return;
+    const p = document.createElement("p");
+    p.textContent = text;
+    announcer.append(p);
+    while (announcer.childElementCount > 4) announcer.firstElementChild.remove();
+  }
+  function announceProgress(r, final) {
+    const content = r.el.querySelector(".msg-content");
+    const text = content ? content.textContent : r.text;
+    if (text.length < r.announced) r.announced = text.length; // markup settled into shorter text
+    const rest = text.slice(r.announced);
+    let cut = rest.length;
+    if (!final) {
+      const m = rest.match(/^[\s\S]*[.!?:\n](?=\s|$)/);
+      if (!m || m[0].length < 40) return; // wait for a whole sentence or two
+      cut = m[0].length;
     }
+    announce(rest.slice(0, cut));
+    r.announced += cut;
   }
 
-  function autoscroll() {
-    const nearBottom = messagesEl.scrollHeight - messagesEl.scrollTop - messagesEl.clientHeight < 120;
-    if (nearBottom || document.activeElement === input) messagesEl.scrollTop = messagesEl.scrollHeight;
+  // -- building messages ----------------------------------------------------------------------------
+  function actionsFor(role) {
+    const tpl = document.getElementById(`tpl-actions-${role}`);
+    return tpl ? tpl.content.firstElementChild.cloneNode(true) : document.createElement("div");
   }
 
   function messageEl(id, role, status) {
-    let el = messagesEl.querySelector(`[data-message-id="${id}"]`);
+    let el = document.getElementById(`m${id}`);
     if (el) return el;
     el = document.createElement("article");
+    el.id = `m${id}`;
     el.className = `msg msg-${role}` + (status && status !== "complete" ? ` msg-${status}` : "");
     el.dataset.messageId = id;
     el.dataset.role = role;
     el.dataset.status = status || "complete";
-    const author = document.createElement("div");
+    const author = document.createElement("h2");
     author.className = "msg-author";
     author.textContent = role === "user" ? "You" : "Assistant";
     const content = document.createElement("div");
     content.className = "msg-content " + (role === "user" ? "msg-plain" : "markdown");
-    el.append(author, content);
+    el.append(author, content, actionsFor(role));
     messagesEl.append(el);
+    if (emptyEl) emptyEl.hidden = true;
     return el;
   }
 
@@ -74,44 +146,169 @@
     let r = replies.get(id);
     if (!r) {
       const el = messageEl(id, "assistant", "streaming");
-      // A reply rendered by the server keeps its stored text as the starting point.
-      r = { text: "", length: 0, el, status: el.dataset.status };
+      r = { text: "", length: 0, el, status: el.dataset.status, announced: 0 };
       replies.set(id, r);
     }
     return r;
+  }
+
+  function setStatus(r, status) {
+    r.status = status;
+    r.el.dataset.status = status;
+    r.el.className = "msg msg-assistant" + (status !== "complete" ? ` msg-${status}` : "");
+    r.el.setAttribute("aria-busy", status === "streaming" ? "true" : "false");
+  }
+
+  function removeMessage(id) {
+    replies.delete(id);
+    const el = document.getElementById(`m${id}`);
+    if (el) {
+      // An inline error about a removed reply goes with it.
+      const next = el.nextElementSibling;
+      if (next && next.classList.contains("inline-error")) next.remove();
+      el.remove();
+    }
+  }
+
+  // Rendering is throttled: one paint per animation frame at most, and not more than ~20 a second.
+  const renderQueue = new Set();
+  let renderTimer = null;
+  let lastRender = 0;
+  function scheduleRender(id) {
+    renderQueue.add(id);
+    if (renderTimer !== null) return;
+    const wait = Math.max(0, 50 - (performance.now() - lastRender));
+    renderTimer = setTimeout(() => requestAnimationFrame(flushRender), wait);
+  }
+  function flushRender() {
+    renderTimer = null;
+    lastRender = performance.now();
+    for (const id of renderQueue) {
+      const r = replies.get(id);
+      if (!r || !r.el.isConnected) continue;
+      md.render(r.el.querySelector(".msg-content"), r.text);
+      if (r.status === "streaming") announceProgress(r, false);
+    }
+    renderQueue.clear();
+    followContent();
   }
 
   function setGenerating(id) {
     generatingId = id;
     const busy = id !== null;
     stopBtn.hidden = !busy;
-    sendBtn.disabled = busy;
+    stopBtn.disabled = false;
+    if (!busy) stopping = false;
     main.classList.toggle("generating", busy);
+    updateSendState();
   }
 
-  function showNote(el, text) {
+  function updateSendState() {
+    const n = input.value.length;
+    sendBtn.disabled = generatingId !== null || pending !== null || !input.value.trim() || n > maxChars;
+  }
+
+  // -- notes and errors, inline in the thread -------------------------------------------------------
+  function setNote(el, text, isError) {
     let note = el.querySelector(".msg-note");
     if (!note) {
-      note = document.createElement("p");
+      note = document.createElement("div");
       note.className = "msg-note";
-      el.append(note);
+      el.querySelector(".msg-actions").before(note);
     }
-    note.textContent = text;
+    note.classList.toggle("msg-note-error", !!isError);
+    note.replaceChildren();
+    const p = document.createElement("p");
+    p.textContent = text;
+    note.append(p);
+    return note;
+  }
+  function clearNote(el) {
+    const note = el.querySelector(".msg-note");
+    if (note) note.remove();
+  }
+
+  function clearRefusals() {
+    messagesEl.querySelectorAll(".inline-error.refusal").forEach((e) => e.remove());
+  }
+
+  // A countdown for "try again in N s", then the retry button.
+  function countdown(box, seconds, button) {
+    const span = document.createElement("span");
+    span.className = "countdown";
+    box.querySelector("p").append(" ", span);
+    let left = Math.ceil(seconds);
+    if (button) button.disabled = true;
+    const tick = () => {
+      if (!box.isConnected) return;
+      if (left <= 0) {
+        span.textContent = "You can try again now.";
+        if (button) button.disabled = false;
+        return;
+      }
+      span.textContent = `Try again in ${left} s.`;
+      left -= 1;
+      setTimeout(tick, 1000);
+    };
+    tick();
   }
 
   function showError(frame) {
-    const box = document.createElement("div");
-    box.className = "inline-error";
+    const hint = hints[frame.code];
+    const text = hint || frame.message || "Something went wrong.";
+    const retryable = !["provider_auth", "invalid", "not_found", "context_too_long", "busy"].includes(frame.code);
+    let box;
+    let retry = null;
+    const reply = frame.message_id && replies.get(frame.message_id);
+    if (reply && reply.el.isConnected) {
+      // A failed reply: the error sits under it; retrying regenerates it.
+      box = setNote(reply.el, `This reply failed. ${text}`, true);
+      if (retryable) {
+        retry = document.createElement("button");
+        retry.type = "button";
+        retry.className = "btn btn-small";
+        retry.dataset.act = "regenerate";
+        retry.textContent = "Try again";
+      }
+    } else {
+      // A refused message: nothing was stored, the text is still in the composer; retrying sends it.
+      box = document.createElement("div");
+      box.className = "inline-error refusal";
+      box.setAttribute("role", "alert");
+      const p = document.createElement("p");
+      p.textContent = text;
+      box.append(p);
+      if (retryable) {
+        retry = document.createElement("button");
+        retry.type = "button";
+        retry.className = "btn btn-small";
+        retry.textContent = "Try again";
+        retry.addEventListener("click", () => { box.remove(); submit(); });
+      }
+      clearRefusals();
+      messagesEl.append(box);
+    }
+    // The provider's own words help only when the hint cannot say what went wrong.
+    if (hint && frame.message && frame.code === "provider_unavailable") {
+      const detail = document.createElement("p");
+      detail.className = "error-detail";
+      detail.textContent = frame.message;
+      box.append(detail);
+    }
+    if (frame.code === "context_too_long" || frame.code === "not_found") {
+      const a = document.createElement("a");
+      a.href = "/conversations/new/";
+      a.className = "btn btn-small";
+      a.textContent = "Start a new chat";
+      box.append(a);
+    }
+    if (retry) box.append(retry);
+    if (frame.retry_after) countdown(box, frame.retry_after, retry);
     box.setAttribute("role", "alert");
-    let text = frame.message || "Something went wrong.";
-    if (frame.retry_after) text += ` (try again in ${Math.ceil(frame.retry_after)} s)`;
-    box.textContent = text;
-    messagesEl.append(box);
-    autoscroll();
-    setTimeout(() => box.remove(), 15000);
+    followContent();
   }
 
-  // -- the socket ------------------------------------------------------------------------------
+  // -- the socket --------------------------------------------------------------------------------------
   function send(frame) {
     if (socket && socket.readyState === WebSocket.OPEN) {
       socket.send(JSON.stringify(frame));
@@ -120,27 +317,50 @@
     return false;
   }
 
-  // Offsets count code points (as Python does), not UTF-16 units: emoji are one character.
-  function codePoints(text) {
-    let n = 0;
-    for (const _ of text) n++; // eslint-disable-line no-unused-vars
-    return n;
-  }
-
   function applyDelta(frame) {
     const r = replyFor(frame.message_id);
     const have = r.length;
     if (frame.offset > have) {
-      // A gap: ask for everything from what we have.
+      // A gap (we missed text): ask for everything from what we have.
       send({ type: "resume", message_id: frame.message_id, offset: have });
       return;
     }
     const chars = codePoints(frame.text);
     if (frame.offset + chars <= have) return; // a repeat
-    const fresh = frame.offset === have ? frame.text : Array.from(frame.text).slice(have - frame.offset).join("");
-    r.text += fresh;
+    r.text += frame.offset === have ? frame.text : sliceCodePoints(frame.text, have - frame.offset);
     r.length = frame.offset + chars;
     scheduleRender(frame.message_id);
+  }
+
+  // After `end`, the reply shows exactly what a reload shows: the server's rendering of the stored text.
+  function adoptServerRendering(r, id) {
+    fetch(`/conversations/${conversationId}/messages/${id}/`, { credentials: "same-origin" })
+      .then((response) => (response.ok ? response.text() : Promise.reject(response.status)))
+      .then((html) => {
+        if (!r.el.isConnected || r.status === "streaming") return;
+        const tpl = document.createElement("template");
+        tpl.innerHTML = html.trim();
+        const fresh = tpl.content.querySelector("article.msg");
+        if (!fresh) return;
+        const live = r.el.querySelector(".msg-note");
+        if (live && fresh.querySelector(".msg-note")) fresh.querySelector(".msg-note").replaceWith(live);
+        md.enhance(fresh);
+        r.el.replaceWith(fresh);
+        r.el = fresh;
+        followContent();
+      })
+      .catch(() => { /* keep the browser's rendering */ });
+  }
+
+  let titleChecks = [];
+  function refreshSidebarSoon(firstReply) {
+    if (!ui.refreshSidebar) return;
+    ui.refreshSidebar();
+    if (firstReply) {
+      // The model writes a short title in the background: pick it up when it lands.
+      titleChecks.forEach(clearTimeout);
+      titleChecks = [2000, 4000, 7000, 11000, 16000, 24000].map((ms) => setTimeout(() => ui.refreshSidebar(), ms));
+    }
   }
 
   const handlers = {
@@ -149,129 +369,354 @@
       if (g) {
         const r = replyFor(g.message_id);
         r.text = g.text;
-        r.length = g.offset;
-        r.el.dataset.status = "streaming";
+        r.length = codePoints(g.text);
+        setStatus(r, "streaming");
         scheduleRender(g.message_id);
         setGenerating(g.message_id);
       } else {
         setGenerating(null);
-        messagesEl.querySelectorAll('[data-status="streaming"]').forEach((el) => {
-          send({ type: "resume", message_id: parseInt(el.dataset.messageId, 10), offset: 0 });
+        // A reply we saw streaming ended while we were away: fetch the rest (and its `end`).
+        messagesEl.querySelectorAll('article[data-status="streaming"]').forEach((el) => {
+          const id = parseInt(el.dataset.messageId, 10);
+          const r = replies.get(id);
+          send({ type: "resume", message_id: id, offset: r ? r.length : 0 });
         });
       }
-      if (pending) send({ type: "send", client_id: pending.client_id, content: pending.content });
+      if (pending) {
+        send({ type: "send", client_id: pending.client_id, content: pending.content, ...(pending.edit_of ? { edit_of: pending.edit_of } : {}) });
+      } else if (!g) {
+        sendFirstMessage();
+      }
     },
     message(frame) {
       const m = frame.message;
+      const mine = pending && m.client_id === pending.client_id;
+      const removed = new Set(frame.replaces || []);
+      if (mine && pending.edit_of) {
+        // The edited message and what followed it go (even on a resend's answer, which lists nothing).
+        let el = document.getElementById(`m${pending.edit_of}`);
+        while (el) {
+          const next = el.nextElementSibling;
+          if (el.dataset.messageId) removed.add(parseInt(el.dataset.messageId, 10));
+          else if (el.classList.contains("inline-error")) el.remove();
+          el = next;
+        }
+      }
+      removed.forEach((id) => { if (id !== m.id) removeMessage(id); });
+      const existed = !!document.getElementById(`m${m.id}`);
       const el = messageEl(m.id, m.role, "complete");
       el.querySelector(".msg-content").textContent = m.content;
       if (m.client_id) el.dataset.clientId = m.client_id;
-      if (pending && m.client_id === pending.client_id) {
+      if (mine) {
+        if (!pending.edit_of) {
+          input.value = "";
+          input.dispatchEvent(new Event("input"));
+        }
         pending = null;
-        input.value = "";
-        updateCount();
+        clearRefusals();
+        scrollToBottom(false);
       }
-      autoscroll();
+      updateSendState();
+      followContent();
+      if (!existed) refreshSidebarSoon(false);
     },
     start(frame) {
-      (frame.replaces || []).forEach((id) => {
-        replies.delete(id);
-        const old = messagesEl.querySelector(`[data-message-id="${id}"]`);
-        if (old) old.remove();
-      });
+      (frame.replaces || []).forEach(removeMessage);
       const r = replyFor(frame.message_id);
-      r.el.dataset.status = "streaming";
+      r.text = "";
+      r.length = 0;
+      r.announced = 0;
+      setStatus(r, "streaming");
+      clearNote(r.el);
+      r.el.querySelector(".msg-content").replaceChildren();
       setGenerating(frame.message_id);
-      autoscroll();
+      announce("Assistant is replying.");
+      followContent();
     },
     delta: applyDelta,
     retrying(frame) {
       const r = replyFor(frame.message_id);
-      showNote(r.el, `The provider is busy; retrying in ${Math.ceil(frame.retry_in)} s…`);
+      const what = frame.code === "provider_rate_limited" ? "The provider is rate limiting" : "The provider did not answer";
+      setNote(r.el, `${what}; trying again in ${Math.ceil(frame.retry_in)} s (attempt ${frame.attempt})…`, false);
     },
     end(frame) {
       const r = replyFor(frame.message_id);
+      // What the deltas added up to, kept for tests: it must be exactly the stored reply.
+      assembled.set(frame.message_id, r.text);
+      if (r.text !== frame.content && r.length > 0) mismatches.push(frame.message_id);
       r.text = frame.content;
       r.length = codePoints(frame.content);
-      r.status = frame.status;
-      r.el.dataset.status = frame.status;
-      r.el.className = `msg msg-assistant` + (frame.status !== "complete" ? ` msg-${frame.status}` : "");
-      renderMarkdown(r.el.querySelector(".msg-content"), r.text);
-      const note = r.el.querySelector(".msg-note");
-      if (note) note.remove();
-      if (frame.status === "stopped") showNote(r.el, "Stopped.");
-      if (frame.status === "interrupted") showNote(r.el, "Interrupted: the server restarted while this reply was being written.");
-      if (frame.status === "error") showNote(r.el, "This reply failed.");
+      setStatus(r, frame.status);
+      renderQueue.delete(frame.message_id);
+      md.render(r.el.querySelector(".msg-content"), r.text);
+      clearNote(r.el);
+      if (frame.status === "stopped") setNote(r.el, "Stopped.", false);
+      if (frame.status === "interrupted") {
+        const note = setNote(r.el, hints.interrupted || "Interrupted.", true);
+        const retry = document.createElement("button");
+        retry.type = "button";
+        retry.className = "btn btn-small";
+        retry.dataset.act = "regenerate";
+        retry.textContent = "Try again";
+        note.append(retry);
+      }
+      if (frame.status === "error") setNote(r.el, "This reply failed.", true);
+      announceProgress(r, true);
+      if (frame.status === "stopped") announce("Stopped.");
       if (generatingId === frame.message_id) setGenerating(null);
-      autoscroll();
+      followContent();
+      if (frame.status === "complete" || frame.status === "stopped") adoptServerRendering(r, frame.message_id);
+      const firstReply = messagesEl.querySelectorAll("article.msg-assistant").length === 1;
+      if (frame.status === "complete") refreshSidebarSoon(firstReply);
     },
     error(frame) {
-      if (pending && ["invalid", "busy", "rate_limited", "quota_exceeded", "not_found"].includes(frame.code)) {
-        pending = null; // refused and nothing stored: the text stays in the composer
+      if (pending && REFUSALS.includes(frame.code) && !frame.message_id) {
+        // Refused and nothing stored: the text stays where it was typed.
+        pending = null;
+        updateSendState();
       }
       showError(frame);
+      announce(hints[frame.code] || frame.message || "Something went wrong.");
     },
   };
 
-  function setConnection(text) {
+  // -- connection status: calm, and only when it matters ---------------------------------------------------
+  let lostTimer = null;
+  let lostShown = false;
+  function setConnection(text, kind) {
     connectionEl.hidden = !text;
     connectionEl.textContent = text || "";
+    connectionEl.dataset.kind = kind || "";
+  }
+  function connectionLost() {
+    if (lostTimer !== null || lostShown) return;
+    // A blip that heals within a second is not worth a word.
+    lostTimer = setTimeout(() => {
+      lostTimer = null;
+      lostShown = true;
+      setConnection(navigator.onLine === false ? "You are offline. The reply continues on the server; this page catches up when the network is back." : "Connection lost. Reconnecting… (the reply continues on the server)", "lost");
+      main.classList.add("disconnected");
+    }, 1000);
+  }
+  function connectionBack() {
+    clearTimeout(lostTimer);
+    lostTimer = null;
+    main.classList.remove("disconnected");
+    if (lostShown) {
+      lostShown = false;
+      setConnection("Reconnected.", "ok");
+      setTimeout(() => { if (connectionEl.dataset.kind === "ok") setConnection(""); }, 2500);
+    }
   }
 
+  let reconnectTimer = null;
+  let gaveUp = false;
   function connect() {
+    if (gaveUp) return;
+    clearTimeout(reconnectTimer);
+    reconnectTimer = null;
     const scheme = location.protocol === "https:" ? "wss" : "ws";
-    socket = new WebSocket(`${scheme}://${location.host}/ws/conversations/${conversationId}/`);
-    socket.addEventListener("open", () => {
+    let ws;
+    try {
+      ws = new WebSocket(`${scheme}://${location.host}/ws/conversations/${conversationId}/`);
+    } catch (e) {
+      connectionLost();
+      reconnectTimer = setTimeout(connect, retryDelay);
+      retryDelay = Math.min(retryDelay * 2, 8000);
+      return;
+    }
+    socket = ws;
+    let opened = false;
+    ws.addEventListener("open", () => {
+      opened = true;
+      connections += 1;
+      failures = 0;
       retryDelay = 500;
-      setConnection("");
+      connectionBack();
     });
-    socket.addEventListener("message", (event) => {
+    ws.addEventListener("message", (event) => {
+      if (ws !== socket) return;
       let frame;
       try { frame = JSON.parse(event.data); } catch (e) { return; }
       const handler = handlers[frame.type];
       if (handler) handler(frame);
     });
-    socket.addEventListener("close", () => {
-      setConnection("Connection lost. Reconnecting…");
-      setTimeout(connect, retryDelay);
+    ws.addEventListener("close", () => {
+      if (ws !== socket) return;
+      connectionLost();
+      failures = opened ? 0 : failures + 1;
+      if (failures >= 3) {
+        checkStillThere();
+      }
+      const jitter = 0.8 + Math.random() * 0.4;
+      reconnectTimer = setTimeout(connect, retryDelay * jitter);
       retryDelay = Math.min(retryDelay * 2, 8000);
     });
   }
-  // For tests and debugging: drop the socket as a network failure would.
-  window.chatDebug = { dropSocket: () => socket && socket.close() };
 
-  // -- the composer ---------------------------------------------------------------------------
-  function updateCount() {
-    const n = input.value.length;
-    charCount.textContent = n > maxChars * 0.8 ? `${n.toLocaleString()} / ${maxChars.toLocaleString()}` : "";
+  // The socket keeps being refused: the thread may have been deleted, or the session ended.
+  function checkStillThere() {
+    fetch(location.pathname, { credentials: "same-origin" }).then((response) => {
+      if (response.status === 404) {
+        stopReconnecting("This conversation no longer exists (it was deleted).");
+      } else if (response.redirected && new URL(response.url).pathname.startsWith("/accounts/login")) {
+        stopReconnecting("You were signed out. Log in again to go on.");
+      }
+    }).catch(() => {});
+  }
+  function stopReconnecting(text) {
+    gaveUp = true;
+    clearTimeout(reconnectTimer);
+    if (socket) socket.close();
+    socket = null;
+    setConnection(text, "lost");
+    sendBtn.disabled = true;
   }
 
+  window.addEventListener("online", () => {
+    if (!socket || socket.readyState === WebSocket.CLOSED) { retryDelay = 500; connect(); }
+  });
+  window.addEventListener("offline", () => { if (lostShown) connectionLost(); });
+
+  // For tests and debugging: drop the socket as a network failure would.
+  window.chatDebug = {
+    dropSocket: () => socket && socket.close(),
+    replyText: (id) => (replies.get(id) || {}).text,
+    assembledText: (id) => assembled.get(id),
+    mismatches: () => mismatches.slice(),
+    connections: () => connections,
+    isConnected: () => !!socket && socket.readyState === WebSocket.OPEN,
+  };
+
+  // -- the composer ---------------------------------------------------------------------------------------
   function submit() {
     const content = input.value;
-    if (!content.trim() || generatingId !== null || pending) return;
-    pending = { client_id: crypto.randomUUID(), content };
+    if (!content.trim() || generatingId !== null || pending || content.length > maxChars) return;
+    pending = { client_id: crypto.randomUUID(), content, edit_of: null };
+    updateSendState();
+    followAgain();
+    stick = true;
     if (!send({ type: "send", client_id: pending.client_id, content })) {
-      setConnection("Not connected: your message will be sent when the connection is back.");
+      setConnection("Not connected: your message will be sent as soon as the connection is back.", "lost");
     }
+  }
+
+  function sendFirstMessage() {
+    const key = `chat:first:${location.pathname}`;
+    const first = sessionStorage.getItem(key);
+    if (first === null) return;
+    sessionStorage.removeItem(key);
+    if (input.value.trim() || messagesEl.querySelector("article.msg")) return;
+    input.value = first;
+    input.dispatchEvent(new Event("input"));
+    submit();
   }
 
   form.addEventListener("submit", (event) => { event.preventDefault(); submit(); });
-  input.addEventListener("keydown", (event) => {
-    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
-      event.preventDefault();
-      submit();
+  if (ui.wireComposer) ui.wireComposer(input, submit, maxChars, document.getElementById("char-count"), updateSendState);
+  stopBtn.addEventListener("click", () => {
+    if (stopping) return;
+    stopping = true;
+    stopBtn.disabled = true;
+    send({ type: "stop" });
+  });
+
+  // -- message actions ----------------------------------------------------------------------------------
+  function startEdit(el) {
+    if (generatingId !== null || el.querySelector(".edit-form")) return;
+    const content = el.querySelector(".msg-content");
+    const original = content.textContent;
+    const editForm = document.createElement("form");
+    editForm.className = "edit-form";
+    const label = document.createElement("label");
+    label.className = "visually-hidden";
+    label.textContent = "Edit your message";
+    const area = document.createElement("textarea");
+    area.value = original;
+    area.id = `edit-${el.dataset.messageId}`;
+    label.htmlFor = area.id;
+    const buttons = document.createElement("div");
+    buttons.className = "edit-buttons";
+    const cancel = document.createElement("button");
+    cancel.type = "button";
+    cancel.className = "btn btn-secondary btn-small";
+    cancel.textContent = "Cancel";
+    const save = document.createElement("button");
+    save.type = "submit";
+    save.className = "btn btn-small";
+    save.textContent = "Send";
+    buttons.append(cancel, save);
+    editForm.append(label, area, buttons);
+    content.hidden = true;
+    el.classList.add("editing");
+    content.after(editForm);
+    const finish = () => {
+      editForm.remove();
+      content.hidden = false;
+      el.classList.remove("editing");
+      el.querySelector("[data-act='edit']").focus();
+    };
+    cancel.addEventListener("click", finish);
+    const resend = () => {
+      const text = area.value;
+      if (!text.trim() || text.length > maxChars || generatingId !== null || pending) return;
+      pending = { client_id: crypto.randomUUID(), content: text, edit_of: parseInt(el.dataset.messageId, 10) };
+      updateSendState();
+      stick = true;
+      send({ type: "send", client_id: pending.client_id, content: text, edit_of: pending.edit_of });
+    };
+    editForm.addEventListener("submit", (event) => { event.preventDefault(); resend(); });
+    area.addEventListener("keydown", (event) => {
+      if (event.key === "Escape") { event.preventDefault(); finish(); }
+      if (event.key === "Enter" && !event.shiftKey && !event.isComposing && !window.matchMedia("(pointer: coarse)").matches) {
+        event.preventDefault();
+        resend();
+      }
+    });
+    const grow = () => { area.style.height = "auto"; area.style.height = Math.min(area.scrollHeight + 2, 400) + "px"; };
+    area.addEventListener("input", grow);
+    grow();
+    area.focus();
+    area.setSelectionRange(area.value.length, area.value.length);
+  }
+
+  function copyMessage(el, button) {
+    const id = parseInt(el.dataset.messageId, 10);
+    let text;
+    if (el.dataset.role === "user") {
+      text = el.querySelector(".msg-content").textContent;
+    } else {
+      const r = replies.get(id);
+      // The markdown source: known if it streamed here, else asked for (a reply rendered by the server).
+      text = r && r.text && r.status !== "streaming"
+        ? r.text
+        : fetch(`/conversations/${conversationId}/messages/${id}/?format=text`, { credentials: "same-origin" })
+          .then((response) => (response.ok ? response.text() : Promise.reject(response.status)));
+    }
+    ui.copyText(text).then(() => ui.flashCopied(button, true), () => ui.flashCopied(button, false));
+  }
+
+  messagesEl.addEventListener("click", (event) => {
+    const button = event.target.closest("button[data-act]");
+    if (!button) return;
+    const el = button.closest("article.msg");
+    const act = button.dataset.act;
+    if (act === "copy" && el) copyMessage(el, button);
+    if (act === "edit" && el) startEdit(el);
+    if (act === "regenerate") {
+      if (generatingId !== null) return;
+      clearRefusals();
+      send({ type: "regenerate" });
     }
   });
-  input.addEventListener("input", () => {
-    input.style.height = "auto";
-    input.style.height = Math.min(input.scrollHeight, 320) + "px";
-    updateCount();
-  });
-  stopBtn.addEventListener("click", () => send({ type: "stop" }));
 
-  messagesEl.querySelectorAll('.msg-assistant').forEach((el) => {
+  // -- start ------------------------------------------------------------------------------------------
+  messagesEl.querySelectorAll("article.msg-assistant").forEach((el) => {
     const id = parseInt(el.dataset.messageId, 10);
-    replies.set(id, { text: "", length: 0, el, status: el.dataset.status });
+    replies.set(id, { text: "", length: 0, el, status: el.dataset.status, announced: 0 });
   });
+  if (md) md.enhance(messagesEl, { lazy: true });
+  scrollToBottom(false);
+  updateSendState();
   connect();
 })();

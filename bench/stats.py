@@ -1,0 +1,79 @@
+"""Summaries of what a phase measured: percentiles, and medians across repeated runs."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from .client import StreamResult
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """The q-th percentile (0-100) by linear interpolation; None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    k = (len(ordered) - 1) * q / 100
+    lo = int(k)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+def median(values: Iterable[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else None
+
+
+def summarize_streams(results: list[StreamResult], tokens: int) -> dict[str, Any]:
+    """Latency, time to first token and integrity of one phase's replies."""
+    latencies = [x for r in results for x in r.latencies]
+    ttfts = [r.ttft_ms for r in results if r.ttft_ms is not None]
+    errors = [r.error or r.status for r in results if r.error or r.status != "complete"]
+    # Lost: tokens missing from a reply that ended; a reply the bench stopped waiting for is unfinished.
+    ended = [r for r in results if r.status and r.error != "timeout"]
+    return {
+        "streams": len(results),
+        "tokens_expected": tokens * len(results),
+        "tokens_received": sum(len(set(r.indices)) for r in results),
+        "lost": sum(r.lost(tokens) for r in ended),
+        "unfinished": len(results) - len(ended),
+        "repeated": sum(r.repeated() for r in results),
+        "gaps": sum(r.gaps for r in results),
+        "overlaps": sum(r.overlaps for r in results),
+        "content_mismatches": sum(not r.content_matches for r in results),
+        "failed": len(errors),
+        "failures": sorted(set(errors))[:5],
+        "lat_p50": percentile(latencies, 50),
+        "lat_p90": percentile(latencies, 90),
+        "lat_p99": percentile(latencies, 99),
+        "lat_max": max(latencies) if latencies else None,
+        "ttft_p50": percentile(ttfts, 50),
+        "ttft_p99": percentile(ttfts, 99),
+        "message_p50": percentile([r.message_ms for r in results if r.message_ms is not None], 50),
+        "start_p50": percentile([r.start_ms for r in results if r.start_ms is not None], 50),
+        "reply_seconds": median([r.seconds for r in results]),
+    }
+
+
+SUMMED = {"lost", "unfinished", "repeated", "gaps", "overlaps", "content_mismatches", "failed"}
+
+
+def combine(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several runs of one phase: integrity counts summed, everything else the median."""
+    out: dict[str, Any] = {"runs": len(runs)}
+    for key in runs[0]:
+        values = [r.get(key) for r in runs]
+        if key in SUMMED:
+            out[key] = sum(v or 0 for v in values)
+        elif all(isinstance(v, int | float) or v is None for v in values):
+            out[key] = median(values)
+        elif key == "failures":
+            out[key] = sorted({f for v in values for f in v or []})[:5]
+        else:
+            out[key] = values[0]
+    return out
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None

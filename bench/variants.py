@@ -1,0 +1,150 @@
+"""The site's ASGI application with optimizations switched back off, for before/after measurements.
+
+`BENCH_VARIANTS` is a comma-separated list:
+- `stock-layer`: Channels' own InMemoryChannelLayer (sweeps expired messages on every send/receive);
+- `layer-sweep-only`: our layer with only the throttled sweep (the base class's send/group_send);
+- `cleanup-hop`: ChatConsumer dispatches every event through Channels' DB-connection cleanup hop;
+- `sdk-parse`: the openai adapter reads the SDK's parsed stream (a pydantic model per chunk);
+- `httpx-transport`: the SDK's default httpx2 transport instead of its aiohttp one;
+- `sdk-transform`: the history passed as `messages=` (the SDK transforms it per message);
+- `history-n1`: history_turns without `conversation` in `only()` (one query per message, as before);
+- `switch=SECONDS`: sys.setswitchinterval (how soon a DB thread gets the GIL from a busy event loop);
+- `profile=PATH`: cProfile the event loop thread, written to PATH when daphne stops.
+Only the benchmark uses this module (`daphne bench.variants:application`).
+"""
+
+from __future__ import annotations
+
+import atexit
+import cProfile
+import os
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from chatsite.asgi import application as site_application
+from conversations.consumers import ChatConsumer
+from conversations.llm.base import ChatRequest, ProviderError, Usage
+from conversations.llm.openai import OpenAIProvider, map_error
+
+VARIANTS = [v.strip() for v in os.environ.get("BENCH_VARIANTS", "").split(",") if v.strip()]
+
+
+async def sdk_parsed_stream(self: OpenAIProvider, request: ChatRequest) -> AsyncIterator[str | Usage]:
+    """The adapter as it was before the raw-SSE change: the SDK's parsed chunks."""
+    messages: list[Any] = []
+    if request.system:
+        messages.append({"role": "system", "content": request.system})
+    messages.extend({"role": m["role"], "content": m["content"]} for m in request.messages)
+    kwargs: dict[str, Any] = {}
+    if request.temperature is not None:
+        kwargs["temperature"] = request.temperature
+    if request.max_output_tokens:
+        kwargs["max_completion_tokens"] = request.max_output_tokens
+    usage = Usage()
+    try:
+        stream = await self.client.chat.completions.create(
+            model=request.model, messages=messages, stream=True, stream_options={"include_usage": True}, **kwargs
+        )
+        async with stream:
+            async for chunk in stream:
+                if chunk.usage is not None:
+                    usage = Usage(chunk.usage.prompt_tokens, chunk.usage.completion_tokens)
+                for choice in chunk.choices:
+                    if choice.delta.content:
+                        yield choice.delta.content
+    except ProviderError:
+        raise
+    except Exception as exc:
+        raise map_error(exc) from exc
+    yield usage
+
+
+def _start_profile(path: str) -> None:
+    # CPU time of the event-loop thread, not wall time: on 2 busy cores wall time mostly measures preemption.
+    profiler = cProfile.Profile(time.thread_time)
+    profiler.enable()
+
+    def dump() -> None:
+        profiler.disable()
+        profiler.dump_stats(path)
+
+    atexit.register(dump)
+
+
+async def sdk_transformed_stream(self: OpenAIProvider, request: ChatRequest) -> AsyncIterator[str | Usage]:
+    """The raw-SSE adapter, with the history passed as `messages=` through the SDK's transform."""
+    streaming = self.client.chat.completions.with_streaming_response  # cached per client
+    if not getattr(streaming, "bench_transform", False):
+        original = streaming.create
+
+        def create(**kwargs: Any) -> Any:
+            kwargs["messages"] = kwargs.pop("extra_body")["messages"]
+            return original(**kwargs)
+
+        streaming.create = create  # type: ignore[method-assign]
+        streaming.bench_transform = True  # type: ignore[attr-defined]
+    async for item in ADAPTER_STREAM(self, request):
+        yield item
+
+
+ADAPTER_STREAM = OpenAIProvider.stream
+
+
+def history_turns_n1(conversation: Any, *, before_id: int) -> list[Any]:
+    """selectors.history_turns as it was: `only()` without the conversation, so a query per row."""
+    from conversations.context import Turn
+    from conversations.models import Message
+
+    qs = conversation.messages.filter(hidden=False, id__lt=before_id).exclude(status=Message.Status.STREAMING)
+    if conversation.summary_through is not None:
+        qs = qs.filter(id__gt=conversation.summary_through)
+    turns = []
+    for m in qs.order_by("id").only("id", "role", "content", "output_tokens"):
+        if not m.content.strip():
+            continue
+        tokens = m.output_tokens if m.role == Message.Role.ASSISTANT else None
+        turns.append(Turn(id=m.pk, role=m.role, content=m.content, tokens=tokens))
+    return turns
+
+
+for variant in VARIANTS:
+    if variant == "stock-layer":
+        from django.conf import settings
+
+        # The layer is built on first use, so changing the backend here is in time.
+        settings.CHANNEL_LAYERS["default"]["BACKEND"] = "channels.layers.InMemoryChannelLayer"
+    elif variant == "layer-sweep-only":
+        from channels.layers import InMemoryChannelLayer as StockLayer
+
+        from conversations.layers import InMemoryChannelLayer
+
+        InMemoryChannelLayer.send = StockLayer.send  # type: ignore[method-assign]
+        InMemoryChannelLayer.group_send = StockLayer.group_send  # type: ignore[method-assign]
+    elif variant == "cleanup-hop":
+        if "dispatch" in ChatConsumer.__dict__:
+            del ChatConsumer.dispatch
+    elif variant == "sdk-parse":
+        OpenAIProvider.stream = sdk_parsed_stream  # type: ignore[method-assign]
+    elif variant == "httpx-transport":
+        import openai
+
+        # The SDK's default transport (httpx2, httpcore, h11, anyio) instead of its aiohttp one.
+        OpenAIProvider.http_client = staticmethod(openai.DefaultAsyncHttpxClient)  # type: ignore[method-assign,assignment]
+    elif variant == "sdk-transform":
+        OpenAIProvider.stream = sdk_transformed_stream  # type: ignore[method-assign]
+    elif variant == "history-n1":
+        from conversations import history, selectors, summaries
+
+        history.history_turns = summaries.history_turns = history_turns_n1  # type: ignore[assignment]
+        selectors.history_turns = history_turns_n1  # type: ignore[assignment]
+    elif variant.startswith("switch="):
+        import sys
+
+        sys.setswitchinterval(float(variant.split("=", 1)[1]))
+    elif variant.startswith("profile="):
+        _start_profile(variant.split("=", 1)[1])
+    else:
+        raise SystemExit(f"unknown BENCH_VARIANTS entry {variant!r}")
+
+application = site_application

@@ -1,0 +1,48 @@
+"""Small helpers for the browser tests (kept out of conftest so test modules import them plainly)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from playwright.async_api import Page, expect
+
+REPLY_TIMEOUT = 20_000  # ms
+
+
+async def until(page: Page, js: str, timeout: float = 10, interval: float = 0.05):
+    """Poll a JS expression until it is truthy (wait_for_function would need eval, which the CSP forbids)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await page.evaluate(js)
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for: {js}")
+        await asyncio.sleep(interval)
+
+
+async def connected(page: Page) -> None:
+    await until(page, "window.chatDebug && window.chatDebug.isConnected()")
+
+
+def last_reply(page: Page):
+    return page.locator("article.msg-assistant").last
+
+
+async def reply_ends(page: Page, status: str = "complete") -> None:
+    await expect(last_reply(page)).to_have_attribute("data-status", status, timeout=REPLY_TIMEOUT)
+
+
+async def reply_length(page: Page) -> int:
+    text = await page.evaluate(
+        "(() => { const r = [...document.querySelectorAll('article.msg-assistant .msg-content')].pop();"
+        " return r ? r.textContent.length : 0; })()"
+    )
+    return int(text)
+
+
+async def send(page: Page, text: str) -> None:
+    """Type into the composer and press Enter, as a person would."""
+    await page.locator("#composer-input").fill(text)
+    await page.locator("#composer-input").press("Enter")

@@ -1,0 +1,241 @@
+"""Who may reach what: every URL, the websocket route and the admin pages, for four visitors.
+
+anonymous, bob (another user), alice (the owner) and charlie (staff). The chat's routes come from
+the URLconf itself, so a route added later is checked without anyone remembering to: any route
+with a conversation in it is the owner's alone (404 for everyone else, exactly as for a thread
+that does not exist), any other route needs a login unless listed in PUBLIC.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from asgiref.sync import sync_to_async
+from django.contrib import admin
+from django.test import Client
+from django.urls import URLPattern, URLResolver, get_resolver, reverse
+
+from conversations import urls as chat_urls
+from conversations.models import Conversation, Message, Persona
+from tests.conftest import open_socket
+from tests.factories import make_conversation, make_user
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(autouse=True)
+def _fast_password_hashing(settings):
+    """Users are made per test: the production hasher's million rounds would dominate the run."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+PUBLIC = {"healthz"}
+VISITORS = ["anonymous", "bob", "charlie", "alice"]  # the owner last: her POSTs may delete the thread
+LOGIN = "/accounts/login/"
+
+
+def chat_routes() -> list[URLPattern]:
+    """Every route of the chat app, as the URLconf has it now."""
+    routes = [p for p in chat_urls.urlpatterns if isinstance(p, URLPattern)]
+    assert all(p.name for p in routes), "every chat route needs a name (the table refers to it)"
+    return routes
+
+
+def test_the_chat_app_is_mounted_whole_at_the_root():
+    """Nothing reaches a chat view but through conversations.urls (so the table below sees it all)."""
+    top = get_resolver().url_patterns
+    views = {p.callback for p in top if isinstance(p, URLPattern)}
+    assert not views & {p.callback for p in chat_routes()}
+    mounted = [r for r in top if isinstance(r, URLResolver) and r.urlconf_module is chat_urls]
+    assert len(mounted) == 1 and str(mounted[0].pattern) == ""
+
+
+def test_conversation_ids_are_uuids():
+    assert isinstance(Conversation._meta.pk, type(Conversation._meta.get_field("id")))
+    assert Conversation._meta.pk.get_internal_type() == "UUIDField"
+
+
+@pytest.fixture
+def world(db):
+    alice = make_user("alice")
+    bob = make_user("bob")
+    charlie = make_user("charlie", is_staff=True, is_superuser=True)
+    conv = make_conversation(alice, title="Alice's secret plans")
+    Message.objects.create(conversation=conv, role="user", content="my secret", client_id=uuid.uuid4())
+    reply = Message.objects.create(conversation=conv, role="assistant", content="a secret answer")
+    bobs = make_conversation(bob, title="Bob's thread")
+    bobs_message = Message.objects.create(conversation=bobs, role="user", content="bob's words")
+    return {
+        "users": {"anonymous": None, "alice": alice, "bob": bob, "charlie": charlie},
+        "conv": conv,
+        "reply": reply,
+        "bobs_message": bobs_message,
+    }
+
+
+def client_for(user) -> Client:
+    client = Client(raise_request_exception=False)
+    if user is not None:
+        client.force_login(user)
+    return client
+
+
+def url_for(route: URLPattern, *, conversation_id, message_id) -> str:
+    kwargs = {}
+    for name, converter in route.pattern.converters.items():
+        if name == "conversation_id":
+            kwargs[name] = conversation_id
+        elif name == "message_id":
+            kwargs[name] = message_id
+        else:
+            raise AssertionError(f"{route.name}: no value for <{name}>; teach test_access about it")
+        assert converter.regex  # a converter the URL can be reversed with
+    return reverse(route.name, kwargs=kwargs)
+
+
+def snapshot(conv_id):
+    """What another visitor must never be able to change."""
+    conv = Conversation.objects.filter(pk=conv_id).values("title", "pinned", "persona_id").first()
+    messages = list(Message.objects.filter(conversation_id=conv_id).values_list("id", "content", "hidden"))
+    return conv, messages
+
+
+@pytest.mark.parametrize("route", chat_routes(), ids=lambda r: r.name)
+def test_every_chat_route_is_the_owners_alone(world, route):
+    conv, reply = world["conv"], world["reply"]
+    url = url_for(route, conversation_id=conv.pk, message_id=reply.pk)
+    nowhere = url_for(route, conversation_id=uuid.uuid4(), message_id=reply.pk)
+    owned = "conversation_id" in route.pattern.converters
+    before = snapshot(conv.pk)
+    data = {"title": "hacked", "pinned": "1", "persona": "", "q": "secret"}
+    for who in VISITORS:
+        client = client_for(world["users"][who])
+        if who == "alice":
+            assert snapshot(conv.pk) == before, "someone else changed alice's thread"
+        for method in ("get", "post"):
+            response = getattr(client, method)(url, data if method == "post" else None)
+            status = response.status_code
+            where = f"{method.upper()} {url} as {who}: {status}"
+            assert status < 500, where
+            if route.name in PUBLIC:
+                assert status in (200, 405), where
+            elif who == "anonymous":
+                assert status == 405 or (status == 302 and response["Location"].startswith(LOGIN)), where
+            elif owned and who != "alice":
+                # Exactly what a thread that does not exist answers: nobody learns it is there.
+                ghost = getattr(client, method)(nowhere, data if method == "post" else None)
+                assert status in (404, 405) and status == ghost.status_code, where
+                assert b"secret" not in response.content, where
+            else:
+                assert status in (200, 204, 302, 400, 405), where
+    if owned and "message_id" in route.pattern.converters:
+        # Alice's thread with bob's message in it: not hers, so not there.
+        stray = url_for(route, conversation_id=conv.pk, message_id=world["bobs_message"].pk)
+        response = client_for(world["users"]["alice"]).get(stray)
+        assert response.status_code in (404, 405)
+        assert b"bob's words" not in response.content
+
+
+def test_another_users_thread_is_404_on_the_page_and_unchanged_by_any_post(world):
+    conv = world["conv"]
+    for who in ("bob", "charlie"):  # staff too: staff read threads in the admin, not as users
+        client = client_for(world["users"][who])
+        response = client.get(conv.get_absolute_url())
+        assert response.status_code == 404
+        assert b"Alice's secret plans" not in response.content
+    client = client_for(world["users"]["bob"])
+    client.post(reverse("conversation_delete", args=[conv.pk]))
+    client.post(reverse("conversation_rename", args=[conv.pk]), {"title": "mine now"})
+    conv.refresh_from_db()
+    assert conv.title == "Alice's secret plans"
+
+
+def test_non_uuid_conversation_urls_are_404(world):
+    client = client_for(world["users"]["alice"])
+    for path in ("/conversations/1/", "/conversations/../admin/", "/conversations/' OR 1=1/"):
+        assert client.get(path).status_code == 404
+
+
+# -- the admin ---------------------------------------------------------------------------------------
+def admin_urls(world) -> list[str]:
+    """The admin's index, and every registered model's list, add and change pages."""
+    urls = [reverse("admin:index")]
+    examples = {
+        Conversation: world["conv"].pk,
+        Persona: Persona.objects.first().pk,
+        type(world["users"]["alice"]): world["users"]["alice"].pk,
+    }
+    for model in admin.site._registry:
+        info = model._meta.app_label, model._meta.model_name
+        urls.append(reverse("admin:{}_{}_changelist".format(*info)))
+        if model in examples:
+            urls.append(reverse("admin:{}_{}_change".format(*info), args=[examples[model]]))
+    urls.append(reverse("admin:conversations_persona_preview", args=[examples[Persona]]))
+    return urls
+
+
+def test_the_admin_is_staff_only(world):
+    urls = admin_urls(world)
+    assert f"/admin/conversations/conversation/{world['conv'].pk}/change/" in urls
+    assert "/admin/conversations/persona/" in urls
+    for who in VISITORS:
+        client = client_for(world["users"][who])
+        for url in urls:
+            response = client.get(url)
+            if who == "charlie":
+                assert response.status_code == 200, (url, response.status_code)
+            else:
+                assert response.status_code == 302, (url, who, response.status_code)
+                assert response["Location"].startswith("/admin/login/"), (url, who)
+
+
+def test_staff_read_threads_in_the_admin_but_cannot_change_or_delete_them(world):
+    conv = world["conv"]
+    client = client_for(world["users"]["charlie"])
+    page = client.get(reverse("admin:conversations_conversation_change", args=[conv.pk]))
+    assert b"my secret" in page.content  # moderation: staff can read
+    assert (
+        client.post(reverse("admin:conversations_conversation_change", args=[conv.pk]), {"title": "x"}).status_code
+        == 403
+    )
+    assert (
+        client.post(reverse("admin:conversations_conversation_delete", args=[conv.pk]), {"post": "yes"}).status_code
+        == 403
+    )
+    assert Conversation.objects.filter(pk=conv.pk, title="Alice's secret plans").exists()
+
+
+# -- the websocket -------------------------------------------------------------------------------------
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(
+    ("who", "target", "accepted"),
+    [
+        ("anonymous", "alices", False),
+        ("bob", "alices", False),
+        ("charlie", "alices", False),  # staff moderate in the admin, never on a user's socket
+        ("alice", "alices", True),
+        ("alice", "missing", False),
+        ("alice", "bobs", False),
+    ],
+)
+async def test_the_websocket_admits_only_the_owner(who, target, accepted):
+    users = {
+        "alice": await sync_to_async(make_user)("alice"),
+        "bob": await sync_to_async(make_user)("bob"),
+        "charlie": await sync_to_async(make_user)("charlie", is_staff=True, is_superuser=True),
+        "anonymous": None,
+    }
+    conversations = {
+        "alices": (await sync_to_async(make_conversation)(users["alice"])).pk,
+        "bobs": (await sync_to_async(make_conversation)(users["bob"])).pk,
+        "missing": uuid.uuid4(),
+    }
+    ok, ws = await open_socket(users[who], conversations[target])
+    assert ok is accepted
+    if accepted:
+        assert (await ws.recv())["type"] == "state"
+    else:
+        # Refused at the handshake, with no event: nothing learned, nothing sent.
+        assert await ws.c.receive_nothing(timeout=0.2)
+    await ws.close()

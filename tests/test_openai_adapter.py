@@ -1,0 +1,101 @@
+"""The openai adapter on its own: raw SSE lines through the real SDK (aiohttp transport), against the fake provider."""
+
+from __future__ import annotations
+
+import httpx2
+import pytest
+
+from conversations.llm import ChatRequest, ProviderError, Usage
+from conversations.llm.openai import OpenAIProvider, _sse_data
+from tests.fakes.provider import Reply
+from tests.live import free_port
+
+
+async def collect(request: ChatRequest) -> tuple[list[str], Usage | None]:
+    provider = OpenAIProvider()
+    texts: list[str] = []
+    usage = None
+    try:
+        async for item in provider.stream(request):
+            if isinstance(item, Usage):
+                usage = item
+            else:
+                texts.append(item)
+    finally:
+        await provider.aclose()
+    return texts, usage
+
+
+def request(**fields) -> ChatRequest:
+    fields.setdefault("model", "gpt-test")
+    fields.setdefault("system", "Be brief.")
+    fields.setdefault("messages", [{"role": "user", "content": "Hi"}])
+    return ChatRequest(**fields)
+
+
+async def test_it_streams_every_chunk_and_the_usage(fake_provider):
+    text = "Raw lines " + " ".join(f"t{i}" for i in range(50)) + ' ünï 漢字 🎉 "quoted" \\ end'
+    fake_provider.script(Reply(text=text, input_tokens=11, output_tokens=55))
+    texts, usage = await collect(request())
+    assert "".join(texts) == text
+    assert len(texts) == len(Reply(text=text).pieces())
+    assert usage == Usage(11, 55)
+
+
+async def test_it_sends_the_history_as_the_requests_messages(fake_provider):
+    fake_provider.script(Reply(text="ok"))
+    turns = [
+        {"role": "user", "content": "first"},
+        {"role": "assistant", "content": "second"},
+        {"role": "user", "content": "third"},
+    ]
+    await collect(request(messages=turns, temperature=0.3, max_output_tokens=77))
+    body = fake_provider.requests[-1].json
+    assert body["messages"] == [{"role": "system", "content": "Be brief."}, *turns]
+    assert body["model"] == "gpt-test"
+    assert body["stream"] is True and body["stream_options"] == {"include_usage": True}
+    assert (body["temperature"], body["max_completion_tokens"]) == (0.3, 77)
+
+
+async def test_it_maps_an_error_object_inside_the_stream(fake_provider):
+    fake_provider.script(Reply(text="a b c d", stream_error_after=2, error_type="overloaded_error"))
+    provider = OpenAIProvider()
+    texts = []
+    with pytest.raises(ProviderError) as caught:
+        async for item in provider.stream(request()):
+            texts.append(item)
+    await provider.aclose()
+    assert texts == ["a", " b"]
+    assert (caught.value.code, caught.value.retryable) == ("provider_unavailable", True)
+
+
+async def test_it_maps_a_refused_connection_as_unreachable(settings):
+    settings.OPENAI_API_KEY = "x"
+    settings.OPENAI_BASE_URL = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
+    with pytest.raises(ProviderError) as caught:
+        await collect(request())
+    assert (caught.value.code, caught.value.message, caught.value.retryable) == (
+        "provider_unavailable",
+        "Could not reach the provider.",
+        True,
+    )
+
+
+async def test_it_maps_a_silent_stream_as_a_timeout(fake_provider, settings):
+    settings.CHAT_READ_TIMEOUT = 0.3
+    fake_provider.script(Reply(text="a b c", hang_after=1))
+    with pytest.raises(ProviderError) as caught:
+        await collect(request())
+    assert (caught.value.code, caught.value.message) == ("provider_unavailable", "The provider timed out.")
+
+
+async def test_it_finds_data_lines_however_the_bytes_are_split():
+    body = b': a comment\r\ndata: {"a": 1}\r\n\r\ndata:{"b": 2}\n\nevent: ignored\ndata: {"c": "x\\ny"}\n\ndata: [DONE]'
+
+    async def pieces(size: int):
+        for i in range(0, len(body), size):
+            yield body[i : i + size]
+
+    for size in (1, 3, 7, len(body)):
+        response = httpx2.Response(200, content=pieces(size))
+        assert [d async for d in _sse_data(response)] == [b'{"a": 1}', b'{"b": 2}', b'{"c": "x\\ny"}', b"[DONE]"]
