@@ -108,8 +108,9 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 REDIS_URL = env.str("REDIS_URL", default="")
 if REDIS_URL:
     # RedisPubSubChannelLayer, not the classic RedisChannelLayer: measured at 200 concurrent
-    # streams the classic layer's BLPOP-per-channel design exhausted redis-py's pool and hung
-    # (see docs/architecture.md); the pub/sub layer holds one connection per process.
+    # streams the classic layer (a blocking BZPOPMIN per channel, each holding a pooled connection
+    # for up to 5 s) exhausted redis-py's pool of 100, which raises instead of waiting: most
+    # tokens were lost (see docs/architecture.md). The pub/sub layer holds one connection per process.
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",

@@ -119,8 +119,15 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def send_json(self, content: dict[str, Any]) -> None:
         await self.send(text_data=orjson.dumps(content).decode())
 
+    async def answer(self, frame: dict[str, Any]) -> None:
+        """An answer to the client's own frame: after `state`, like every other frame."""
+        if self.held is not None:
+            self.held.append(frame)
+        else:
+            await self.send_json(frame)
+
     async def send_error(self, code: str, message: str, retry_after: float | None = None) -> None:
-        await self.send_json({"type": "error", "code": code, "message": message, "retry_after": retry_after})
+        await self.answer({"type": "error", "code": code, "message": message, "retry_after": retry_after})
 
     async def relay(self, event: dict[str, Any]) -> None:
         """Send one event to the client, unless `state` is still to come, trimming repeated text."""
@@ -226,7 +233,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         try:
             await handler(frame)
         except ChatError as exc:
-            await self.send_json(exc.as_event())
+            await self.answer(exc.as_event())
 
     async def on_send(self, frame: dict[str, Any]) -> None:
         try:
@@ -241,7 +248,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if sent.replaces:
             event["replaces"] = list(sent.replaces)
         if sent.reply is None:  # a resend: answer it, start nothing
-            await self.send_json(event)
+            await self.answer(event)
             return
         await self.channel_layer.group_send(self.group, {**event, "type": "chat.message"})
         generation.start(sent.reply)
@@ -275,7 +282,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self.ask_other_process(message_id, offset, "resume")
             return
         await self.send_resumed({"message_id": message_id, "offset": offset, "text": message.content[offset:]})
-        await self.send_json(
+        await self.answer(
             {
                 "type": "end",
                 "message_id": message_id,
@@ -287,7 +294,12 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     async def send_resumed(self, snapshot: dict[str, Any]) -> None:
         """The reply's text from the asked offset, as one delta; the socket's offset moves past it."""
-        self.offsets[snapshot["message_id"]] = snapshot["offset"] + len(snapshot["text"])
+        if self.held is not None:  # asked before `state` went out: trimmed against it like any delta
+            self.held.append({"type": "delta", **snapshot})
+            return
+        end = snapshot["offset"] + len(snapshot["text"])
+        # Never backwards: deltas relayed while the answer travelled are already out.
+        self.offsets[snapshot["message_id"]] = max(end, self.offsets.get(snapshot["message_id"], 0))
         await self.send_json({"type": "delta", **snapshot})
 
     # -- events from the group (and from the process running the reply) -------------------------

@@ -69,7 +69,8 @@ def start(reply: Message, *, replaces: list[int] | None = None) -> Generation:
 
 
 def backoff(attempt: int, retry_after: float | None) -> float:
-    """Exponential backoff with full jitter, or the provider's Retry-After when it gives one."""
+    """Exponential backoff with jitter (between half and all of the ceiling), or the provider's
+    Retry-After when it gives one."""
     if retry_after is not None:
         return min(retry_after, settings.CHAT_RETRY_MAX_DELAY)
     ceiling = min(settings.CHAT_RETRY_MAX_DELAY, settings.CHAT_RETRY_BASE_DELAY * 2 ** (attempt - 1))
@@ -93,7 +94,7 @@ class Generation:
         self.touched_at = 0.0
         self.request: ChatRequest | None = None
         self._stopping = False
-        self._closed_elsewhere = False
+        self._over = False  # set once the outcome is decided: other processes' requests go unanswered
         self._stream_task: asyncio.Task[None] | None = None
         self.layer = get_channel_layer()
 
@@ -154,6 +155,7 @@ class Generation:
             error = ProviderError("provider_unavailable", f"The reply failed ({type(exc).__name__}).")
         finally:
             unflush(self)
+            self._over = True
             if listener is not None:
                 listener.cancel()
             await self._finish(status, error)
@@ -263,17 +265,25 @@ class Generation:
         try:
             while True:
                 message = await self.layer.receive(channel)
-                if message.get("type") == "gen.stop":
-                    self.stop()
-                elif message.get("type") == "gen.snapshot" and message.get("reply_to"):
-                    offset = min(int(message.get("offset") or 0), self.length)
-                    await self.layer.send(
-                        message["reply_to"],
-                        {"type": "chat.snapshot", "purpose": message.get("purpose", "state"), **self.snapshot(offset)},
-                    )
+                if self._over:
+                    # The reply has ended but the cancellation of this listener was swallowed
+                    # (redis-py can): answering now would describe a finished reply as running.
+                    break
+                try:
+                    if message.get("type") == "gen.stop":
+                        self.stop()
+                    elif message.get("type") == "gen.snapshot" and message.get("reply_to"):
+                        offset = min(int(message.get("offset") or 0), self.length)
+                        purpose = message.get("purpose", "state")
+                        await self.layer.send(
+                            message["reply_to"], {"type": "chat.snapshot", "purpose": purpose, **self.snapshot(offset)}
+                        )
+                except Exception:  # one failed answer must not deafen the reply to the next `stop`
+                    log.exception("reply %s could not answer %s", self.reply_id, message.get("type"))
         except asyncio.CancelledError:
             await self.layer.group_discard(control_group_name(self.conversation_id), channel)
             raise
+        await self.layer.group_discard(control_group_name(self.conversation_id), channel)
 
 
 def _estimate_input(request: ChatRequest | None) -> int:

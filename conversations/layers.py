@@ -1,6 +1,7 @@
 """The in-memory channel layer, made cheap per message for hundreds of live streams.
 
-Channels' InMemoryChannelLayer costs grow with the number of streams (see docs/performance.md):
+Channels' InMemoryChannelLayer costs grow with the number of streams (see docs/architecture.md,
+"The channel layer", and the A/B runs in docs/performance.md):
 - it walks every channel and group on every send and receive to drop expired messages;
   expiry is a safety net (60 s), so sweeping once a second changes nothing a user can see;
 - `group_send` starts one task per member channel and awaits them with `as_completed`, although

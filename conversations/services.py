@@ -171,15 +171,6 @@ def reply_regenerate(*, conversation: Conversation) -> tuple[Message, list[int]]
     return reply, replaced
 
 
-def reply_flush(*, reply_id: int, content: str) -> bool:
-    """Save a streaming reply's text so far (one UPDATE); False if it is no longer streaming."""
-    return bool(
-        Message.objects.filter(pk=reply_id, status=Message.Status.STREAMING).update(
-            content=content, updated_at=timezone.now()
-        )
-    )
-
-
 def reply_finish(
     *,
     reply_id: int,

@@ -256,6 +256,22 @@ async def test_an_error_event_after_some_tokens_keeps_the_partial_text(alice, fa
 
 
 @pytest.mark.parametrize("model", SDKS)
+async def test_a_stream_that_ends_early_without_its_final_events_is_an_error(alice, fake_provider, settings, model):
+    # A body that ends cleanly after three chunks, with no finish_reason/[DONE] (OpenAI) or
+    # message_stop (Anthropic): the partial text is kept, but never as a `complete` reply.
+    settings.CHAT_DEFAULT_MODEL = model
+    fake_provider.script(Reply(text=WORDS, end_after=3))
+    conv, ws, start = await ask(alice)
+    end = await ws.until("end")
+    assert (end["status"], end["content"]) == ("error", "one two three")
+    assert (await ws.until("error"))["code"] == "provider_unavailable"
+    assert len(fake_provider.requests) == 1
+    reply = (await rows_of(conv))[-1]
+    assert (reply.status, reply.content) == ("error", "one two three")
+    await ws.close()
+
+
+@pytest.mark.parametrize("model", SDKS)
 async def test_a_provider_that_stops_sending_is_timed_out(alice, fake_provider, settings, model):
     settings.CHAT_DEFAULT_MODEL = model
     settings.CHAT_READ_TIMEOUT = 0.5

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import uuid
 
 import pytest
 from asgiref.sync import sync_to_async
 
 from conversations.models import Message
-from tests.factories import make_conversation
+from tests.factories import make_conversation, make_user
 from tests.fakes.provider import Reply
 from tests.wsclient import connect_live
 
@@ -163,7 +164,9 @@ async def test_stop_resend_and_busy_work_from_the_other_process(alice, fake_prov
     await on_b.close()
 
 
-async def test_the_message_rate_is_counted_across_processes(alice, fake_provider, live_server_factory):
+async def test_the_message_rate_is_counted_across_processes(fake_provider, live_server_factory):
+    # A user id no other test run uses: counters live in a Redis that other runs may share.
+    alice = await sync_to_async(make_user)("alice", id=random.randint(10**6, 10**9))
     env = {
         "OPENAI_API_KEY": "x",
         "OPENAI_BASE_URL": fake_provider.openai_base_url,

@@ -83,6 +83,7 @@ class OpenAIProvider(Provider):
         if request.max_output_tokens:
             kwargs["max_completion_tokens"] = request.max_output_tokens
         usage = Usage()
+        finished = False  # a finish_reason or [DONE] seen: the reply is whole
         try:
             # The SDK sends the request (auth, headers, status errors as APIStatusError); we read
             # the raw SSE lines and parse them with orjson: the SDK's per-chunk pydantic models
@@ -100,6 +101,7 @@ class OpenAIProvider(Provider):
             ) as response:
                 async for data in _sse_data(response.http_response):
                     if data.startswith(b"[DONE]"):
+                        finished = True
                         continue  # read on to the end of the body so the connection can be reused
                     chunk = orjson.loads(data)
                     if not isinstance(chunk, dict):
@@ -113,6 +115,12 @@ class OpenAIProvider(Provider):
                         content = (choice.get("delta") or {}).get("content")
                         if content:
                             yield content
+                        if choice.get("finish_reason"):
+                            finished = True
+            if not finished:
+                # The body ended cleanly but without a finish_reason or [DONE] (a proxy or a server
+                # that cut it): a partial reply, not a whole one.
+                raise ProviderError("provider_unavailable", "The provider ended the reply early.", retryable=True)
         except ProviderError:
             raise
         except Exception as exc:  # every SDK/transport failure becomes a ProviderError

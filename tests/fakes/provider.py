@@ -76,6 +76,7 @@ class Reply:
     drop_after: int | None = None  # after N chunks, abort the TCP connection mid-response
     hang_after: int | None = None  # after N chunks, send nothing more until stop() or the client leaves
     stream_error_after: int | None = None  # after N chunks, the provider's in-stream error, then end
+    end_after: int | None = None  # after N chunks, end the body cleanly with no final events (a cut proxy)
     input_tokens: int | None = None  # default: words in the request's messages and system
     output_tokens: int | None = None  # default: chunks sent
     stamp: int | None = None  # send N chunks "<i@ms-since-epoch> ", stamped as each is written
@@ -95,8 +96,13 @@ class Reply:
         return f"<{i}@{time.time() * 1000:.3f}> " if self.stamp is not None else pieces[i]
 
     def cut(self) -> tuple[str, int] | None:
-        """The earliest of drop/hang/stream_error as (kind, after_n_chunks), or None."""
-        cuts = [(self.drop_after, "drop"), (self.hang_after, "hang"), (self.stream_error_after, "error")]
+        """The earliest of drop/hang/stream_error/end as (kind, after_n_chunks), or None."""
+        cuts = [
+            (self.drop_after, "drop"),
+            (self.hang_after, "hang"),
+            (self.stream_error_after, "error"),
+            (self.end_after, "end"),
+        ]
         n, kind = min(((n, k) for n, k in cuts if n is not None), default=(None, ""))
         return (kind, n) if n is not None else None
 
