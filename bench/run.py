@@ -84,7 +84,7 @@ PLANS: dict[str, dict[str, Any]] = {
     },
     "full": {
         "configs": ["sqlite", "postgres"], "ns": [1, 50, 200, 500], "reps": 3, "tokens": 100,
-        "token_delay": 0.05, "ramp": 1.0, "idle": 1000, "thread_lengths": [10, 1000], "thread_reps": 5,
+        "token_delay": 0.05, "ramp": 1.0, "idle": 1000, "thread_lengths": [10, 200, 1000], "thread_reps": 5,
         "length_check_n": 50, "multi": 2, "multi_n": 500, "max_minutes": 25, "big_n": 500, "big_n_reps": 1,
     },
     "ab": {

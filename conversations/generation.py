@@ -23,7 +23,7 @@ from django.utils import timezone
 
 from . import services
 from .context import estimate_tokens
-from .history import build_chat_request, trimmed
+from .history import Followups, build_for_reply, trimmed
 from .llm import ChatRequest, ProviderError, Usage, provider_for
 from .llm.base import within_gap
 from .models import Message
@@ -84,6 +84,10 @@ class Generation:
         self.reply_id: int = reply.pk
         self.conversation_id: uuid.UUID = reply.conversation_id
         self.model = reply.model
+        # The owner, for the quota counter, when the reply came with its conversation (it does from
+        # the services); else the row is looked up at the end.
+        conversation = reply._state.fields_cache.get("conversation")
+        self.owner_id: int | None = conversation.owner_id if conversation is not None else None
         self.replaces = replaces
         self.group = group_name(self.conversation_id)
         self.chunks: list[str] = []
@@ -93,6 +97,7 @@ class Generation:
         self.flushed_length = 0
         self.touched_at = 0.0
         self.request: ChatRequest | None = None
+        self.followups: Followups | None = None
         self._stopping = False
         self._over = False  # set once the outcome is decided: other processes' requests go unanswered
         self._stream_task: asyncio.Task[None] | None = None
@@ -137,7 +142,7 @@ class Generation:
             await self.send(
                 {"type": "chat.start", "message_id": self.reply_id, "model": self.model, "replaces": self.replaces}
             )
-            self.request = await sync_to_async(_build_request, thread_sensitive=False)(self.reply_id)
+            self.request, self.followups = await sync_to_async(_build_request, thread_sensitive=False)(self.reply_id)
             if not self._stopping:
                 self._stream_task = asyncio.ensure_future(self._stream(self.request))
                 await self._stream_task
@@ -213,7 +218,7 @@ class Generation:
         for attempt in range(3):
             try:
                 stored = await sync_to_async(_finish_row, thread_sensitive=False)(
-                    self.reply_id, text, status, usage, error.code if error else "", quota_tokens
+                    self.reply_id, self.owner_id, text, status, usage, error.code if error else "", quota_tokens
                 )
                 break
             except Exception:
@@ -243,7 +248,10 @@ class Generation:
                     "message_id": self.reply_id,
                 }
             )
-        if status in (Message.Status.COMPLETE, Message.Status.STOPPED):
+        reply_tokens = usage.output_tokens or estimate_tokens(text)
+        if status in (Message.Status.COMPLETE, Message.Status.STOPPED) and (
+            self.followups is None or self.followups.may_need_work(reply_tokens)
+        ):
             try:
                 await sync_to_async(_after_reply, thread_sensitive=False)(self.conversation_id)
             except Exception:
@@ -292,15 +300,18 @@ def _estimate_input(request: ChatRequest | None) -> int:
     return estimate_tokens(request.system) + sum(estimate_tokens(m["content"]) for m in request.messages)
 
 
-def _build_request(reply_id: int) -> ChatRequest:
+def _build_request(reply_id: int) -> tuple[ChatRequest, Followups]:
     close_old_connections()
-    return build_chat_request(reply_id)
+    return build_for_reply(reply_id)
 
 
-def _finish_row(reply_id: int, text: str, status: str, usage: Usage, error_code: str, quota_tokens: int) -> bool:
+def _finish_row(
+    reply_id: int, owner_id: int | None, text: str, status: str, usage: Usage, error_code: str, quota_tokens: int
+) -> bool:
     close_old_connections()
     return services.reply_finish(
         reply_id=reply_id,
+        owner_id=owner_id,
         content=text,
         status=status,
         input_tokens=usage.input_tokens,

@@ -3,30 +3,61 @@
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 
-from .context import fit_turns, system_text
+from .context import MESSAGE_OVERHEAD, SUMMARIZE_AT, estimate_tokens, fit_turns, history_tokens, system_text
 from .llm import ChatRequest
 from .llm import split_model as _split_model
 from .models import Message
-from .selectors import history_turns
+from .selectors import recent_turns
 from .services import effective_persona
+
+
+@dataclass(frozen=True)
+class Followups:
+    """What the reply's end may call for, as known when its request was built."""
+
+    title_is_auto: bool  # the thread has no model-written title yet
+    # Tokens the reply may add before the unsummarized history reaches the summary threshold;
+    # None when the request left turns out (trimmed), so only a look at the whole history can tell.
+    summary_room: int | None
+
+    def may_need_work(self, reply_tokens: int) -> bool:
+        """False when the end of the reply surely calls for no title and no summary."""
+        return self.title_is_auto or self.summary_room is None or reply_tokens + MESSAGE_OVERHEAD > self.summary_room
 
 
 def build_chat_request(reply_id: int) -> ChatRequest:
     """What the provider is sent to write reply `reply_id`: never more than the persona's budget."""
+    return build_for_reply(reply_id)[0]
+
+
+def build_for_reply(reply_id: int) -> tuple[ChatRequest, Followups]:
+    """The request for reply `reply_id`, and what its end may call for."""
     reply = Message.objects.select_related("conversation__persona").get(pk=reply_id)
     conversation = reply.conversation
     persona = effective_persona(conversation)
     system = system_text(persona.system_prompt, conversation.summary)
-    turns = fit_turns(system, history_turns(conversation, before_id=reply_id), persona.budget_tokens())
+    budget = persona.budget_tokens()
+    # Only the newest turns that can fit are read: fit_turns over them keeps what it would keep
+    # over the whole history (it stops at the first turn that does not fit).
+    room = budget - estimate_tokens(system) - MESSAGE_OVERHEAD
+    recent = recent_turns(conversation, before_id=reply_id, tokens=room)
+    turns = fit_turns(system, recent, budget)
+    room_after = None
+    if len(turns) == len(recent) and sum(t.cost() for t in recent) <= room:
+        # The whole unsummarized history is in the request: what it costs is known.
+        room_after = int(budget * SUMMARIZE_AT) - history_tokens(system, turns)
+    followups = Followups(title_is_auto=conversation.title_is_auto, summary_room=room_after)
     _, model = _split_model(reply.model)
-    return ChatRequest(
+    request = ChatRequest(
         model=model,
         system=system,
         messages=[{"role": t.role, "content": t.content} for t in turns],
         temperature=persona.temperature,
         max_output_tokens=persona.max_output_tokens,
     )
+    return request, followups
 
 
 def trimmed(request: ChatRequest) -> ChatRequest:

@@ -6,6 +6,7 @@ token count is rebuilt from stored usage whenever the cache has lost it.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import re
 import time
@@ -85,9 +86,10 @@ def tokens_used_today(user_id: int) -> int:
     return int(used)
 
 
-def check_quota(user_id: int) -> Refusal | None:
-    """A Refusal when the user has spent their tokens for today."""
-    quota = daily_quota(user_id)
+def check_quota(user_id: int, quota: int | None = None) -> Refusal | None:
+    """A Refusal when the user has spent their tokens for today (`quota`: theirs, if already known)."""
+    if quota is None:
+        quota = daily_quota(user_id)
     if not quota:
         return None
     if tokens_used_today(user_id) >= quota:
@@ -102,11 +104,13 @@ def check_quota(user_id: int) -> Refusal | None:
 
 
 def record_usage(user_id: int, tokens: int) -> None:
-    """Add a finished reply's tokens to today's counter (rebuilt from the database if missing)."""
+    """Add a finished reply's tokens to today's counter, if there is one.
+
+    A missing counter stays missing: the reply's row is stored already, so the next quota check
+    rebuilds the counter from stored usage with this reply in it. (Rebuilding here instead cost an
+    aggregate query on the first reply of every user's day, quota or not.)
+    """
     if tokens <= 0:
         return
-    key = _quota_key(user_id)
-    try:
-        cache.incr(key, tokens)
-    except ValueError:
-        tokens_used_today(user_id)  # the row is already stored, so a rebuild counts it
+    with contextlib.suppress(ValueError):  # no counter: see above
+        cache.incr(_quota_key(user_id), tokens)

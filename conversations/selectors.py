@@ -71,18 +71,48 @@ def streaming_reply(conversation_id: uuid.UUID) -> Message | None:
     return Message.objects.filter(conversation_id=conversation_id, status=Message.Status.STREAMING).first()
 
 
-def history_turns(conversation: Conversation, *, before_id: int) -> list[Turn]:
-    """The turns after the summary and before message `before_id`, as request history."""
+def _history(conversation: Conversation, before_id: int) -> QuerySet[Message]:
     qs = conversation.messages.filter(hidden=False, id__lt=before_id).exclude(status=Message.Status.STREAMING)
     if conversation.summary_through is not None:
         qs = qs.filter(id__gt=conversation.summary_through)
-    turns = []
     # `conversation` too: the related manager sets it on every row, and a deferred one is a query each.
-    for m in qs.order_by("id").only("id", "conversation", "role", "content", "output_tokens"):
-        if not m.content.strip():
-            continue  # a reply that failed before its first token says nothing
-        tokens = m.output_tokens if m.role == Message.Role.ASSISTANT else None
-        turns.append(Turn(id=m.pk, role=m.role, content=m.content, tokens=tokens))
+    return qs.only("id", "conversation", "role", "content", "output_tokens")
+
+
+def _turn(m: Message) -> Turn | None:
+    if not m.content.strip():
+        return None  # a reply that failed before its first token says nothing
+    tokens = m.output_tokens if m.role == Message.Role.ASSISTANT else None
+    return Turn(id=m.pk, role=m.role, content=m.content, tokens=tokens)
+
+
+def history_turns(conversation: Conversation, *, before_id: int) -> list[Turn]:
+    """The turns after the summary and before message `before_id`, as request history."""
+    return [t for m in _history(conversation, before_id).order_by("id") if (t := _turn(m)) is not None]
+
+
+RECENT_PAGE = 50
+
+
+def recent_turns(conversation: Conversation, *, before_id: int, tokens: int, at_least: int = 1) -> list[Turn]:
+    """The newest of `history_turns`, oldest first: enough to cost more than `tokens` (and at least
+    `at_least` turns), or all of them. Read newest first a page at a time, so a request for a thread
+    of thousands of messages reads about as many rows as its budget holds, not the whole thread.
+    """
+    turns: list[Turn] = []
+    total = 0
+    cursor = before_id
+    while True:
+        page = list(_history(conversation, cursor).order_by("-id")[:RECENT_PAGE])
+        for m in page:
+            cursor = m.pk
+            turn = _turn(m)
+            if turn is not None:
+                turns.append(turn)
+                total += turn.cost()
+        if len(page) < RECENT_PAGE or (total > tokens and len(turns) >= at_least):
+            break
+    turns.reverse()
     return turns
 
 

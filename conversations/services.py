@@ -8,11 +8,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.contrib.auth import get_user_model
+from django.db import IntegrityError, connection, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from . import limits
-from .models import Conversation, Message, Persona
+from .models import Conversation, Message, Persona, UserQuota
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser
@@ -65,9 +67,15 @@ def effective_persona(conversation: Conversation) -> Persona:
 
 
 def _check_persona(conversation: Conversation) -> None:
-    """Refuse to continue a thread whose persona staff have since restricted to groups its owner is not in."""
+    """Refuse to continue a thread whose persona staff have since restricted to groups its owner is not in.
+
+    A conversation fetched by `_lock` carries the answer for its own persona (`persona_allowed`).
+    """
     persona = effective_persona(conversation)
-    if persona.groups.exists() and not persona.groups.filter(user=conversation.owner_id).exists():
+    allowed = getattr(conversation, "persona_allowed", None)
+    if allowed is None or persona.pk != conversation.persona_id:
+        allowed = not persona.groups.exists() or persona.groups.filter(user=conversation.owner_id).exists()
+    if not allowed:
         raise ChatError("not_found", f"{persona.name} is no longer available to you. Start a new chat.")
 
 
@@ -83,16 +91,19 @@ def clean_content(content: object) -> str:
     return content
 
 
-def _check_limits(user_id: int) -> None:
-    refusal = limits.check_quota(user_id) or limits.check_rate(user_id)
+def _check_limits(user_id: int, quota: int | None = None) -> None:
+    refusal = limits.check_quota(user_id, quota) or limits.check_rate(user_id)
     if refusal:
         raise ChatError(refusal.code, refusal.message, refusal.retry_after)
+
+
+BUSY = "A reply is still being written. Stop it or wait for it to finish."
 
 
 def _open_reply(conversation: Conversation) -> Message:
     """Insert the streaming reply row; the partial unique index turns a race into `busy`."""
     if Message.objects.filter(conversation=conversation, status=Message.Status.STREAMING).exists():
-        raise ChatError("busy", "A reply is still being written. Stop it or wait for it to finish.")
+        raise ChatError("busy", BUSY)
     try:
         with transaction.atomic():
             return Message.objects.create(
@@ -102,11 +113,44 @@ def _open_reply(conversation: Conversation) -> Message:
                 model=effective_persona(conversation).resolved_model(),
             )
     except IntegrityError as exc:
-        raise ChatError("busy", "A reply is still being written. Stop it or wait for it to finish.") from exc
+        raise ChatError("busy", BUSY) from exc
 
 
 def _lock(conversation: Conversation) -> Conversation:
-    return Conversation.objects.select_for_update().get(pk=conversation.pk)
+    """The conversation row, locked (PostgreSQL; SQLite's IMMEDIATE transactions lock the whole
+    database), with its persona, whether its owner may use that persona and the owner's quota
+    override: every check of a send in two queries."""
+    conv = Conversation.objects.select_for_update(of=("self",)).select_related("persona").get(pk=conversation.pk)
+    allowed, override = _send_checks(conv.persona_id, conv.owner_id)
+    conv.persona_allowed = allowed  # type: ignore[attr-defined]
+    conv.quota_override = override  # type: ignore[attr-defined]
+    return conv
+
+
+def _send_checks(persona_id: int, user_id: int) -> tuple[bool, int | None]:
+    """(may the user use the persona, the user's quota override) in one round trip.
+
+    Plain SQL: the same question through the ORM (two EXISTS and a subquery) cost 4 ms a send to
+    compile, more than everything else a send does (docs/performance.md).
+    """
+    groups = Persona.groups.through._meta.db_table
+    user_groups = get_user_model().groups.through._meta.db_table
+    quotas = UserQuota._meta.db_table
+    sql = (
+        f"SELECT (NOT EXISTS (SELECT 1 FROM {groups} pg WHERE pg.persona_id = %s)"
+        f" OR EXISTS (SELECT 1 FROM {groups} pg JOIN {user_groups} ug ON ug.group_id = pg.group_id"
+        f" WHERE pg.persona_id = %s AND ug.user_id = %s)),"
+        f" (SELECT q.daily_token_quota FROM {quotas} q WHERE q.user_id = %s)"
+    )  # noqa: S608 - table names from the models, values as parameters
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [persona_id, persona_id, user_id, user_id])
+        allowed, override = cursor.fetchone()
+    return bool(allowed), override
+
+
+def _quota(conversation: Conversation) -> int:
+    override = getattr(conversation, "quota_override", None)
+    return override if override is not None else settings.CHAT_DAILY_TOKEN_QUOTA
 
 
 def message_send(
@@ -118,35 +162,55 @@ def message_send(
     the replies after it are hidden, kept for usage accounting.
     Refusals (`invalid`, `busy`, `rate_limited`, `quota_exceeded`) store nothing.
     """
-    existing = Message.objects.filter(conversation=conversation, client_id=client_id).first()
-    if existing:
-        return Sent(existing, None)
     text = clean_content(content)
-    with transaction.atomic():
-        conv = _lock(conversation)
-        existing = Message.objects.filter(conversation=conv, client_id=client_id).first()
+    try:
+        with transaction.atomic():
+            conv = _lock(conversation)
+            # The resend and the reply in progress, in one query.
+            found = list(
+                Message.objects.filter(conversation=conv)
+                .filter(Q(client_id=client_id) | Q(status=Message.Status.STREAMING))
+                .order_by("id")
+            )
+            existing = next((m for m in found if m.client_id == client_id), None)
+            if existing:
+                return Sent(existing, None)
+            if found:
+                raise ChatError("busy", BUSY)
+            replaces: list[int] = []
+            if edit_of is not None:
+                last_user = conv.messages.filter(hidden=False, role=Message.Role.USER).order_by("-id").first()
+                if last_user is None or last_user.pk != edit_of:
+                    raise ChatError("invalid", "Only your last message can be edited.")
+            _check_persona(conv)
+            _check_limits(conv.owner_id, _quota(conv))
+            if edit_of is not None:
+                replaces = list(conv.messages.filter(hidden=False, id__gte=edit_of).values_list("id", flat=True))
+                conv.messages.filter(id__in=replaces).update(hidden=True)
+            # The message and its reply in one INSERT; the partial unique index turns a race into `busy`.
+            message, reply = Message.objects.bulk_create(
+                [
+                    Message(conversation=conv, role=Message.Role.USER, content=text, client_id=client_id),
+                    Message(
+                        conversation=conv,
+                        role=Message.Role.ASSISTANT,
+                        status=Message.Status.STREAMING,
+                        model=effective_persona(conv).resolved_model(),
+                    ),
+                ]
+            )
+            fields = ["updated_at"]
+            conv.updated_at = timezone.now()
+            if not conv.title:
+                conv.title = " ".join(text.split()[:TITLE_WORDS])[:200]
+                fields.append("title")
+            conv.save(update_fields=fields)
+    except IntegrityError:
+        # Another send won a race: the same client_id (a resend) or a reply opened meanwhile.
+        existing = Message.objects.filter(conversation=conversation, client_id=client_id).first()
         if existing:
             return Sent(existing, None)
-        if Message.objects.filter(conversation=conv, status=Message.Status.STREAMING).exists():
-            raise ChatError("busy", "A reply is still being written. Stop it or wait for it to finish.")
-        replaces: list[int] = []
-        if edit_of is not None:
-            last_user = conv.messages.filter(hidden=False, role=Message.Role.USER).order_by("-id").first()
-            if last_user is None or last_user.pk != edit_of:
-                raise ChatError("invalid", "Only your last message can be edited.")
-        _check_persona(conv)
-        _check_limits(conv.owner_id)
-        if edit_of is not None:
-            replaces = list(conv.messages.filter(hidden=False, id__gte=edit_of).values_list("id", flat=True))
-            conv.messages.filter(id__in=replaces).update(hidden=True)
-        message = Message.objects.create(conversation=conv, role=Message.Role.USER, content=text, client_id=client_id)
-        reply = _open_reply(conv)
-        fields = ["updated_at"]
-        conv.updated_at = timezone.now()
-        if not conv.title:
-            conv.title = " ".join(text.split()[:TITLE_WORDS])[:200]
-            fields.append("title")
-        conv.save(update_fields=fields)
+        raise ChatError("busy", BUSY) from None
     return Sent(message, reply, tuple(replaces))
 
 
@@ -158,9 +222,9 @@ def reply_regenerate(*, conversation: Conversation) -> tuple[Message, list[int]]
         if last_user is None:
             raise ChatError("invalid", "There is no message to answer yet.")
         if Message.objects.filter(conversation=conv, status=Message.Status.STREAMING).exists():
-            raise ChatError("busy", "A reply is still being written. Stop it or wait for it to finish.")
+            raise ChatError("busy", BUSY)
         _check_persona(conv)
-        _check_limits(conv.owner_id)
+        _check_limits(conv.owner_id, _quota(conv))
         replaced = list(
             conv.messages.filter(hidden=False, role=Message.Role.ASSISTANT, id__gt=last_user.pk).values_list(
                 "id", flat=True
@@ -174,6 +238,7 @@ def reply_regenerate(*, conversation: Conversation) -> tuple[Message, list[int]]
 def reply_finish(
     *,
     reply_id: int,
+    owner_id: int | None = None,
     content: str,
     status: str,
     input_tokens: int | None,
@@ -191,7 +256,8 @@ def reply_finish(
         updated_at=timezone.now(),
     )
     if updated:
-        owner_id = Conversation.objects.filter(messages__id=reply_id).values_list("owner_id", flat=True).first()
+        if owner_id is None:
+            owner_id = Conversation.objects.filter(messages__id=reply_id).values_list("owner_id", flat=True).first()
         if owner_id is not None:
             # Estimates stand in where the provider reported nothing (a stopped reply, say).
             limits.record_usage(owner_id, quota_tokens or (input_tokens or 0) + (output_tokens or 0))

@@ -12,7 +12,10 @@ from django.db.models import Q
 from django.utils import timezone
 
 from .context import (
+    MESSAGE_OVERHEAD,
+    SUMMARIZE_AT,
     due_for_summary,
+    estimate_tokens,
     split_for_summary,
     summary_batch,
     summary_max_tokens,
@@ -21,7 +24,7 @@ from .context import (
 )
 from .llm import ChatRequest, complete_once
 from .models import Conversation, Message
-from .selectors import history_turns
+from .selectors import history_turns, recent_turns
 from .services import effective_persona
 
 log = logging.getLogger(__name__)
@@ -36,8 +39,12 @@ NO_LIMIT = 2**62
 def needs_summary(conversation: Conversation) -> bool:
     """True when the unsummarized history (finished messages only) nears the persona's budget."""
     persona = effective_persona(conversation)
-    turns = history_turns(conversation, before_id=NO_LIMIT)
-    return due_for_summary(system_text(persona.system_prompt, conversation.summary), turns, persona.budget_tokens())
+    system = system_text(persona.system_prompt, conversation.summary)
+    budget = persona.budget_tokens()
+    # Enough of the newest turns to pass the threshold decide it as the whole history would.
+    threshold = int(budget * SUMMARIZE_AT) - estimate_tokens(system) - MESSAGE_OVERHEAD
+    turns = recent_turns(conversation, before_id=NO_LIMIT, tokens=threshold, at_least=3)
+    return due_for_summary(system, turns, budget)
 
 
 def summarize(conversation_id: uuid.UUID | str) -> bool:

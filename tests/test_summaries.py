@@ -16,7 +16,7 @@ from django_tasks_db.models import DBTaskResult
 
 from conversations import summaries
 from conversations.context import SUMMARY_HEADING, SUMMARY_SYSTEM, estimate_tokens
-from conversations.history import build_chat_request
+from conversations.history import build_chat_request, build_for_reply
 from conversations.models import Conversation, Message
 from conversations.tasks import after_reply, summarize_conversation, title_conversation
 from tests.conftest import open_socket
@@ -326,3 +326,49 @@ def test_it_queues_no_summary_while_the_history_is_short(alice):
     conv = tiny_conversation(alice, budget=2000, turns=6)
     after_reply(conv.pk)
     assert not summary_tasks(conv.pk).exists()
+
+
+@pytest.mark.parametrize("page", [3, 50])
+def test_requests_and_summary_checks_read_only_the_newest_turns_yet_decide_as_the_whole_history(
+    alice, monkeypatch, page
+):
+    """`recent_turns` reads a long thread newest first, a page at a time, until the budget is passed:
+    the request and the summary decision equal those made from every turn, and the rows read do not
+    grow with the thread."""
+    from django.test.utils import CaptureQueriesContext
+
+    from conversations import selectors
+    from conversations.context import due_for_summary, fit_turns, system_text
+    from conversations.selectors import history_turns
+
+    monkeypatch.setattr(selectors, "RECENT_PAGE", page)  # small pages: the stopping point is exact
+    skipped, needed = set(), set()
+    for budget in (150, 600, 2500, 100_000):
+        persona = make_persona(f"tiny-{budget}", context_budget_tokens=budget, system_prompt="Be brief.")
+        conv = make_conversation(alice, persona, title_is_auto=False)
+        # Turns of very different lengths, an empty failed reply among them.
+        for i in range(240):
+            role = "user" if i % 2 == 0 else "assistant"
+            content = "" if i == 101 else " ".join(f"w{i}x{j}" for j in range((i * 7) % 40 + 1))
+            Message.objects.create(conversation=conv, role=role, content=content, output_tokens=None)
+        reply = Message.objects.create(conversation=conv, role="assistant", status="streaming", model="offline:demo")
+        system = system_text(conv.persona.system_prompt, conv.summary)
+        everything = history_turns(conv, before_id=reply.pk)
+        expected = fit_turns(system, everything, budget)
+        with CaptureQueriesContext(connection) as read:
+            request, followups = build_for_reply(reply.pk)
+        assert request.messages == [{"role": t.role, "content": t.content} for t in expected]
+        if budget < 1000 and page == 50:
+            assert len(read.captured_queries) <= 3  # the reply, then one or two pages of 50
+        Message.objects.filter(pk=reply.pk).update(status="complete", content="done")
+        conv.refresh_from_db()
+        whole = history_turns(conv, before_id=summaries.NO_LIMIT)
+        assert summaries.needs_summary(conv) == due_for_summary(system, whole, budget)
+        # The end of the reply skips the summary check only when no summary can be due.
+        if not followups.may_need_work(estimate_tokens("done")):
+            assert not summaries.needs_summary(conv)
+            skipped.add(budget)
+        if summaries.needs_summary(conv):
+            assert followups.may_need_work(estimate_tokens("done"))
+            needed.add(budget)
+    assert skipped and needed, (skipped, needed, followups)  # both cases were seen
