@@ -7,7 +7,13 @@
 - `sdk-parse`: the openai adapter reads the SDK's parsed stream (a pydantic model per chunk);
 - `httpx-transport`: the SDK's default httpx2 transport instead of its aiohttp one;
 - `sdk-transform`: the history passed as `messages=` (the SDK transforms it per message);
-- `history-n1`: history_turns without `conversation` in `only()` (one query per message, as before);
+- `whole-history`: requests built from the whole unsummarized history, then fitted (as before
+  `recent_turns` read only the newest turns that can fit);
+- `shared-db-thread`: the consumer's database calls on Channels' one shared thread
+  (`database_sync_to_async`), as before `consumers._db`;
+- `stock-redis-layer`: channels-redis's own RedisPubSubChannelLayer (one publish per round trip,
+  under the shard lock), not conversations.layers' pipelined one;
+- `cache-per-call`: Django's own RedisCache (a new client, pool and connection per async context);
 - `switch=SECONDS`: sys.setswitchinterval (how soon a DB thread gets the GIL from a busy event loop);
 - `profile=PATH`: cProfile the event loop thread, written to PATH when daphne stops.
 Only the benchmark uses this module (`daphne bench.variants:application`).
@@ -91,21 +97,23 @@ async def sdk_transformed_stream(self: OpenAIProvider, request: ChatRequest) -> 
 ADAPTER_STREAM = OpenAIProvider.stream
 
 
-def history_turns_n1(conversation: Any, *, before_id: int) -> list[Any]:
-    """selectors.history_turns as it was: `only()` without the conversation, so a query per row."""
-    from conversations.context import Turn
-    from conversations.models import Message
+def build_from_whole_history(reply_id: int) -> Any:
+    """history.build_for_reply as it was: every unsummarized turn read, then the newest fitted."""
+    from conversations import history, selectors
 
-    qs = conversation.messages.filter(hidden=False, id__lt=before_id).exclude(status=Message.Status.STREAMING)
-    if conversation.summary_through is not None:
-        qs = qs.filter(id__gt=conversation.summary_through)
-    turns = []
-    for m in qs.order_by("id").only("id", "role", "content", "output_tokens"):
-        if not m.content.strip():
-            continue
-        tokens = m.output_tokens if m.role == Message.Role.ASSISTANT else None
-        turns.append(Turn(id=m.pk, role=m.role, content=m.content, tokens=tokens))
-    return turns
+    original = selectors.recent_turns
+
+    def everything(conversation: Any, *, before_id: int, tokens: int, at_least: int = 1) -> list[Any]:
+        return selectors.history_turns(conversation, before_id=before_id)
+
+    history.recent_turns = everything  # type: ignore[assignment]
+    try:
+        return BUILD_FOR_REPLY(reply_id)
+    finally:
+        history.recent_turns = original  # type: ignore[assignment]
+
+
+BUILD_FOR_REPLY: Any = None
 
 
 for variant in VARIANTS:
@@ -133,11 +141,28 @@ for variant in VARIANTS:
         OpenAIProvider.http_client = staticmethod(openai.DefaultAsyncHttpxClient)  # type: ignore[method-assign,assignment]
     elif variant == "sdk-transform":
         OpenAIProvider.stream = sdk_transformed_stream  # type: ignore[method-assign]
-    elif variant == "history-n1":
-        from conversations import history, selectors, summaries
+    elif variant == "whole-history":
+        from conversations import generation, history
 
-        history.history_turns = summaries.history_turns = history_turns_n1  # type: ignore[assignment]
-        selectors.history_turns = history_turns_n1  # type: ignore[assignment]
+        BUILD_FOR_REPLY = history.build_for_reply
+        generation.build_for_reply = build_from_whole_history  # type: ignore[assignment]
+    elif variant == "shared-db-thread":
+        from channels.db import database_sync_to_async
+
+        from conversations import consumers
+
+        for name in ("_conversation", "_send", "_regenerate", "_streaming", "_message"):
+            setattr(consumers, name, database_sync_to_async(getattr(consumers, name).func))
+    elif variant == "stock-redis-layer":
+        from django.conf import settings
+
+        if settings.CHANNEL_LAYERS["default"]["BACKEND"] == "conversations.layers.RedisPubSubChannelLayer":
+            settings.CHANNEL_LAYERS["default"]["BACKEND"] = "channels_redis.pubsub.RedisPubSubChannelLayer"
+    elif variant == "cache-per-call":
+        from django.conf import settings
+
+        if settings.CACHES["default"]["BACKEND"] == "conversations.cache.RedisCache":
+            settings.CACHES["default"]["BACKEND"] = "django.core.cache.backends.redis.RedisCache"
     elif variant.startswith("switch="):
         import sys
 

@@ -116,13 +116,14 @@ if REDIS_URL:
     # tokens were lost (see docs/architecture.md). The pub/sub layer holds one connection per process.
     CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            # channels-redis's pub/sub layer with its publishes pipelined (conversations/layers.py).
+            "BACKEND": "conversations.layers.RedisPubSubChannelLayer",
             "CONFIG": {"hosts": [REDIS_URL]},
         }
     }
     CACHES = {
         "default": {
-            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "BACKEND": "conversations.cache.RedisCache",  # one connection pool per process
             "LOCATION": REDIS_URL,
         }
     }

@@ -135,7 +135,7 @@ class Generation:
     # -- running --------------------------------------------------------------------------
     async def run(self) -> None:
         """Generate, then store the outcome and tell every socket."""
-        listener = await self._listen_for_other_processes()
+        listener = self._listen_for_other_processes()
         flusher(self)
         status, error = Message.Status.COMPLETE, None
         try:
@@ -257,19 +257,30 @@ class Generation:
             except Exception:
                 log.exception("could not schedule background work for %s", self.conversation_id)
 
-    async def _listen_for_other_processes(self) -> asyncio.Task[None] | None:
-        """On a shared layer (Redis), answer state/resume/stop requests from other processes."""
+    def _listen_for_other_processes(self) -> asyncio.Task[None] | None:
+        """On a shared layer (Redis), answer state/resume/stop requests from other processes.
+
+        Set up beside the reply, not before it: subscribing takes Redis round trips under
+        channels-redis's shard lock, which under load held the first token back by most of a
+        second. Until it is done, a socket of another process falls back to the stored text.
+        """
         if isinstance(self.layer, InMemoryChannelLayer):
             return None  # one process: sockets read the registry directly
+        return spawn(self._answer())
+
+    async def _answer(self) -> None:
+        group = control_group_name(self.conversation_id)
+        channel = None
         try:
             channel = await self.layer.new_channel()
-            await self.layer.group_add(control_group_name(self.conversation_id), channel)
+            await self.layer.group_add(group, channel)
+        except asyncio.CancelledError:
+            if channel is not None:  # the reply ended while this was being set up
+                spawn(self.layer.group_discard(group, channel))
+            raise
         except Exception:
             log.exception("reply %s cannot listen for other processes", self.reply_id)
-            return None
-        return spawn(self._answer(channel))
-
-    async def _answer(self, channel: str) -> None:
+            return
         try:
             while True:
                 message = await self.layer.receive(channel)
@@ -288,10 +299,8 @@ class Generation:
                         )
                 except Exception:  # one failed answer must not deafen the reply to the next `stop`
                     log.exception("reply %s could not answer %s", self.reply_id, message.get("type"))
-        except asyncio.CancelledError:
-            await self.layer.group_discard(control_group_name(self.conversation_id), channel)
-            raise
-        await self.layer.group_discard(control_group_name(self.conversation_id), channel)
+        finally:
+            await self.layer.group_discard(group, channel)
 
 
 def _estimate_input(request: ChatRequest | None) -> int:
