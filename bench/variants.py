@@ -9,8 +9,8 @@
 - `sdk-transform`: the history passed as `messages=` (the SDK transforms it per message);
 - `whole-history`: requests built from the whole unsummarized history, then fitted (as before
   `recent_turns` read only the newest turns that can fit);
-- `shared-db-thread`: the consumer's database calls on Channels' one shared thread
-  (`database_sync_to_async`), as before `consumers._db`;
+- `pool-db-threads`: the consumer's database calls on the default pool's threads instead of
+  Channels' one shared thread (tried, and measured worse: docs/performance.md);
 - `stock-redis-layer`: channels-redis's own RedisPubSubChannelLayer (one publish per round trip,
   under the shard lock), not conversations.layers' pipelined one;
 - `cache-per-call`: Django's own RedisCache (a new client, pool and connection per async context);
@@ -146,13 +146,21 @@ for variant in VARIANTS:
 
         BUILD_FOR_REPLY = history.build_for_reply
         generation.build_for_reply = build_from_whole_history  # type: ignore[assignment]
-    elif variant == "shared-db-thread":
-        from channels.db import database_sync_to_async
+    elif variant == "pool-db-threads":
+        from asgiref.sync import sync_to_async
+        from django.db import close_old_connections
 
         from conversations import consumers
 
+        def on_pool(function: Any) -> Any:
+            def call(*args: Any, **kwargs: Any) -> Any:
+                close_old_connections()
+                return function(*args, **kwargs)
+
+            return sync_to_async(call, thread_sensitive=False)
+
         for name in ("_conversation", "_send", "_regenerate", "_streaming", "_message"):
-            setattr(consumers, name, database_sync_to_async(getattr(consumers, name).func))
+            setattr(consumers, name, on_pool(getattr(consumers, name).func))
     elif variant == "stock-redis-layer":
         from django.conf import settings
 
