@@ -341,14 +341,20 @@ class FakeProvider:
             )
 
     async def _drop(self, request: web.BaseRequest) -> None:
-        """Cut the TCP connection with the response unfinished (no last chunk, no final events)."""
+        """Cut the TCP connection with the response unfinished (no last chunk, no final events).
+
+        Closed, not reset: an RST can make the client's kernel discard chunks it has received but
+        the client has not read yet, so "the first N chunks, then a drop" would sometimes deliver
+        fewer. A close after the data delivers exactly N, then the body ends mid-chunked-transfer,
+        which both SDKs' transports report as a broken connection.
+        """
         transport = request.transport
         if transport is None:
             return
         # Let what was written reach the socket first, so the client really receives the N chunks.
         while transport.get_write_buffer_size() and not transport.is_closing():
             await asyncio.sleep(0.001)
-        transport.abort()
+        transport.close()
 
     async def _hang(self, request: web.BaseRequest) -> None:
         """Send nothing more until the server stops (a client disconnect cancels this handler)."""
