@@ -61,6 +61,10 @@ _OPENAI_ERROR = {
 }
 
 
+# Seconds between the last chunk before a drop and the drop itself.
+DROP_GRACE = 0.2
+
+
 @dataclass
 class Reply:
     """What the fake provider does for one request (either endpoint, streaming or not)."""
@@ -351,9 +355,13 @@ class FakeProvider:
         transport = request.transport
         if transport is None:
             return
-        # Let what was written reach the socket first, so the client really receives the N chunks.
+        # Let what was written reach the socket first, so the client really receives the N chunks,
+        # and give the client a moment to read them: aiohttp's reader raises a broken body's error
+        # ahead of data it has buffered but not yet handed out, so a close that arrives in the same
+        # moment as the last chunk can swallow that chunk (a CI run on PostgreSQL saw 3 of 4).
         while transport.get_write_buffer_size() and not transport.is_closing():
             await asyncio.sleep(0.001)
+        await asyncio.sleep(DROP_GRACE)
         transport.close()
 
     async def _hang(self, request: web.BaseRequest) -> None:
