@@ -101,9 +101,8 @@ BUSY = "A reply is still being written. Stop it or wait for it to finish."
 
 
 def _open_reply(conversation: Conversation) -> Message:
-    """Insert the streaming reply row; the partial unique index turns a race into `busy`."""
-    if Message.objects.filter(conversation=conversation, status=Message.Status.STREAMING).exists():
-        raise ChatError("busy", BUSY)
+    """Insert the streaming reply row (the caller checked for one); the partial unique index turns
+    a race into `busy`."""
     try:
         with transaction.atomic():
             return Message.objects.create(
@@ -221,6 +220,7 @@ def reply_regenerate(*, conversation: Conversation) -> tuple[Message, list[int]]
         last_user = conv.messages.filter(hidden=False, role=Message.Role.USER).order_by("-id").first()
         if last_user is None:
             raise ChatError("invalid", "There is no message to answer yet.")
+        # Busy before the limits: a refused regenerate must not count against the user's rate.
         if Message.objects.filter(conversation=conv, status=Message.Status.STREAMING).exists():
             raise ChatError("busy", BUSY)
         _check_persona(conv)
