@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
-from allauth.account.internal.flows.reauthentication import did_recently_reauthenticate
+from allauth.account import app_settings as allauth_settings
+from allauth.account.internal.flows.login import get_authentication_records
 from django.contrib import messages
 from django.contrib.auth import logout
 from django.contrib.auth.decorators import login_required
@@ -206,6 +208,16 @@ def share_continue(request: HttpRequest, token: str) -> HttpResponse:
 
 
 # -- delete the account -------------------------------------------------------------------------------------
+def _signed_in_recently(request: HttpRequest) -> bool:
+    """The session's latest sign-in (any method: a provider's too) is a few minutes old at most.
+
+    allauth's own check passes accounts that have no password at all; deleting one needs a fresh sign-in.
+    """
+    records = get_authentication_records(request, request.user)  # type: ignore[arg-type]
+    latest = max((r.get("at", 0) for r in records if isinstance(r, dict)), default=0)
+    return time.time() - latest < allauth_settings.REAUTHENTICATION_TIMEOUT
+
+
 @login_required
 @require_http_methods(["GET", "POST"])
 def account_delete(request: HttpRequest) -> HttpResponse:
@@ -217,7 +229,7 @@ def account_delete(request: HttpRequest) -> HttpResponse:
             confirmed = user.check_password(request.POST.get("password", ""))  # type: ignore[union-attr]
             error = "" if confirmed else "That is not your password. Nothing was deleted."
         else:
-            confirmed = did_recently_reauthenticate(request)
+            confirmed = _signed_in_recently(request)
             error = "" if confirmed else "Sign in again first (below), then confirm. Nothing was deleted."
         if confirmed and request.POST.get("confirm") == "delete":
             services.account_delete(user=user)  # type: ignore[arg-type]
@@ -228,7 +240,7 @@ def account_delete(request: HttpRequest) -> HttpResponse:
         return render(request, "accounts/delete.html", context, status=400)
     context = {
         "has_password": has_password,
-        "recent": has_password or did_recently_reauthenticate(request),
+        "recent": has_password or _signed_in_recently(request),
         "count": selectors.conversations_for_user(user).count(),  # type: ignore[arg-type]
     }
     return render(request, "accounts/delete.html", context)
