@@ -10,7 +10,7 @@ import zipfile
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 
 from conversations.models import Conversation, Message
 
@@ -46,7 +46,7 @@ def conversation_json(conversation: Conversation) -> Iterator[str]:
     yield "\n]}\n"
 
 
-HEADINGS = {Message.Role.USER: "## User", Message.Role.ASSISTANT: "## Assistant"}
+HEADINGS: dict[str, str] = {Message.Role.USER: "## User", Message.Role.ASSISTANT: "## Assistant"}
 
 
 def conversation_markdown(conversation: Conversation) -> Iterator[str]:
@@ -94,11 +94,11 @@ def _write_member(zf: zipfile.ZipFile, pipe: _Pipe, name: str, pieces: Iterable[
     yield pipe.take()
 
 
-def account_zip(user: AbstractBaseUser) -> Iterator[bytes]:
+def account_zip(user: User) -> Iterator[bytes]:
     """Every conversation of `user` as `<uuid>.json` + `<uuid>.md` in a ZIP, produced as it is written."""
     pipe = _Pipe()
     # The pipe cannot seek: zipfile then writes each member's sizes after its data (a data descriptor).
-    with zipfile.ZipFile(pipe, mode="w", compression=zipfile.ZIP_DEFLATED) as zf:  # type: ignore[arg-type]
+    with zipfile.ZipFile(pipe, mode="w", compression=zipfile.ZIP_DEFLATED) as zf:  # type: ignore[call-overload]
         conversations = Conversation.objects.filter(owner=user).select_related("persona").order_by("created_at")
         for conversation in conversations.iterator(chunk_size=100):
             yield from _write_member(zf, pipe, f"{conversation.pk}.json", conversation_json(conversation))

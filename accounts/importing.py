@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import transaction
 from django.utils import timezone
 
@@ -185,7 +185,7 @@ def _site(conv: dict[str, Any], i: int) -> Draft:
             raise ImportFailed(f"{at}: unknown status “{str(status)[:20]}”.")
         if status == Message.Status.STREAMING:
             status = Message.Status.INTERRUPTED  # nothing is writing it here
-        usage = m.get("usage") if isinstance(m.get("usage"), dict) else {}
+        usage: dict[str, Any] = m["usage"] if isinstance(m.get("usage"), dict) else {}
         parent = m.get("parent_id")
         nodes.append(
             Node(
@@ -257,7 +257,7 @@ def _chatgpt(conv: dict[str, Any], i: int) -> Draft:
         if not isinstance(message, dict) or not isinstance(message.get("author"), dict):
             raise ImportFailed(f"{where}: node {str(key)[:40]} has no message author.")
         role = message["author"].get("role")
-        metadata = message.get("metadata") if isinstance(message.get("metadata"), dict) else {}
+        metadata: dict[str, Any] = message["metadata"] if isinstance(message.get("metadata"), dict) else {}
         if role not in ("user", "assistant") or metadata.get("is_visually_hidden_from_conversation"):
             continue  # system and tool messages, and ChatGPT's own hidden context
         if message.get("recipient", "all") != "all":
@@ -312,7 +312,7 @@ def _claude(conv: dict[str, Any], i: int) -> Draft:
             raise ImportFailed(f"{at}: expected a message from “human” or “assistant”.")
         text = m.get("text")
         if not isinstance(text, str) or not text:
-            blocks = m.get("content") if isinstance(m.get("content"), list) else []
+            blocks: list[Any] = m["content"] if isinstance(m.get("content"), list) else []
             text = "\n\n".join(
                 b["text"]
                 for b in blocks
@@ -340,7 +340,7 @@ def _claude(conv: dict[str, Any], i: int) -> Draft:
 
 
 # -- storing ------------------------------------------------------------------------------------------------
-def _persona(owner: AbstractBaseUser, slug: str) -> Persona:
+def _persona(owner: User, slug: str) -> Persona:
     persona = (slug and selectors.persona_for_user(owner, slug)) or selectors.persona_for_user(owner, None)
     if persona is None:
         raise ImportFailed("No persona is available to you, so there is nothing to import into. Ask an admin.")
@@ -348,9 +348,7 @@ def _persona(owner: AbstractBaseUser, slug: str) -> Persona:
 
 
 @transaction.atomic
-def store(
-    *, owner: AbstractBaseUser, drafts: list[Draft], progress: Callable[[int], None] | None = None
-) -> list[Conversation]:
+def store(*, owner: User, drafts: list[Draft], progress: Callable[[int], None] | None = None) -> list[Conversation]:
     """Store every draft as a new conversation of `owner`, all or none."""
     out = []
     for n, draft in enumerate(drafts, start=1):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db.models import QuerySet
 from django.http import Http404
 
@@ -19,12 +19,12 @@ def live_share(token: str) -> ShareLink:
     return link
 
 
-def share_links_for_user(user: AbstractBaseUser) -> QuerySet[ShareLink]:
+def share_links_for_user(user: User) -> QuerySet[ShareLink]:
     """The user's live links, newest first, without their snapshots (the list shows titles only)."""
     return ShareLink.objects.filter(owner=user, revoked_at__isnull=True).defer("messages")
 
 
-def import_job_for_user(user: AbstractBaseUser, job_id: uuid.UUID | str) -> ImportJob:
+def import_job_for_user(user: User, job_id: uuid.UUID | str) -> ImportJob:
     """The user's own import job, or Http404."""
     job = ImportJob.objects.filter(pk=job_id, owner=user).first()
     if job is None:
@@ -32,6 +32,6 @@ def import_job_for_user(user: AbstractBaseUser, job_id: uuid.UUID | str) -> Impo
     return job
 
 
-def import_jobs_for_user(user: AbstractBaseUser) -> QuerySet[ImportJob]:
+def import_jobs_for_user(user: User) -> QuerySet[ImportJob]:
     """The user's latest imports."""
     return ImportJob.objects.filter(owner=user)[:5]

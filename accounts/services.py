@@ -6,7 +6,7 @@ import logging
 import uuid
 
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.contrib.sessions.models import Session
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
@@ -22,13 +22,13 @@ from .models import ImportJob, Profile, ShareLink
 log = logging.getLogger(__name__)
 
 
-def profile_for(user: AbstractBaseUser) -> Profile:
+def profile_for(user: User) -> Profile:
     """The user's settings (made on first use)."""
     profile, _ = Profile.objects.get_or_create(user=user)
     return profile
 
 
-def profile_update(*, user: AbstractBaseUser, display_name: str | None = None, theme: str | None = None) -> Profile:
+def profile_update(*, user: User, display_name: str | None = None, theme: str | None = None) -> Profile:
     """Save the display name and/or theme; an unknown theme is refused with ValueError."""
     profile = profile_for(user)
     if theme is not None:
@@ -55,7 +55,7 @@ def share_create(*, conversation: Conversation) -> ShareLink:
     )
 
 
-def share_revoke(*, owner: AbstractBaseUser, conversation_id: uuid.UUID | None, token: str | None) -> int:
+def share_revoke(*, owner: User, conversation_id: uuid.UUID | None, token: str | None) -> int:
     """Revoke one link (by token) or every live link of a conversation; returns how many were revoked."""
     links = ShareLink.objects.filter(owner=owner, revoked_at__isnull=True)
     if token:
@@ -66,7 +66,7 @@ def share_revoke(*, owner: AbstractBaseUser, conversation_id: uuid.UUID | None, 
 
 
 @transaction.atomic
-def share_continue(*, link: ShareLink, user: AbstractBaseUser) -> Conversation:
+def share_continue(*, link: ShareLink, user: User) -> Conversation:
     """Copy a shared snapshot into a new conversation of `user`, to go on from there."""
     persona = selectors.persona_for_user(user, None)
     if persona is None:
@@ -97,12 +97,12 @@ def inline_import_bytes() -> int:
     return int(getattr(settings, "ACCOUNT_IMPORT_INLINE_KB", 1024)) * 1024
 
 
-def import_now(*, owner: AbstractBaseUser, name: str, data: bytes) -> list[Conversation]:
+def import_now(*, owner: User, name: str, data: bytes) -> list[Conversation]:
     """Parse and store a file at once (ImportFailed: nothing stored)."""
     return importing.store(owner=owner, drafts=importing.parse(name, data))
 
 
-def import_queue(*, owner: AbstractBaseUser, name: str, data: bytes) -> ImportJob:
+def import_queue(*, owner: User, name: str, data: bytes) -> ImportJob:
     """Keep the file in storage and let the worker import it; the job reports progress."""
     from .tasks import run_import
 
@@ -156,7 +156,7 @@ def _end_sessions(user_id: int) -> int:
     return ended
 
 
-def account_delete(*, user: AbstractBaseUser) -> None:
+def account_delete(*, user: User) -> None:
     """Delete the user and everything they own; sign out all their sessions."""
     user_id = user.pk
     paths_to_delete = list(ImportJob.objects.filter(owner=user).exclude(path="").values_list("path", flat=True))

@@ -33,7 +33,7 @@ def _settings_context(request: HttpRequest) -> dict[str, Any]:
         "themes": Profile.Theme.choices,
         "share_links": list(account_selectors.share_links_for_user(user)),  # type: ignore[arg-type]
         "import_jobs": list(account_selectors.import_jobs_for_user(user)),  # type: ignore[arg-type]
-        "has_password": user.has_usable_password(),
+        "has_password": user.has_usable_password(),  # type: ignore[union-attr]
     }
 
 
@@ -144,7 +144,7 @@ def import_upload(request: HttpRequest) -> HttpResponse:
 @require_GET
 def import_status(request: HttpRequest, job_id: str) -> HttpResponse:
     """One import's progress (htmx polls it while it runs)."""
-    job = account_selectors.import_job_for_user(request.user, job_id)
+    job = account_selectors.import_job_for_user(request.user, job_id)  # type: ignore[arg-type]
     return render(request, "accounts/_import_job.html", {"job": job})
 
 
@@ -223,7 +223,7 @@ def _signed_in_recently(request: HttpRequest) -> bool:
 def account_delete(request: HttpRequest) -> HttpResponse:
     """GET: what will be deleted, and the confirmation. POST (with the password): delete, sign out."""
     user = request.user
-    has_password = user.has_usable_password()
+    has_password = user.has_usable_password()  # type: ignore[union-attr]
     if request.method == "POST":
         if has_password:
             confirmed = user.check_password(request.POST.get("password", ""))  # type: ignore[union-attr]
