@@ -21,7 +21,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from conversations import rendering, selectors
 from conversations.models import Message
 
-from . import exporting, importing, services
+from . import exporting, importing, services, streaming
 from . import selectors as account_selectors
 from .models import Profile
 
@@ -83,11 +83,10 @@ def _filename(conversation: Any, ext: str) -> str:
 def export_markdown(request: HttpRequest, conversation_id: str) -> StreamingHttpResponse:
     """The active path as Markdown."""
     conversation = selectors.conversation_for_user(request.user, conversation_id)
-    response = StreamingHttpResponse(
-        exporting.conversation_markdown(conversation), content_type="text/markdown; charset=utf-8"
+    pieces = exporting.conversation_markdown(conversation)
+    return streaming.download(
+        request, pieces, content_type="text/markdown; charset=utf-8", filename=_filename(conversation, "md")
     )
-    response["Content-Disposition"] = f'attachment; filename="{_filename(conversation, "md")}"'
-    return response
 
 
 @login_required
@@ -95,19 +94,19 @@ def export_markdown(request: HttpRequest, conversation_id: str) -> StreamingHttp
 def export_json(request: HttpRequest, conversation_id: str) -> StreamingHttpResponse:
     """The whole tree as JSON."""
     conversation = selectors.conversation_for_user(request.user, conversation_id)
-    response = StreamingHttpResponse(exporting.conversation_json(conversation), content_type="application/json")
-    response["Content-Disposition"] = f'attachment; filename="{_filename(conversation, "json")}"'
-    return response
+    pieces = exporting.conversation_json(conversation)
+    return streaming.download(
+        request, pieces, content_type="application/json", filename=_filename(conversation, "json")
+    )
 
 
 @login_required
 @require_GET
 def export_account(request: HttpRequest) -> StreamingHttpResponse:
     """Every conversation as one ZIP, written while it downloads."""
-    response = StreamingHttpResponse(exporting.account_zip(request.user), content_type="application/zip")  # type: ignore[arg-type]
     stamp = timezone.now().strftime("%Y-%m-%d")
-    response["Content-Disposition"] = f'attachment; filename="chat-export-{stamp}.zip"'
-    return response
+    pieces = exporting.account_zip(request.user)  # type: ignore[arg-type]
+    return streaming.download(request, pieces, content_type="application/zip", filename=f"chat-export-{stamp}.zip")
 
 
 # -- import ------------------------------------------------------------------------------------------------
