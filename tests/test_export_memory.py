@@ -15,7 +15,22 @@ from accounts import exporting
 from conversations.models import Message
 from tests.factories import make_conversation
 
-WORDS = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november".split()
+WORDS = [
+    "alpha",
+    "bravo",
+    "charlie",
+    "delta",
+    "echo",
+    "foxtrot",
+    "golf",
+    "hotel",
+    "india",
+    "juliet",
+    "kilo",
+    "lima",
+    "mike",
+    "november",
+]
 
 
 def fill(owner, conversations: int, per_conversation: int, chars: int = 600) -> int:
