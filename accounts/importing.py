@@ -67,8 +67,10 @@ def parse(name: str, data: bytes) -> list[Draft]:
     if not data.strip():
         raise ImportFailed("The file is empty.")
     drafts = _parse_zip(data) if data[:4] == b"PK\x03\x04" else _dispatch(_load_json(data, name), name)
+    # A conversation with nothing left to show (only system or tool messages, say) is not brought in.
+    drafts = [d for d in drafts if d.nodes]
     if not drafts:
-        raise ImportFailed("The file holds no conversations.")
+        raise ImportFailed("The file holds no conversations with messages in them.")
     if len(drafts) > max_conversations():
         raise ImportFailed(f"The file holds {len(drafts)} conversations; at most {max_conversations()} at a time.")
     count = sum(len(d.nodes) for d in drafts)

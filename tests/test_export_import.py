@@ -204,6 +204,7 @@ def test_chatgpt_and_claude_zips_are_read_from_their_conversations_json(client, 
         ("export.zip", lambda b: _zip_of(b)[:300], "ZIP cannot be read"),
         ("conversations.json", lambda b: b.replace(b'"parent": "u-1"', b'"parent": 7', 1), "parent that is not an id"),
         ("conversations.json", lambda b: b"[]", "holds no conversations"),
+        ("one.json", lambda b: b'{"id": "x", "title": "t", "messages": []}', "no conversations with messages"),
     ],
 )
 def test_a_broken_or_foreign_file_imports_nothing_and_says_why(client, alice, name, mangle, reason):
