@@ -59,6 +59,11 @@ def _streaming(conversation_id: uuid.UUID) -> Message | None:
 
 
 @database_sync_to_async
+def _request_stop(conversation_id: uuid.UUID) -> int | None:
+    return services.reply_stop_request(conversation_id=conversation_id)
+
+
+@database_sync_to_async
 def _message(conversation_id: uuid.UUID, message_id: int) -> Message | None:
     return Message.objects.filter(conversation_id=conversation_id, pk=message_id).first()
 
@@ -259,14 +264,26 @@ class ChatConsumer(AsyncWebsocketConsumer):
         generation.start(sent.reply)
 
     async def on_stop(self, frame: dict[str, Any]) -> None:
+        """Stop the running reply, wherever it runs, and acknowledge with `stopping`.
+
+        In this process: at once. Elsewhere: the request is stored first (the reply's own process
+        reads it on its next tick, and once when it starts listening), then published to the reply's
+        control group (the fast path, which a reply still subscribing would miss).
+        """
         running = generation.local(self.conversation.pk)
         if running is not None:
             running.stop()
+            await self.answer({"type": "stopping", "message_id": running.reply_id})
             return
-        if await _streaming(self.conversation.pk) is not None:
-            await self.channel_layer.group_send(
-                generation.control_group_name(self.conversation.pk), {"type": "gen.stop"}
-            )
+        reply_id = await _request_stop(self.conversation.pk)
+        if reply_id is not None:
+            try:
+                await self.channel_layer.group_send(
+                    generation.control_group_name(self.conversation.pk), {"type": "gen.stop"}
+                )
+            except Exception:  # the stored request still reaches the reply
+                log.exception("could not publish stop for reply %s", reply_id)
+        await self.answer({"type": "stopping", "message_id": reply_id})
 
     async def on_regenerate(self, frame: dict[str, Any]) -> None:
         reply, replaced = await _regenerate(self.conversation)

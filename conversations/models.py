@@ -112,6 +112,8 @@ class Message(models.Model):
     output_tokens = models.PositiveIntegerField(null=True, blank=True)
     client_id = models.UUIDField(null=True, blank=True)
     error_code = models.CharField(max_length=32, blank=True)
+    # Set by `stop` from any socket in any process; the reply's own process reads it (durable stop).
+    stop_requested = models.BooleanField(default=False)
     # A regenerated reply (or an edited message) stays for usage accounting, out of sight.
     hidden = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)

@@ -235,6 +235,21 @@ def reply_regenerate(*, conversation: Conversation) -> tuple[Message, list[int]]
     return reply, replaced
 
 
+def reply_stop_request(*, conversation_id: uuid.UUID) -> int | None:
+    """Ask the conversation's running reply to stop, durably: its own process reads the flag. The reply's
+    id, or None when no reply is running."""
+    reply_id = (
+        Message.objects.filter(conversation_id=conversation_id, status=Message.Status.STREAMING)
+        .values_list("pk", flat=True)
+        .first()
+    )
+    if reply_id is None:
+        return None
+    if not Message.objects.filter(pk=reply_id, status=Message.Status.STREAMING).update(stop_requested=True):
+        return None  # it ended meanwhile
+    return reply_id
+
+
 def reply_finish(
     *,
     reply_id: int,

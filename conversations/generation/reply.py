@@ -20,7 +20,7 @@ from ..llm import ChatRequest, ProviderError, Usage, provider_for
 from ..llm.base import within_gap
 from ..models import Message
 from . import control, registry
-from .flusher import flusher, unflush
+from .flusher import flusher, stop_requested, unflush
 from .groups import group_name
 from .janitor import ensure_janitor
 from .registry import spawn
@@ -103,7 +103,11 @@ class Generation:
             await self.send(
                 {"type": "chat.start", "message_id": self.reply_id, "model": self.model, "replaces": self.replaces}
             )
-            self.request, self.followups = await sync_to_async(_build_request, thread_sensitive=False)(self.reply_id)
+            self.request, self.followups, stop_asked = await sync_to_async(_build_request, thread_sensitive=False)(
+                self.reply_id
+            )
+            if stop_asked:  # a `stop` that came before this reply's process could hear it
+                self._stopping = True
             if not self._stopping:
                 self._stream_task = asyncio.ensure_future(self._stream(self.request))
                 await self._stream_task
@@ -225,9 +229,10 @@ def _estimate_input(request: ChatRequest | None) -> int:
     return estimate_tokens(request.system) + sum(estimate_tokens(m["content"]) for m in request.messages)
 
 
-def _build_request(reply_id: int) -> tuple[ChatRequest, Followups]:
+def _build_request(reply_id: int) -> tuple[ChatRequest, Followups, bool]:
     close_old_connections()
-    return build_for_reply(reply_id)
+    request, followups = build_for_reply(reply_id)
+    return request, followups, stop_requested(reply_id)
 
 
 def _finish_row(

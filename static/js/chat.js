@@ -32,6 +32,7 @@
   let retryDelay = 500;
   let pending = null; // {client_id, content, edit_of}: sent, not yet acknowledged by a `message` event
   let stopping = false;
+  let stopTimer = null;
 
   // -- text by code points (the protocol's offsets count code points, not UTF-16 units) -------------
   function codePoints(text) {
@@ -198,7 +199,10 @@
     const busy = id !== null;
     stopBtn.hidden = !busy;
     stopBtn.disabled = false;
-    if (!busy) stopping = false;
+    if (!busy) {
+      stopping = false;
+      clearTimeout(stopTimer);
+    }
     main.classList.toggle("generating", busy);
     updateSendState();
   }
@@ -317,14 +321,25 @@
     return false;
   }
 
+  // One `resume` in flight per reply: a gap shows on every delta until the answer arrives, and asking
+  // again each time would flood the server. After RESUME_WAIT ms without an answer, ask again.
+  const RESUME_WAIT = 5000;
+  const resumesAsked = new Map();
+  function askResume(id, offset) {
+    const asked = resumesAsked.get(id);
+    if (asked !== undefined && performance.now() - asked < RESUME_WAIT) return;
+    if (send({ type: "resume", message_id: id, offset })) resumesAsked.set(id, performance.now());
+  }
+
   function applyDelta(frame) {
     const r = replyFor(frame.message_id);
     const have = r.length;
     if (frame.offset > have) {
       // A gap (we missed text): ask for everything from what we have.
-      send({ type: "resume", message_id: frame.message_id, offset: have });
+      askResume(frame.message_id, have);
       return;
     }
+    resumesAsked.delete(frame.message_id);
     const chars = codePoints(frame.text);
     if (frame.offset + chars <= have) return; // a repeat
     r.text += frame.offset === have ? frame.text : sliceCodePoints(frame.text, have - frame.offset);
@@ -379,7 +394,7 @@
         messagesEl.querySelectorAll('article[data-status="streaming"]').forEach((el) => {
           const id = parseInt(el.dataset.messageId, 10);
           const r = replies.get(id);
-          send({ type: "resume", message_id: id, offset: r ? r.length : 0 });
+          askResume(id, r ? r.length : 0);
         });
       }
       if (pending) {
@@ -439,8 +454,16 @@
       const what = frame.code === "provider_rate_limited" ? "The provider is rate limiting" : "The provider did not answer";
       setNote(r.el, `${what}; trying again in ${Math.ceil(frame.retry_in)} s (attempt ${frame.attempt})…`, false);
     },
+    stopping(frame) {
+      // The server stored the stop; `end` follows. No reply running there: nothing to wait for.
+      if (frame.message_id === null && stopping) {
+        stopping = false;
+        stopBtn.disabled = false;
+      }
+    },
     end(frame) {
       const r = replyFor(frame.message_id);
+      resumesAsked.delete(frame.message_id);
       // What the deltas added up to, kept for tests: it must be exactly the stored reply.
       assembled.set(frame.message_id, r.text);
       if (r.text !== frame.content && r.length > 0) mismatches.push(frame.message_id);
@@ -614,11 +637,20 @@
 
   form.addEventListener("submit", (event) => { event.preventDefault(); submit(); });
   if (ui.wireComposer) ui.wireComposer(input, submit, maxChars, document.getElementById("char-count"), updateSendState);
+  // A stop can be lost (the socket dropped as it went out): when no `end` follows within
+  // STOP_WAIT ms, Stop works again, so the user can ask once more.
+  const STOP_WAIT = 4000;
   stopBtn.addEventListener("click", () => {
     if (stopping) return;
     stopping = true;
     stopBtn.disabled = true;
     send({ type: "stop" });
+    clearTimeout(stopTimer);
+    stopTimer = setTimeout(() => {
+      if (generatingId === null) return;
+      stopping = false;
+      stopBtn.disabled = false;
+    }, STOP_WAIT);
   });
 
   // -- message actions ----------------------------------------------------------------------------------
