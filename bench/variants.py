@@ -13,7 +13,8 @@
   Channels' one shared thread (tried, and measured worse: docs/performance.md);
 - `stock-redis-layer`: channels-redis's own RedisPubSubChannelLayer (one publish per round trip,
   under the shard lock), not conversations.layers' pipelined one;
-- `cache-per-call`: Django's own RedisCache (a new client, pool and connection per async context);
+- `cache-per-call`: Django's own RedisCache (a new client, pool and connection per async context),
+  not django-redis (one connection pool per process);
 - `switch=SECONDS`: sys.setswitchinterval (how soon a DB thread gets the GIL from a busy event loop);
 - `profile=PATH`: cProfile the event loop thread, written to PATH when daphne stops.
 Only the benchmark uses this module (`daphne bench.variants:application`).
@@ -170,7 +171,7 @@ for variant in VARIANTS:
     elif variant == "cache-per-call":
         from django.conf import settings
 
-        if settings.CACHES["default"]["BACKEND"] == "conversations.cache.RedisCache":
+        if settings.CACHES["default"]["BACKEND"] == "django_redis.cache.RedisCache":
             settings.CACHES["default"]["BACKEND"] = "django.core.cache.backends.redis.RedisCache"
     elif variant.startswith("switch="):
         import sys
