@@ -53,6 +53,8 @@ class PersonaForm(forms.ModelForm):
             "groups",
             "position",
         ]
+        # Plain checkboxes: the admin's two-box filter widget puts aria-label on a bare <span> (axe: serious).
+        widgets = {"groups": forms.CheckboxSelectMultiple}
 
     def _get_validation_exclusions(self) -> set[str]:
         # The one-default constraint holds through save_model, which clears the old default first.
@@ -108,6 +110,14 @@ class PersonaForm(forms.ModelForm):
 class PersonaChangeListForm(forms.ModelForm):
     """The list page's inline edits (active, position) keep the default persona active."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # The list's inputs have no <label>: name them for screen readers, per row.
+        name = self.instance.name if self.instance.pk else "new persona"
+        for field, label in [("is_active", "Active"), ("position", "Position")]:
+            if field in self.fields:
+                self.fields[field].widget.attrs["aria-label"] = f"{label}: {name}"
+
     def clean_is_active(self) -> bool:
         active = self.cleaned_data.get("is_active", True)
         if not active and _is_default_in_db(self.instance):
@@ -162,7 +172,6 @@ class PersonaAdmin(admin.ModelAdmin):
     list_editable = ["position", "is_active"]
     list_filter = ["is_active", "is_default"]
     prepopulated_fields = {"slug": ["name"]}
-    filter_horizontal = ["groups"]
     search_fields = ["name", "slug", "description"]
     actions = ["activate", "retire"]
     fieldsets = [

@@ -30,6 +30,18 @@ class Refusal:
     retry_after: float | None
 
 
+def in_words(seconds: float) -> str:
+    """A wait for a person: `45 s`, `12 min`, `10 h 44 min`."""
+    seconds = max(1, round(seconds))
+    if seconds < 90:
+        return f"{seconds} s"
+    minutes = round(seconds / 60)
+    if minutes < 60:
+        return f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+
+
 def parse_rate(rate: str) -> tuple[int, int]:
     """`20/m` -> (20, 60); `100/5m` -> (100, 300). Raises ValueError on nonsense."""
     match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d*)\s*([smhd])\s*", rate)
@@ -53,7 +65,7 @@ def check_rate(user_id: int) -> Refusal | None:
         count = 1
     if count > limit:
         wait = max(1.0, start + window - now)
-        return Refusal("rate_limited", f"You are sending messages too fast. Try again in {wait:.0f} s.", wait)
+        return Refusal("rate_limited", f"You are sending messages too fast. Try again in {in_words(wait)}.", wait)
     return None
 
 
@@ -94,10 +106,9 @@ def check_quota(user_id: int, quota: int | None = None) -> Refusal | None:
         return None
     if tokens_used_today(user_id) >= quota:
         wait = (_day_start() + dt.timedelta(days=1) - timezone.now()).total_seconds()
-        hours = wait / 3600
         return Refusal(
             "quota_exceeded",
-            f"You have used today's {quota:,} tokens. The quota resets at midnight UTC (in {hours:.1f} h).",
+            f"You have used today's {quota:,} tokens. The quota resets at midnight UTC, in {in_words(wait)}.",
             wait,
         )
     return None

@@ -19,7 +19,7 @@ from .services import ChatError
 # What to do next, per error code: shown with the error, by the server (stored replies) and by chat.js.
 ERROR_HINTS = {
     "rate_limited": "You are sending messages faster than this site allows: wait a moment and try again.",
-    "quota_exceeded": "You have used today's token allowance. It renews tomorrow; ask your admin if you need more.",
+    "quota_exceeded": "You have used today's token allowance; ask your admin if you need more.",
     "provider_auth": "The provider rejected the key: ask your admin to check the API key.",
     "provider_rate_limited": "The model provider is rate limiting this site: try again shortly.",
     "provider_unavailable": "The model provider did not answer properly: try again in a moment.",

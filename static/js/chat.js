@@ -236,6 +236,22 @@
     messagesEl.querySelectorAll(".inline-error.refusal").forEach((e) => e.remove());
   }
 
+  // A wait in words: "45 s", "12 min", "10 h 44 min".
+  function inWords(seconds) {
+    const s = Math.max(1, Math.round(seconds));
+    if (s < 90) return `${s} s`;
+    const m = Math.round(s / 60);
+    if (m < 60) return `${m} min`;
+    return m % 60 ? `${Math.floor(m / 60)} h ${m % 60} min` : `${m / 60} h`;
+  }
+  // When a daily quota resets, in the reader's own time zone: "It resets tomorrow at 09:00 (in 10 h 44 min)."
+  function resetsAt(seconds) {
+    const at = new Date(Date.now() + seconds * 1000);
+    const time = at.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+    const day = at.toDateString() === new Date().toDateString() ? "today" : "tomorrow";
+    return `It resets ${day} at ${time}, your time (in ${inWords(seconds)}).`;
+  }
+
   // A countdown for "try again in N s", then the retry button.
   function countdown(box, seconds, button) {
     const span = document.createElement("span");
@@ -250,7 +266,7 @@
         if (button) button.disabled = false;
         return;
       }
-      span.textContent = `Try again in ${left} s.`;
+      span.textContent = `Try again in ${inWords(left)}.`;
       left -= 1;
       setTimeout(tick, 1000);
     };
@@ -260,7 +276,7 @@
   function showError(frame) {
     const hint = hints[frame.code];
     const text = hint || frame.message || "Something went wrong.";
-    const retryable = !["provider_auth", "invalid", "not_found", "context_too_long", "busy"].includes(frame.code);
+    const retryable = !["provider_auth", "invalid", "not_found", "context_too_long", "busy", "quota_exceeded"].includes(frame.code);
     let box;
     let retry = null;
     const reply = frame.message_id && replies.get(frame.message_id);
@@ -307,7 +323,8 @@
       box.append(a);
     }
     if (retry) box.append(retry);
-    if (frame.retry_after) countdown(box, frame.retry_after, retry);
+    if (frame.code === "quota_exceeded" && frame.retry_after) box.querySelector("p").append(" ", resetsAt(frame.retry_after));
+    else if (frame.retry_after) countdown(box, frame.retry_after, retry);
     box.setAttribute("role", "alert");
     followContent();
   }
