@@ -143,10 +143,11 @@ for variant in VARIANTS:
     elif variant == "sdk-transform":
         OpenAIProvider.stream = sdk_transformed_stream  # type: ignore[method-assign]
     elif variant == "whole-history":
-        from conversations import generation, history
+        from conversations import history
+        from conversations.generation import reply
 
         BUILD_FOR_REPLY = history.build_for_reply
-        generation.build_for_reply = build_from_whole_history  # type: ignore[assignment]
+        reply.build_for_reply = build_from_whole_history  # type: ignore[assignment]
     elif variant == "pool-db-threads":
         from asgiref.sync import sync_to_async
         from django.db import close_old_connections
