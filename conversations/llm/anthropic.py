@@ -149,5 +149,12 @@ class AnthropicProvider(Provider):
             raise ProviderError("provider_unavailable", "The provider ended the reply early.", retryable=True)
         yield usage
 
+    async def list_models(self) -> list[tuple[str, str]]:
+        """Anthropic's models endpoint (`GET /v1/models`, paged by the SDK)."""
+        try:
+            return [(m.id, m.display_name or m.id) async for m in self.client.models.list()]
+        except Exception as exc:
+            raise map_error(exc) from exc
+
     async def aclose(self) -> None:
         await self.client.close()

@@ -75,6 +75,10 @@ class Provider(ABC):
                 parts.append(item)
         return "".join(parts), usage
 
+    async def list_models(self) -> list[tuple[str, str]]:
+        """The provider's models as (id, display name); raise ProviderError on failure."""
+        return []
+
     async def aclose(self) -> None:  # noqa: B027 - most providers hold nothing to release
         """Release network resources."""
 

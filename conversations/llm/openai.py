@@ -130,6 +130,13 @@ class OpenAIProvider(Provider):
             raise map_error(exc) from exc
         yield usage
 
+    async def list_models(self) -> list[tuple[str, str]]:
+        """`GET /v1/models` (OpenAI's, or any OpenAI-compatible server's)."""
+        try:
+            return [(m.id, m.id) async for m in self.client.models.list()]
+        except Exception as exc:
+            raise map_error(exc) from exc
+
     async def aclose(self) -> None:
         await self.client.close()
 
