@@ -23,8 +23,8 @@ from django.utils import timezone
 from django.utils.html import escape
 from django.utils.safestring import mark_safe
 
-from .llm import ChatRequest, ProviderError, Usage, complete_once, configured_providers, provider_for, split_model
 from . import pricing
+from .llm import ChatRequest, ProviderError, Usage, complete_once, configured_providers, provider_for, split_model
 from .models import Conversation, Message, Persona, UserQuota
 from .rendering import render_markdown
 

@@ -27,6 +27,7 @@ from .history import Followups, build_for_reply, trimmed
 from .llm import ChatRequest, ProviderError, Usage, provider_for
 from .llm.base import within_gap
 from .models import Message
+from .pricing import cost_text
 
 log = logging.getLogger(__name__)
 
@@ -211,14 +212,20 @@ class Generation:
     async def _finish(self, status: str, error: ProviderError | None) -> None:
         text = self.text()
         usage = self.usage
-        quota_tokens = (usage.input_tokens or _estimate_input(self.request)) + (
-            usage.output_tokens or estimate_tokens(text)
-        )
-        stored = False
+        estimates = (_estimate_input(self.request), estimate_tokens(text))
+        quota_tokens = (usage.input_tokens or estimates[0]) + (usage.output_tokens or estimates[1])
+        stored = None
         for attempt in range(3):
             try:
                 stored = await sync_to_async(_finish_row, thread_sensitive=False)(
-                    self.reply_id, self.owner_id, text, status, usage, error.code if error else "", quota_tokens
+                    self.reply_id,
+                    self.owner_id,
+                    text,
+                    status,
+                    usage,
+                    error.code if error else "",
+                    quota_tokens,
+                    estimates,
                 )
                 break
             except Exception:
@@ -226,7 +233,7 @@ class Generation:
                 await asyncio.sleep(0.5 * (attempt + 1))
         if _running.get(self.conversation_id) is self:
             del _running[self.conversation_id]
-        if not stored:
+        if stored is None:
             # Another process closed it (it judged this one dead); its `end` went out already.
             return
         await self.send(
@@ -235,7 +242,7 @@ class Generation:
                 "message_id": self.reply_id,
                 "status": status,
                 "content": text,
-                "usage": {"input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens},
+                "usage": usage_payload(stored),
             }
         )
         if error is not None:
@@ -315,8 +322,15 @@ def _build_request(reply_id: int) -> tuple[ChatRequest, Followups]:
 
 
 def _finish_row(
-    reply_id: int, owner_id: int | None, text: str, status: str, usage: Usage, error_code: str, quota_tokens: int
-) -> bool:
+    reply_id: int,
+    owner_id: int | None,
+    text: str,
+    status: str,
+    usage: Usage,
+    error_code: str,
+    quota_tokens: int,
+    estimates: tuple[int, int],
+) -> Message | None:
     close_old_connections()
     return services.reply_finish(
         reply_id=reply_id,
@@ -325,9 +339,25 @@ def _finish_row(
         status=status,
         input_tokens=usage.input_tokens,
         output_tokens=usage.output_tokens,
+        cached_input_tokens=usage.cached_input_tokens,
+        cache_write_tokens=usage.cache_write_tokens,
+        estimated_input_tokens=estimates[0],
+        estimated_output_tokens=estimates[1],
         error_code=error_code,
         quota_tokens=quota_tokens,
     )
+
+
+def usage_payload(reply: Message | None) -> dict[str, Any]:
+    """The `end` frame's `usage`: the provider's counts (None where it said nothing) and the cost."""
+    if reply is None:
+        return {"input_tokens": None, "output_tokens": None, "cached_input_tokens": None, "cost": None}
+    return {
+        "input_tokens": reply.input_tokens,
+        "output_tokens": reply.output_tokens,
+        "cached_input_tokens": reply.cached_input_tokens,
+        "cost": cost_text(reply.cost),
+    }
 
 
 def _after_reply(conversation_id: uuid.UUID) -> None:
@@ -433,7 +463,7 @@ async def interrupt_stale(conversation_id: uuid.UUID | None = None) -> None:
                 "message_id": message.pk,
                 "status": message.status,
                 "content": message.content,
-                "usage": {"input_tokens": None, "output_tokens": None},
+                "usage": usage_payload(None),
             },
         )
 

@@ -66,8 +66,9 @@ EPHEMERAL = {"type": "ephemeral"}
 
 
 def cached_turns(messages: list[dict[str, str]]) -> list[dict[str, Any]]:
-    """The turns with a cache breakpoint on the last one: the whole request is written to the cache,
-    and the next request (the same turns plus two) reads it back up to there."""
+    """The turns with a cache breakpoint on the last one: the whole request (system prompt included)
+    is written to the cache, and the next request (the same turns plus two) reads it back up to there
+    (Anthropic looks back up to 20 blocks from a breakpoint for an earlier cached prefix)."""
     turns: list[dict[str, Any]] = list(merged_turns(messages))
     if turns:
         last = turns[-1]
@@ -111,8 +112,8 @@ class AnthropicProvider(Provider):
     async def stream(self, request: ChatRequest) -> AsyncIterator[str | Usage]:
         kwargs: dict[str, Any] = {}
         if request.system:
-            # The system prompt (with the summary) is the stable head of every request: a breakpoint of its own.
-            kwargs["system"] = [{"type": "text", "text": request.system, "cache_control": EPHEMERAL}]
+            # A plain string: the breakpoint on the last turn caches the prefix it heads as well.
+            kwargs["system"] = request.system
         if request.temperature is not None:
             kwargs["temperature"] = request.temperature
         usage = Usage()
