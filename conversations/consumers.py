@@ -21,6 +21,7 @@ from django.http import Http404
 
 from . import generation, services
 from .models import Conversation, Message
+from .pricing import usage_payload
 from .selectors import conversation_for_user, streaming_reply
 from .services import ChatError
 
@@ -297,7 +298,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 "message_id": message_id,
                 "status": message.status,
                 "content": message.content,
-                "usage": generation.usage_payload(message),
+                "usage": usage_payload(message),
             }
         )
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from django.db.models import Q, QuerySet
 
 from .llm.base import Usage
-from .models import ChatModel, Conversation, Persona
+from .models import ChatModel, Conversation, Message, Persona
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser
@@ -80,3 +80,15 @@ def cost_text(cost: Decimal | None) -> str | None:
     if cost is None:
         return None
     return str(cost.quantize(Decimal("0.000001")))
+
+
+def usage_payload(reply: Message | None) -> dict[str, object]:
+    """The `end` frame's `usage`: the provider's counts (None where it said nothing) and the cost."""
+    if reply is None:
+        return {"input_tokens": None, "output_tokens": None, "cached_input_tokens": None, "cost": None}
+    return {
+        "input_tokens": reply.input_tokens,
+        "output_tokens": reply.output_tokens,
+        "cached_input_tokens": reply.cached_input_tokens,
+        "cost": cost_text(reply.cost),
+    }
