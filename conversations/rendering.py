@@ -219,6 +219,10 @@ def _message_template() -> tuple[Template, str]:
     return get_template(names[0]).template, _digest(*sources)  # type: ignore[attr-defined]
 
 
+# A reply shows its model, tokens and cost: the page loads these fields, and they key its cached HTML.
+USAGE_FIELDS = ("model", "input_tokens", "cached_input_tokens", "output_tokens", "cost")
+
+
 def render_messages(messages: Sequence[Message], hints: dict[str, str]) -> list[SafeString]:
     """Each message as the page shows it (conversations/_message.html), reusing earlier renderings.
 
@@ -237,7 +241,8 @@ def render_messages(messages: Sequence[Message], hints: dict[str, str]) -> list[
 
     streaming = [i for i, m in enumerate(messages) if m.status == m.Status.STREAMING]
     done = [i for i, m in enumerate(messages) if m.status != m.Status.STREAMING]
-    keys = [f"msg:{_VERSION}:{version}:" + _digest(m.pk, m.role, m.status, m.error_code, m.client_id, m.content)
+    keys = [f"msg:{_VERSION}:{version}:" + _digest(m.pk, m.role, m.status, m.error_code, m.client_id, m.content,
+                                                   *(getattr(m, f) for f in USAGE_FIELDS))
             for m in (messages[i] for i in done)]  # fmt: skip
     out: list[SafeString] = [mark_safe("")] * len(messages)  # noqa: S308 - placeholders, all replaced below
     for i, html in zip(done, _cached(keys, lambda js: make([done[j] for j in js])), strict=True):

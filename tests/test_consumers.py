@@ -56,7 +56,7 @@ async def test_it_streams_through_the_openai_sdk_exactly(alice, fake_provider):
     end = await ws.until("end")
     assert end["status"] == "complete"
     assert ws.text_of(start["message_id"]) == text == end["content"]
-    assert end["usage"] == {"input_tokens": 42, "output_tokens": 205}
+    assert end["usage"] == {"input_tokens": 42, "output_tokens": 205, "cached_input_tokens": 0, "cost": "0.000000"}
     reply = (await messages_of(conv))[-1]
     assert (reply.content, reply.input_tokens, reply.output_tokens) == (text, 42, 205)
     await ws.close()
@@ -73,7 +73,7 @@ async def test_it_streams_through_the_anthropic_sdk_exactly(alice, fake_provider
     start = await ws.until("start")
     end = await ws.until("end")
     assert ws.text_of(start["message_id"]) == text == end["content"]
-    assert end["usage"] == {"input_tokens": 17, "output_tokens": 101}
+    assert end["usage"] == {"input_tokens": 17, "output_tokens": 101, "cached_input_tokens": 0, "cost": "0.000000"}
     assert fake_provider.requests[-1].path == "/v1/messages"
     await ws.close()
 

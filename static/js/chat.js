@@ -143,6 +143,33 @@
     return el;
   }
 
+  // The model picker (where the persona allows a choice): each send carries the model chosen.
+  const picker = document.getElementById("model-picker");
+  function modelField(p) {
+    return p && p.model ? { model: p.model } : {};
+  }
+  const PROVIDERS = { openai: "OpenAI", anthropic: "Anthropic" };
+  function modelLabel(spec) {
+    const i = spec.indexOf(":");
+    if (spec.startsWith("offline:")) return "offline demo model";
+    return i < 0 ? spec : `${spec.slice(i + 1)} (${PROVIDERS[spec.slice(0, i)] || spec.slice(0, i)})`;
+  }
+  function showModel(el, spec) {
+    if (!spec) return;
+    let details = el.querySelector(".msg-usage");
+    if (!details) {
+      details = document.createElement("details");
+      details.className = "msg-usage";
+      const summary = document.createElement("summary");
+      const name = document.createElement("span");
+      name.className = "msg-model";
+      summary.append(name);
+      details.append(summary);
+      el.querySelector(".msg-actions").before(details);
+    }
+    details.querySelector(".msg-model").textContent = modelLabel(spec);
+  }
+
   function replyFor(id) {
     let r = replies.get(id);
     if (!r) {
@@ -415,7 +442,7 @@
         });
       }
       if (pending) {
-        send({ type: "send", client_id: pending.client_id, content: pending.content, ...(pending.edit_of ? { edit_of: pending.edit_of } : {}) });
+        send({ type: "send", client_id: pending.client_id, content: pending.content, ...(pending.edit_of ? { edit_of: pending.edit_of } : {}), ...modelField(pending) });
       } else if (!g) {
         sendFirstMessage();
       }
@@ -461,6 +488,7 @@
       setStatus(r, "streaming");
       clearNote(r.el);
       r.el.querySelector(".msg-content").replaceChildren();
+      showModel(r.el, frame.model);
       setGenerating(frame.message_id);
       announce("Assistant is replying.");
       followContent();
@@ -632,11 +660,11 @@
   function submit() {
     const content = input.value;
     if (!content.trim() || generatingId !== null || pending || content.length > maxChars) return;
-    pending = { client_id: crypto.randomUUID(), content, edit_of: null };
+    pending = { client_id: crypto.randomUUID(), content, edit_of: null, model: picker ? picker.value : null };
     updateSendState();
     followAgain();
     stick = true;
-    if (!send({ type: "send", client_id: pending.client_id, content })) {
+    if (!send({ type: "send", client_id: pending.client_id, content, ...modelField(pending) })) {
       setConnection("Not connected: your message will be sent as soon as the connection is back.", "lost");
     }
   }
@@ -709,10 +737,10 @@
     const resend = () => {
       const text = area.value;
       if (!text.trim() || text.length > maxChars || generatingId !== null || pending) return;
-      pending = { client_id: crypto.randomUUID(), content: text, edit_of: parseInt(el.dataset.messageId, 10) };
+      pending = { client_id: crypto.randomUUID(), content: text, edit_of: parseInt(el.dataset.messageId, 10), model: picker ? picker.value : null };
       updateSendState();
       stick = true;
-      send({ type: "send", client_id: pending.client_id, content: text, edit_of: pending.edit_of });
+      send({ type: "send", client_id: pending.client_id, content: text, edit_of: pending.edit_of, ...modelField(pending) });
     };
     editForm.addEventListener("submit", (event) => { event.preventDefault(); resend(); });
     area.addEventListener("keydown", (event) => {
