@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from decimal import Decimal
 
 import pytest
 from django.apps import apps
@@ -13,7 +14,7 @@ from django.test import Client
 from django.urls import reverse
 
 from accounts.models import ImportJob, Profile, ShareLink
-from conversations.models import Conversation, Message
+from conversations.models import Conversation, Message, UsageRecord
 from tests.factories import make_conversation, make_turns, make_user
 
 pytestmark = pytest.mark.django_db
@@ -91,7 +92,12 @@ def everything() -> dict[str, set]:
 def populate(user, client) -> None:
     """A user with something in every kind of thing the site stores for them, made through the site."""
     conv = make_conversation(user, title=f"{user.username}'s thread")
-    make_turns(conv, 4)
+    turns = make_turns(conv, 4)
+    for reply, tokens in ((turns[1], 100), (turns[3], 50)):  # one day, one model: folded into one row
+        UsageRecord.objects.create(
+            user=user, conversation=conv, persona=conv.persona, message=reply, model="openai:gpt-test",
+            kind="reply", input_tokens=tokens, output_tokens=tokens // 2, cost=Decimal("0.01"),
+        )  # fmt: skip
     client.post(reverse("conversation_share", args=[conv.pk]))
     client.post(reverse("account_theme"), {"theme": "dark"})
     f = io.BytesIO(b'{"id": "x", "title": "t", "messages": []}')
@@ -119,6 +125,7 @@ def test_delete_account_removes_every_row_and_file_of_that_user_and_nothing_else
         Profile._meta.label: set(Profile.objects.filter(user=alice).values_list("pk", flat=True)),
         ImportJob._meta.label: set(ImportJob.objects.filter(owner=alice).values_list("pk", flat=True)),
         Session._meta.label: {alices.session.session_key, alices_phone.session.session_key},
+        UsageRecord._meta.label: set(UsageRecord.objects.filter(user=alice).values_list("pk", flat=True)),
     }
     assert all(expected.values()), expected  # alice has a row in each
     before = everything()
@@ -137,7 +144,18 @@ def test_delete_account_removes_every_row_and_file_of_that_user_and_nothing_else
     for label, rows in before.items():
         gone = rows - after[label]
         assert gone == expected.get(label, set()), label  # every table: alice's rows gone, nobody else's
-        assert not after[label] - rows, label
+        added = after[label] - rows
+        if label == UsageRecord._meta.label:  # her usage, folded into anonymous daily totals
+            folded = UsageRecord.objects.get(pk__in=added)
+            assert folded.user.username == "(deleted accounts)" and not folded.user.is_active
+            assert (folded.input_tokens, folded.output_tokens, folded.cost) == (150, 75, Decimal("0.02"))
+            assert folded.conversation_id is None and folded.message_id is None
+        elif label == get_user_model()._meta.label:  # ...which belong to this one account, not a person
+            assert get_user_model().objects.get(pk__in=added).username == "(deleted accounts)"
+        else:
+            assert not added, label
+    assert not UsageRecord.objects.filter(user__username="alice").exists()
+    assert UsageRecord.objects.filter(user=bob).count() == 2
     assert not default_storage.exists(alice_file) and default_storage.exists(bob_file)
     # Every session of hers is over: the other device is signed out too.
     assert alices_phone.get("/").status_code == 302

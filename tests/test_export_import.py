@@ -6,6 +6,7 @@ import datetime as dt
 import io
 import json
 import zipfile
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -46,6 +47,8 @@ def tree_of(conversation: Conversation) -> list[tuple]:
             m.created_at,
             m.input_tokens,
             m.output_tokens,
+            m.cached_input_tokens,
+            m.cost,
         )
         for m, parent in rows
     ]
@@ -58,7 +61,9 @@ def active_texts(conversation: Conversation) -> list[str]:
 def a_thread(owner):
     conv = make_conversation(owner, title="Plans for the *weekend*", title_is_auto=False)
     turns = make_turns(conv, 6)
-    Message.objects.filter(pk=turns[1].pk).update(model="openai:gpt-4o-mini", input_tokens=12, output_tokens=34)
+    Message.objects.filter(pk=turns[1].pk).update(
+        model="openai:gpt-4o-mini", input_tokens=12, output_tokens=34, cached_input_tokens=8, cost=Decimal("0.0001234")
+    )
     Message.objects.filter(pk=turns[5].pk).update(status=Message.Status.STOPPED, content="partly <b>written</b>")
     Message.objects.filter(pk=turns[0].pk).update(created_at=dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=dt.UTC))
     return conv
@@ -90,7 +95,13 @@ def test_it_exports_the_tree_as_json_in_the_contracts_format(client, alice):
     assert first["parent_id"] is None and second["parent_id"] == first["id"]
     assert first["created_at"].startswith("2024-01-02T03:04:05")
     assert second["model"] == "openai:gpt-4o-mini"
-    assert second["usage"] == {"input_tokens": 12, "output_tokens": 34}
+    assert second["usage"] == {
+        "input_tokens": 12,
+        "output_tokens": 34,
+        "cached_input_tokens": 8,
+        "cache_write_tokens": None,
+        "cost": "0.00012340",
+    }
     assert doc["messages"][-1]["status"] == "stopped"
 
 
