@@ -192,7 +192,7 @@ def _anonymize_usage(user: User) -> int:
             kind=g["kind"],
             estimated=bool(g["estimated_any"]),
             created_at=dt.datetime.combine(g["day"], dt.time(12), tzinfo=dt.UTC),
-            **{f: g[f"sum_{f}"] or 0 for f in _SUMS},
+            **{f: g[f"sum_{f}"] or 0 for f in _SUMS},  # type: ignore[literal-required]
         )
         for g in groups
     ]
