@@ -87,7 +87,7 @@ def _load_json(data: bytes, name: str) -> Any:
         raise ImportFailed(f"{name} is not a text file in UTF-8 (byte {exc.start} is not), so not an export.") from exc
     except json.JSONDecodeError as exc:
         raise ImportFailed(
-            f"{name} is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}): "
+            f"{name} is not valid JSON ({exc.msg}: line {exc.lineno}, column {exc.colno}): "
             "the file may be cut short or not an export."
         ) from exc
 
