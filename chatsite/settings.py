@@ -6,6 +6,7 @@ import os
 import tempfile
 import warnings
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import environ
 from django.core.exceptions import ImproperlyConfigured
@@ -221,6 +222,13 @@ if not DEBUG:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
     SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
 
+# The identity provider's origin (and any listed for SocialApps made in the admin).
+_sso_origins = [
+    f"{u.scheme}://{u.netloc}"
+    for u in map(urlsplit, [OIDC_SERVER_URL, *env.list("SSO_FORM_ACTION_ORIGINS", default=[])])
+    if u.netloc
+]
+
 # No inline script anywhere: every script is a static file.
 CONTENT_SECURITY_POLICY = {
     "DIRECTIVES": {
@@ -232,7 +240,8 @@ CONTENT_SECURITY_POLICY = {
         "object-src": ["'none'"],
         "base-uri": ["'self'"],
         "frame-ancestors": ["'none'"],
-        "form-action": ["'self'"],
+        # The SSO button's form redirects to the identity provider: browsers hold redirects to form-action.
+        "form-action": ["'self'", *_sso_origins],
     }
 }
 
