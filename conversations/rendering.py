@@ -12,11 +12,11 @@ import functools
 import hashlib
 import re
 import threading
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import nh3
+from cachetools import LRUCache
 from django.core.cache import cache
 from django.template import Context, Template
 from django.template.loader import get_template
@@ -123,38 +123,31 @@ def render_markdown(text: str) -> SafeString:
     return mark_safe(sanitize(_TASK.sub(_task_box, _md.render(text))))  # noqa: S308 - sanitized just above
 
 
-class _LRU:
+class _LocalRenderings:
     """Recently used renderings in this process, bounded by their total size (a page of 1,000 replies
-    should not depend on a shared cache that may hold only a few hundred entries)."""
+    should not depend on a shared cache that may hold only a few hundred entries). cachetools' LRU
+    is not thread-safe: every access holds the lock."""
 
     def __init__(self, max_chars: int) -> None:
-        self.max_chars = max_chars
-        self.size = 0
-        self.items: OrderedDict[str, str] = OrderedDict()
+        self.items: LRUCache[str, str] = LRUCache(maxsize=max_chars, getsizeof=len)
         self.lock = threading.Lock()
 
     def get_many(self, keys: Iterable[str]) -> dict[str, str]:
         with self.lock:
-            found = {}
-            for key in keys:
-                if key in self.items:
-                    self.items.move_to_end(key)
-                    found[key] = self.items[key]
-            return found
+            return {key: self.items[key] for key in keys if key in self.items}
 
     def set_many(self, values: dict[str, str]) -> None:
         with self.lock:
             for key, value in values.items():
-                if key in self.items:
-                    continue
-                self.items[key] = value
-                self.size += len(key) + len(value)
-            while self.size > self.max_chars and self.items:
-                key, value = self.items.popitem(last=False)
-                self.size -= len(key) + len(value)
+                if len(value) <= self.items.maxsize:  # a larger one would raise ValueError
+                    self.items[key] = value
+
+    def clear(self) -> None:
+        with self.lock:
+            self.items.clear()
 
 
-_local = _LRU(max_chars=32 * 1024 * 1024)
+_local = _LocalRenderings(max_chars=32 * 1024 * 1024)
 CACHE_TIMEOUT = 7 * 24 * 3600
 
 

@@ -133,3 +133,13 @@ def test_it_reuses_earlier_renderings_from_the_cache(monkeypatch):
     again = render_many(texts + ["new"])
     assert again[:3] == first
     assert calls == ["new"]
+
+
+def test_it_bounds_the_process_cache_by_size_dropping_the_least_recently_used():
+    local = rendering._LocalRenderings(max_chars=10)
+    local.set_many({"a": "xxxx", "b": "yyyy"})
+    assert local.get_many(["a"]) == {"a": "xxxx"}  # "a" is now the most recently used
+    local.set_many({"c": "zzzz"})
+    assert local.get_many(["a", "b", "c"]) == {"a": "xxxx", "c": "zzzz"}
+    local.set_many({"huge": "h" * 11})  # larger than the whole cache: not kept, no error
+    assert local.get_many(["huge", "a", "c"]) == {"a": "xxxx", "c": "zzzz"}

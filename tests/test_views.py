@@ -218,8 +218,7 @@ def test_it_reports_the_time_to_render_a_thousand_message_thread(as_alice, alice
     """Not a timing assertion: prints the server time for docs/performance.md."""
     # Time templates as production renders them, without the test runner's per-template signal.
     monkeypatch.setattr(Template, "_render", test_utils._TestState.saved_data.template_render)
-    rendering._local.items.clear()
-    rendering._local.size = 0
+    rendering._local.clear()
     conversation = make_conversation(alice)
     reply = (
         "Here is **markdown** with code:\n\n```python\nprint('hello')\n```\n\n"

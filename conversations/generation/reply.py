@@ -1,80 +1,41 @@
-"""Runs one reply: provider stream -> in-memory buffer -> group events; the text reaches the database
-about once a second (one batched write for every reply of the process) and at the end.
-
-A reply is an asyncio task of its own, not part of any socket: closing a tab does not stop it,
-only `stop` does. Sockets in this process read its text straight from the registry; sockets in
-other processes ask it over the channel layer (its control group).
-"""
+"""One reply being written (`Generation`): from `start`, through the provider's stream (retried before
+the first token), to its stored end and the `end` event every socket gets."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import uuid
-import weakref
 from typing import Any
 
 from asgiref.sync import sync_to_async
-from channels.layers import InMemoryChannelLayer, get_channel_layer
+from channels.layers import get_channel_layer
 from django.conf import settings
-from django.db import close_old_connections, transaction
-from django.utils import timezone
+from django.db import close_old_connections
 
-from . import services
-from .context import estimate_tokens
-from .history import Followups, build_for_reply, trimmed
-from .llm import ChatRequest, ProviderError, Usage, provider_for
-from .llm.base import within_gap
-from .models import Message
+from .. import services
+from ..context import estimate_tokens
+from ..history import Followups, build_for_reply, trimmed
+from ..llm import ChatRequest, ProviderError, Usage, provider_for
+from ..llm.base import within_gap
+from ..models import Message
+from . import control, registry
+from .flusher import flusher, unflush
+from .groups import group_name
+from .janitor import ensure_janitor
+from .registry import spawn
+from .retry import backoff
 
-log = logging.getLogger(__name__)
-
-# Replies running in this process, by conversation id.
-_running: dict[uuid.UUID, Generation] = {}
-# Strong references: the event loop keeps only weak ones to tasks.
-_tasks: set[asyncio.Task[Any]] = set()
-
-
-def group_name(conversation_id: uuid.UUID) -> str:
-    """Every socket of a conversation listens on this group."""
-    return f"conv.{conversation_id.hex}"
-
-
-def control_group_name(conversation_id: uuid.UUID) -> str:
-    """The running reply of a conversation listens here for requests from other processes."""
-    return f"ctl.{conversation_id.hex}"
-
-
-def local(conversation_id: uuid.UUID) -> Generation | None:
-    """The reply running in this process for this conversation, if any."""
-    return _running.get(conversation_id)
-
-
-def spawn(coro: Any) -> asyncio.Task[Any]:
-    """Run a coroutine detached from its caller, keeping a reference until it ends."""
-    task = asyncio.ensure_future(coro)
-    _tasks.add(task)
-    task.add_done_callback(_tasks.discard)
-    return task
+log = logging.getLogger(__package__)
 
 
 def start(reply: Message, *, replaces: list[int] | None = None) -> Generation:
     """Start generating `reply` (a streaming row just created) in this process."""
     generation = Generation(reply, replaces=replaces or [])
-    _running[reply.conversation_id] = generation
+    registry.running[reply.conversation_id] = generation
     spawn(generation.run())
     ensure_janitor()
     return generation
-
-
-def backoff(attempt: int, retry_after: float | None) -> float:
-    """Exponential backoff with jitter (between half and all of the ceiling), or the provider's
-    Retry-After when it gives one."""
-    if retry_after is not None:
-        return min(retry_after, settings.CHAT_RETRY_MAX_DELAY)
-    ceiling = min(settings.CHAT_RETRY_MAX_DELAY, settings.CHAT_RETRY_BASE_DELAY * 2 ** (attempt - 1))
-    return ceiling / 2 + random.uniform(0, ceiling / 2)  # noqa: S311 - jitter, not crypto
 
 
 class Generation:
@@ -99,7 +60,7 @@ class Generation:
         self.request: ChatRequest | None = None
         self.followups: Followups | None = None
         self._stopping = False
-        self._over = False  # set once the outcome is decided: other processes' requests go unanswered
+        self.over = False  # set once the outcome is decided: other processes' requests go unanswered
         self._stream_task: asyncio.Task[None] | None = None
         self.layer = get_channel_layer()
 
@@ -135,7 +96,7 @@ class Generation:
     # -- running --------------------------------------------------------------------------
     async def run(self) -> None:
         """Generate, then store the outcome and tell every socket."""
-        listener = self._listen_for_other_processes()
+        listener = control.listen(self)
         flusher(self)
         status, error = Message.Status.COMPLETE, None
         try:
@@ -160,7 +121,7 @@ class Generation:
             error = ProviderError("provider_unavailable", f"The reply failed ({type(exc).__name__}).")
         finally:
             unflush(self)
-            self._over = True
+            self.over = True
             if listener is not None:
                 listener.cancel()
             await self._finish(status, error)
@@ -224,8 +185,8 @@ class Generation:
             except Exception:
                 log.exception("could not store reply %s (attempt %s)", self.reply_id, attempt + 1)
                 await asyncio.sleep(0.5 * (attempt + 1))
-        if _running.get(self.conversation_id) is self:
-            del _running[self.conversation_id]
+        if registry.running.get(self.conversation_id) is self:
+            del registry.running[self.conversation_id]
         if not stored:
             # Another process closed it (it judged this one dead); its `end` went out already.
             return
@@ -257,51 +218,6 @@ class Generation:
             except Exception:
                 log.exception("could not schedule background work for %s", self.conversation_id)
 
-    def _listen_for_other_processes(self) -> asyncio.Task[None] | None:
-        """On a shared layer (Redis), answer state/resume/stop requests from other processes.
-
-        Set up beside the reply, not before it: subscribing takes Redis round trips under
-        channels-redis's shard lock, which under load held the first token back by most of a
-        second. Until it is done, a socket of another process falls back to the stored text.
-        """
-        if isinstance(self.layer, InMemoryChannelLayer):
-            return None  # one process: sockets read the registry directly
-        return spawn(self._answer())
-
-    async def _answer(self) -> None:
-        group = control_group_name(self.conversation_id)
-        channel = None
-        try:
-            channel = await self.layer.new_channel()
-            await self.layer.group_add(group, channel)
-        except asyncio.CancelledError:
-            if channel is not None:  # the reply ended while this was being set up
-                spawn(self.layer.group_discard(group, channel))
-            raise
-        except Exception:
-            log.exception("reply %s cannot listen for other processes", self.reply_id)
-            return
-        try:
-            while True:
-                message = await self.layer.receive(channel)
-                if self._over:
-                    # The reply has ended but the cancellation of this listener was swallowed
-                    # (redis-py can): answering now would describe a finished reply as running.
-                    break
-                try:
-                    if message.get("type") == "gen.stop":
-                        self.stop()
-                    elif message.get("type") == "gen.snapshot" and message.get("reply_to"):
-                        offset = min(int(message.get("offset") or 0), self.length)
-                        purpose = message.get("purpose", "state")
-                        await self.layer.send(
-                            message["reply_to"], {"type": "chat.snapshot", "purpose": purpose, **self.snapshot(offset)}
-                        )
-                except Exception:  # one failed answer must not deafen the reply to the next `stop`
-                    log.exception("reply %s could not answer %s", self.reply_id, message.get("type"))
-        finally:
-            await self.layer.group_discard(group, channel)
-
 
 def _estimate_input(request: ChatRequest | None) -> int:
     if request is None:
@@ -331,113 +247,6 @@ def _finish_row(
 
 
 def _after_reply(conversation_id: uuid.UUID) -> None:
-    from .tasks import after_reply
+    from ..tasks import after_reply
 
     after_reply(conversation_id)
-
-
-# -- the flusher: one batched write a second for every reply in the process ----------------
-class _Flusher:
-    def __init__(self) -> None:
-        self.generations: set[Generation] = set()
-        self.task: asyncio.Task[None] | None = None
-
-    async def run(self) -> None:
-        interval = settings.CHAT_FLUSH_INTERVAL
-        heartbeat = max(interval, settings.CHAT_STALE_AFTER / 3)
-        loop = asyncio.get_running_loop()
-        while self.generations:
-            await asyncio.sleep(interval)
-            now = loop.time()
-            batch = [
-                g for g in list(self.generations) if g.length != g.flushed_length or now - g.touched_at >= heartbeat
-            ]
-            if not batch:
-                continue
-            rows = [(g.reply_id, g.text()) for g in batch]
-            try:
-                gone = await sync_to_async(_flush_rows, thread_sensitive=False)(rows)
-            except Exception:
-                log.exception("flush of %s replies failed; retrying next interval", len(rows))
-                continue
-            for g, (_, text) in zip(batch, rows, strict=True):
-                g.flushed_length = len(text)
-                g.touched_at = now
-                if g.reply_id in gone:
-                    g.stop()
-
-
-_flushers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Flusher] = weakref.WeakKeyDictionary()
-
-
-def flusher(generation: Generation) -> None:
-    f = _flushers.setdefault(asyncio.get_running_loop(), _Flusher())
-    f.generations.add(generation)
-    generation.touched_at = asyncio.get_running_loop().time()
-    if f.task is None or f.task.done():
-        f.task = spawn(f.run())
-
-
-def unflush(generation: Generation) -> None:
-    f = _flushers.get(asyncio.get_running_loop())
-    if f is not None:
-        f.generations.discard(generation)
-
-
-def _flush_rows(rows: list[tuple[int, str]]) -> set[int]:
-    """Write every reply's text in one transaction; the ids no longer streaming."""
-    close_old_connections()
-    gone = set()
-    now = timezone.now()
-    with transaction.atomic():
-        for reply_id, text in rows:
-            if not Message.objects.filter(pk=reply_id, status=Message.Status.STREAMING).update(
-                content=text, updated_at=now
-            ):
-                gone.add(reply_id)
-    return gone
-
-
-# -- the janitor: replies whose process died are marked `interrupted` ------------------------
-_janitors: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Task[None]] = weakref.WeakKeyDictionary()
-
-
-def ensure_janitor() -> None:
-    """Start this event loop's sweep of stale replies, once."""
-    loop = asyncio.get_running_loop()
-    task = _janitors.get(loop)
-    if task is None or task.done():
-        _janitors[loop] = spawn(_janitor())
-
-
-async def _janitor() -> None:
-    while True:
-        await asyncio.sleep(settings.CHAT_STALE_AFTER)
-        try:
-            await interrupt_stale()
-        except Exception:
-            log.exception("sweep of stale replies failed")
-
-
-async def interrupt_stale(conversation_id: uuid.UUID | None = None) -> None:
-    """Mark replies whose process stopped writing them `interrupted`, and tell their sockets."""
-    layer = get_channel_layer()
-    # Never this process's own running replies: their `end` comes from their task.
-    own = [g.reply_id for g in _running.values()]
-    for message in await sync_to_async(_interrupt_rows, thread_sensitive=False)(conversation_id, own):
-        log.warning("reply %s was left streaming by a dead process: interrupted", message.pk)
-        await layer.group_send(
-            group_name(message.conversation_id),
-            {
-                "type": "chat.end",
-                "message_id": message.pk,
-                "status": message.status,
-                "content": message.content,
-                "usage": {"input_tokens": None, "output_tokens": None},
-            },
-        )
-
-
-def _interrupt_rows(conversation_id: uuid.UUID | None, own: list[int]) -> list[Message]:
-    close_old_connections()
-    return services.replies_interrupt_stale(conversation_id=conversation_id, exclude_ids=own)
