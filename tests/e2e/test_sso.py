@@ -59,7 +59,7 @@ async def test_it_signs_in_with_the_identity_provider_and_lands_on_the_chat(web,
     await screenshot(page, "sso-signed-in")
     user = await db(get_user_model().objects.get, email="dana@example.com")
     assert await db(lambda: list(user.groups.values_list("name", flat=True))) == ["research"]
-    assert f"GET /authorize" in idp.requests and "POST /token" in idp.requests
+    assert "GET /authorize" in idp.requests and "POST /token" in idp.requests
     # Local sign-up is off on this site: the sign-up page says so.
     await page.context.clear_cookies()
     await page.goto("/accounts/signup/")
