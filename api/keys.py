@@ -14,7 +14,7 @@ from django.utils import timezone
 from .models import ApiKey
 
 if TYPE_CHECKING:
-    from django.contrib.auth.models import AbstractBaseUser
+    from django.contrib.auth.models import User
 
 KEY_START = "csk-"
 PREFIX_LENGTH = 12  # "csk-" and 8 random characters: shown on the page, used to find the row
@@ -27,7 +27,7 @@ def _digest(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def api_key_create(*, user: AbstractBaseUser, name: str) -> tuple[ApiKey, str]:
+def api_key_create(*, user: User, name: str) -> tuple[ApiKey, str]:
     """A new key for `user`: the row, and the key itself (the only time it exists in the clear)."""
     key = KEY_START + secrets.token_urlsafe(32)  # 43 URL-safe characters, 256 bits
     row = ApiKey.objects.create(

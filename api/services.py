@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from django.db import transaction
 from django.utils import timezone
@@ -12,6 +13,9 @@ from conversations import limits, selectors
 from conversations.models import Conversation, Message, Persona
 
 from .wire import ApiError, CompletionRequest
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import AbstractBaseUser
 
 TITLE_CHARS = 80
 
@@ -27,11 +31,8 @@ class Plan:
     conversation_id: uuid.UUID | None
 
 
-def personas(user_id: int) -> list[Persona]:
+def personas(user: AbstractBaseUser) -> list[Persona]:
     """The personas the user may use (by their groups), in picker order."""
-    from django.contrib.auth import get_user_model
-
-    user = get_user_model().objects.get(pk=user_id)
     return list(selectors.personas_for_user(user))
 
 
@@ -43,11 +44,9 @@ def _refusal_error(refusal: limits.Refusal) -> ApiError:
     return ApiError(429, refusal.message, code="rate_limit_exceeded", type_="requests", retry_after=refusal.retry_after)
 
 
-def plan(user_id: int, request: CompletionRequest) -> Plan:
+def plan(user: AbstractBaseUser, request: CompletionRequest) -> Plan:
     """Resolve the persona, apply the user's quota and rate limit, find or make the thread; or ApiError."""
-    from django.contrib.auth import get_user_model
-
-    user = get_user_model().objects.get(pk=user_id)
+    user_id: int = user.pk
     persona = selectors.personas_for_user(user).filter(slug=request.model).first()
     if persona is None:
         raise ApiError(

@@ -9,12 +9,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.http.response import HttpResponseBase
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
@@ -25,6 +26,9 @@ from conversations.models import Message
 
 from . import keys, services, wire
 from .wire import ApiError
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import AbstractBaseUser
 
 log = logging.getLogger(__name__)
 
@@ -45,23 +49,36 @@ def _provider_error(exc: ProviderError) -> ApiError:
     return ApiError(status, exc.message, code=code, type_=type_, retry_after=exc.retry_after)
 
 
-async def _user_id(request: HttpRequest) -> int:
+def _authenticate(authorization: str) -> AbstractBaseUser:
     """The user whose key is in the Authorization header (never the session cookie), or ApiError(401)."""
-    key = keys.key_from_header(request.headers.get("Authorization", ""))
-    row = await sync_to_async(keys.api_key_authenticate)(key) if key else None
+    key = keys.key_from_header(authorization)
+    row = keys.api_key_authenticate(key) if key else None
     if row is None:
         raise ApiError(
             401,
             "Incorrect API key provided. Make one on /account/api-keys/ and send it as `Authorization: Bearer <key>`.",
             code="invalid_api_key",
         )
-    return row.user_id
+    return row.user
+
+
+async def _user(request: HttpRequest) -> AbstractBaseUser:
+    return await sync_to_async(_authenticate)(request.headers.get("Authorization", ""))
+
+
+def _authorize_and_plan(authorization: str, body: bytes | None) -> tuple[wire.CompletionRequest, services.Plan]:
+    """Key, then request, then persona and limits: one trip to the database thread for all of them."""
+    user = _authenticate(authorization)
+    if body is None:
+        raise wire.invalid("The request body is too large.")
+    parsed = wire.parse_request(body)
+    return parsed, services.plan(user, parsed)
 
 
 def _api(view: Any) -> Any:
     """CSRF-exempt (no cookie is ever looked at) and every ApiError as OpenAI's error object."""
 
-    async def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+    async def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
         try:
             return await view(request, *args, **kwargs)
         except ApiError as exc:
@@ -76,8 +93,8 @@ def _api(view: Any) -> Any:
 @require_GET
 async def models(request: HttpRequest) -> HttpResponse:
     """The personas this key's user may use, as OpenAI's model list (a persona's id is its slug)."""
-    user_id = await _user_id(request)
-    personas = await sync_to_async(services.personas)(user_id)
+    user = await _user(request)
+    personas = await sync_to_async(services.personas)(user)
     data = [wire.model_object(p.slug, int(p.created_at.timestamp())) for p in personas]
     return wire.json_response({"object": "list", "data": data})
 
@@ -86,8 +103,8 @@ async def models(request: HttpRequest) -> HttpResponse:
 @require_GET
 async def model_detail(request: HttpRequest, model_id: str) -> HttpResponse:
     """One model of the list, or 404 `model_not_found`."""
-    user_id = await _user_id(request)
-    for p in await sync_to_async(services.personas)(user_id):
+    user = await _user(request)
+    for p in await sync_to_async(services.personas)(user):
         if p.slug == model_id:
             return wire.json_response(wire.model_object(p.slug, int(p.created_at.timestamp())))
     raise ApiError(
@@ -97,15 +114,13 @@ async def model_detail(request: HttpRequest, model_id: str) -> HttpResponse:
 
 @_api
 @require_POST
-async def chat_completions(request: HttpRequest) -> HttpResponse:
+async def chat_completions(request: HttpRequest) -> HttpResponseBase:
     """A chat completion, streamed (server-sent events) or whole."""
-    user_id = await _user_id(request)
     try:
-        body = request.body
+        body: bytes | None = request.body
     except RequestDataTooBig:
-        raise wire.invalid("The request body is too large.") from None
-    parsed = wire.parse_request(body)
-    plan = await sync_to_async(services.plan)(user_id, parsed)
+        body = None
+    parsed, plan = await sync_to_async(_authorize_and_plan)(request.headers.get("Authorization", ""), body)
     provider, model = provider_for(plan.spec)
     chat_request = ChatRequest(
         model=model,
