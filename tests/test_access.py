@@ -264,3 +264,58 @@ async def test_the_websocket_admits_only_the_owner(who, target, accepted):
         # Refused at the handshake, with no event: nothing learned, nothing sent.
         assert await ws.c.receive_nothing(timeout=0.2)
     await ws.close()
+
+
+# -- the API and its keys -------------------------------------------------------------------------------
+def test_the_api_answers_only_to_a_key_never_to_a_session(world):
+    from api import keys
+    from api import urls as api_urls
+
+    routes = {p.name for p in api_urls.urlpatterns}
+    assert routes == {"api_keys", "api_key_revoke", "api_models", "api_model", "api_chat_completions"}
+    _, key = keys.api_key_create(user=world["users"]["alice"], name="k")
+    body = '{"model": "assistant", "messages": [{"role": "user", "content": "hi"}]}'
+    for who in VISITORS:
+        client = client_for(world["users"][who])
+        for url in (reverse("api_models"), reverse("api_model", args=["assistant"])):
+            response = client.get(url)
+            assert response.status_code == 401, (who, url)
+            assert response.json()["error"]["code"] == "invalid_api_key"
+        response = client.post(reverse("api_chat_completions"), body, content_type="application/json")
+        assert response.status_code == 401, who
+    # A key with a session's CSRF-less POST would be the same: the API never looks at cookies.
+    assert Client().get(reverse("api_models"), HTTP_AUTHORIZATION=f"Bearer {key}").status_code == 200
+
+
+@pytest.mark.parametrize("route", chat_routes(), ids=lambda r: r.name)
+def test_a_key_opens_no_web_page(world, route):
+    from api import keys
+
+    _, key = keys.api_key_create(user=world["users"]["alice"], name="k")
+    url = url_for(route, conversation_id=world["conv"].pk, message_id=world["reply"].pk)
+    for method in ("get", "post"):
+        response = getattr(Client(), method)(url, HTTP_AUTHORIZATION=f"Bearer {key}")
+        if route.name in PUBLIC:
+            continue
+        assert response.status_code == 405 or (
+            response.status_code == 302 and response["Location"].startswith(LOGIN)
+        ), (method, url, response.status_code)
+
+
+def test_api_keys_page_is_each_users_own(world):
+    from api import keys
+    from api.models import ApiKey
+
+    alices, _ = keys.api_key_create(user=world["users"]["alice"], name="alice's laptop")
+    page = reverse("api_keys")
+    revoke = reverse("api_key_revoke", args=[alices.pk])
+    anonymous = client_for(None)
+    for response in (anonymous.get(page), anonymous.post(page, {"name": "x"}), anonymous.post(revoke)):
+        assert response.status_code == 302 and response["Location"].startswith(LOGIN)
+    for who in ("bob", "charlie"):  # staff revoke in the admin, not through alice's page
+        client = client_for(world["users"][who])
+        assert b"alice's laptop" not in client.get(page).content
+        assert client.post(revoke).status_code == 404
+    assert ApiKey.objects.get(pk=alices.pk).revoked_at is None
+    assert client_for(world["users"]["alice"]).post(revoke).status_code == 302
+    assert ApiKey.objects.get(pk=alices.pk).revoked_at is not None

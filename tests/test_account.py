@@ -14,6 +14,7 @@ from django.test import Client
 from django.urls import reverse
 
 from accounts.models import ImportJob, Profile, ShareLink
+from api.models import ApiKey
 from conversations.models import Conversation, Message, UsageRecord
 from tests.factories import make_conversation, make_turns, make_user
 
@@ -33,10 +34,11 @@ def test_the_chat_page_links_to_the_settings_page(client, alice):
     response = client.get("/account/")
     assert response.status_code == 200
     html = response.content.decode()
-    for part in ("Profile", "Theme", "Shared links", "Export", "Import", "Delete account"):
+    for part in ("Profile", "Theme", "API keys", "Shared links", "Export", "Import", "Delete account"):
         assert f">{part}</h2>" in html, part
     assert 'href="/accounts/email/"' in html and 'href="/accounts/password/change/"' in html
     assert 'href="/account/export/"' in html and 'action="/account/import/"' in html
+    assert 'action="/account/api-keys/"' in html
 
 
 def test_allauths_email_and_password_pages_use_the_sites_layout(client, alice):
@@ -100,6 +102,7 @@ def populate(user, client) -> None:
         )  # fmt: skip
     client.post(reverse("conversation_share", args=[conv.pk]))
     client.post(reverse("account_theme"), {"theme": "dark"})
+    assert client.post(reverse("api_keys"), {"name": "scripts"}).status_code == 201
     f = io.BytesIO(b'{"id": "x", "title": "t", "messages": []}')
     f.name = "big.json"
     client.post(reverse("account_import"), {"file": f})  # queued: its file waits in storage
@@ -126,6 +129,7 @@ def test_delete_account_removes_every_row_and_file_of_that_user_and_nothing_else
         ImportJob._meta.label: set(ImportJob.objects.filter(owner=alice).values_list("pk", flat=True)),
         Session._meta.label: {alices.session.session_key, alices_phone.session.session_key},
         UsageRecord._meta.label: set(UsageRecord.objects.filter(user=alice).values_list("pk", flat=True)),
+        ApiKey._meta.label: set(ApiKey.objects.filter(user=alice).values_list("pk", flat=True)),
     }
     assert all(expected.values()), expected  # alice has a row in each
     before = everything()
