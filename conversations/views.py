@@ -68,19 +68,41 @@ def _page(request: HttpRequest, conversation: Conversation | None) -> HttpRespon
     context: dict[str, Any] = {"conversation": conversation, "error_hints": ERROR_HINTS, **_sidebar(request)}
     if conversation is not None:
         persona = services.effective_persona(conversation)
+        # The active path only, with each message's versions: two queries, however many branches.
         # Only what the page shows: 1,000 rows' timestamps alone cost more than rendering them.
-        fields = ("id", "conversation_id", "role", "content", "status", "client_id", "error_code")
-        messages = list(selectors.visible_messages(conversation).only(*fields))
+        path = selectors.active_path(conversation, leaf_id=_opened_leaf(request, conversation))
+        messages = [p.message for p in path]
+        for p in path:
+            p.message.siblings = p.siblings  # type: ignore[attr-defined]
         for m, article in zip(messages, rendering.render_messages(messages, ERROR_HINTS), strict=True):
             m.article = article  # type: ignore[attr-defined]
         model = persona.resolved_model()
-        context.update(persona=persona, model=model, messages_list=messages, offline_demo=model.startswith("offline:"))
+        summary = selectors.summary_for_path(conversation.pk, [m.pk for m in messages])
+        context.update(
+            persona=persona,
+            model=model,
+            messages_list=messages,
+            summary=summary,
+            offline_demo=model.startswith("offline:"),
+            opened_leaf=path[-1].message.pk if path else None,
+        )
     else:
         personas = list(selectors.personas_for_user(request.user))  # type: ignore[arg-type]
         chosen = next((p for p in personas if p.is_default), personas[0] if personas else None)
         context.update(personas=personas, chosen=chosen, messages_list=[])
         context["offline_demo"] = bool(chosen and chosen.resolved_model().startswith("offline:"))
     return render(request, "conversations/chat.html", context)
+
+
+def _opened_leaf(request: HttpRequest, conversation: Conversation) -> int | None:
+    """`?m=N` (a search hit on another branch): the path through message N, down to its most recently
+    active descendant. The page shows it and its script makes it the active path (a GET changes nothing)."""
+    raw = request.GET.get("m", "")
+    if not raw.isdigit() or len(raw) > 18:
+        return None
+    if not conversation.messages.filter(pk=int(raw)).exists():
+        return None
+    return selectors.descend(conversation.pk, int(raw))
 
 
 @login_required
@@ -188,9 +210,9 @@ def conversation_delete(request: HttpRequest, conversation_id: str) -> HttpRespo
 @login_required
 @require_GET
 def message_detail(request: HttpRequest, conversation_id: str, message_id: int) -> HttpResponse:
-    """One visible message as the page renders it (?format=text: its raw text, for copying)."""
+    """One message, any version of it, as the page renders it (?format=text: its raw text, for copying)."""
     conversation = selectors.conversation_for_user(request.user, conversation_id)
-    message = selectors.visible_messages(conversation).filter(pk=message_id).first()
+    message = conversation.messages.filter(pk=message_id).first()
     if message is None:
         raise Http404
     if request.GET.get("format") == "text":

@@ -19,7 +19,7 @@ from django.urls import URLPattern, URLResolver, get_resolver, reverse
 from conversations import urls as chat_urls
 from conversations.models import Conversation, Message, Persona
 from tests.conftest import open_socket
-from tests.factories import make_conversation, make_user
+from tests.factories import add_message, make_conversation, make_user
 
 pytestmark = pytest.mark.django_db
 
@@ -62,10 +62,10 @@ def world(db):
     bob = make_user("bob")
     charlie = make_user("charlie", is_staff=True, is_superuser=True)
     conv = make_conversation(alice, title="Alice's secret plans")
-    Message.objects.create(conversation=conv, role="user", content="my secret", client_id=uuid.uuid4())
-    reply = Message.objects.create(conversation=conv, role="assistant", content="a secret answer")
+    add_message(conv, role="user", content="my secret", client_id=uuid.uuid4())
+    reply = add_message(conv, role="assistant", content="a secret answer")
     bobs = make_conversation(bob, title="Bob's thread")
-    bobs_message = Message.objects.create(conversation=bobs, role="user", content="bob's words")
+    bobs_message = add_message(bobs, role="user", content="bob's words")
     return {
         "users": {"anonymous": None, "alice": alice, "bob": bob, "charlie": charlie},
         "conv": conv,

@@ -15,7 +15,7 @@ from django.utils import timezone
 
 from conversations.models import Conversation, Message, Persona
 from tests.conftest import open_socket
-from tests.factories import default_persona, make_conversation, make_persona, make_turns, make_user
+from tests.factories import add_message, default_persona, make_conversation, make_persona, make_turns, make_user
 from tests.fakes.provider import Reply
 
 pytestmark = pytest.mark.django_db
@@ -65,7 +65,7 @@ def test_it_keeps_non_staff_out_of_the_admin(alice):
 def test_it_lets_any_staff_member_read_any_thread_but_change_nothing(alice):
     moderator = make_user("dave", is_staff=True)  # staff, no model permissions
     conv = make_conversation(alice, title="Alice's private thread")
-    Message.objects.create(conversation=conv, role="user", content="<b>a message to moderate</b>")
+    add_message(conv, role="user", content="<b>a message to moderate</b>")
     client = client_for(moderator)
     listing = client.get(reverse("admin:conversations_conversation_changelist"))
     assert listing.status_code == 200 and "Alice&#x27;s private thread" in listing.content.decode()
@@ -86,8 +86,8 @@ def test_it_lets_any_staff_member_read_any_thread_but_change_nothing(alice):
 def add_usage(persona: Persona, owner, *, threads: int, days_ago: int = 0) -> None:
     for _ in range(threads):
         conv = make_conversation(owner, persona)
-        Message.objects.create(conversation=conv, role="user", content="q")
-        Message.objects.create(conversation=conv, role="assistant", content="a", input_tokens=100, output_tokens=10)
+        add_message(conv, role="user", content="q")
+        add_message(conv, role="assistant", content="a", input_tokens=100, output_tokens=10)
         if days_ago:
             conv.messages.update(created_at=timezone.now() - dt.timedelta(days=days_ago))
 

@@ -20,7 +20,7 @@ from conversations.history import build_chat_request, build_for_reply
 from conversations.models import Conversation, Message
 from conversations.tasks import after_reply, summarize_conversation, title_conversation
 from tests.conftest import open_socket
-from tests.factories import make_conversation, make_persona, make_turns
+from tests.factories import add_message, make_conversation, make_persona, make_turns
 from tests.fakes.provider import Reply
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -255,10 +255,8 @@ def test_it_is_idempotent(alice, fake_provider):
 
 def test_it_never_summarizes_a_reply_still_streaming_or_its_question(alice, fake_provider):
     conv = tiny_conversation(alice, budget=200, turns=12)
-    asked = Message.objects.create(conversation=conv, role="user", content="The question being answered")
-    streaming = Message.objects.create(
-        conversation=conv, role="assistant", status="streaming", content="PARTIAL streaming text"
-    )
+    asked = add_message(conv, role="user", content="The question being answered")
+    streaming = add_message(conv, role="assistant", status="streaming", content="PARTIAL streaming text")
     fake_provider.script(Reply(text=SUMMARY_TEXT))
     assert summaries.summarize(conv.pk) is True
     conv.refresh_from_db()
@@ -300,8 +298,8 @@ def test_it_folds_a_long_backlog_in_requests_that_each_fit_the_budget(alice, fak
 
 def test_it_trims_the_oldest_turns_before_a_summary_exists_never_the_latest_message(alice):
     conv = tiny_conversation(alice, budget=200, turns=12)
-    latest = Message.objects.create(conversation=conv, role="user", content="newest question " * 150)
-    reply = Message.objects.create(conversation=conv, role="assistant", status="streaming", model="offline:demo")
+    latest = add_message(conv, role="user", content="newest question " * 150)
+    reply = add_message(conv, role="assistant", status="streaming", model="offline:demo")
     request = build_chat_request(reply.pk)
     assert request.messages == [{"role": "user", "content": latest.content}]  # over budget alone, still sent
     latest.content = "newest question"
@@ -350,8 +348,8 @@ def test_requests_and_summary_checks_read_only_the_newest_turns_yet_decide_as_th
         for i in range(240):
             role = "user" if i % 2 == 0 else "assistant"
             content = "" if i == 101 else " ".join(f"w{i}x{j}" for j in range((i * 7) % 40 + 1))
-            Message.objects.create(conversation=conv, role=role, content=content, output_tokens=None)
-        reply = Message.objects.create(conversation=conv, role="assistant", status="streaming", model="offline:demo")
+            add_message(conv, role=role, content=content, output_tokens=None)
+        reply = add_message(conv, role="assistant", status="streaming", model="offline:demo")
         system = system_text(conv.persona.system_prompt, conv.summary)
         everything = history_turns(conv, before_id=reply.pk)
         expected = fit_turns(system, everything, budget)
