@@ -265,11 +265,15 @@ class ChatConsumer(AsyncWebsocketConsumer):
             if parent_id is not None and not _is_id(parent_id):
                 raise ChatError("invalid", "`parent_id` must be a message id or null.")
         sent = await _send(self.conversation, client_id, frame.get("content"), parent_id, edit_of)
-        event: dict[str, Any] = {"type": "message", "message": sent.message.as_event()}
+        event: dict[str, Any] = {
+            "type": "message",
+            "message": sent.message.as_event(),
+            "parent_id": sent.message.parent_id,
+            "siblings": list(sent.siblings),
+        }
         if sent.reply is None:  # a resend: answer it, start nothing
             await self.answer(event)
             return
-        event["siblings"] = list(sent.siblings)
         await self.channel_layer.group_send(self.group, {**event, "type": "chat.message"})
         generation.start(sent.reply, siblings=(sent.reply.pk,))
 
@@ -335,10 +339,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     # -- events from the group (and from the process running the reply) -------------------------
     async def chat_message(self, event: dict[str, Any]) -> None:
-        frame = {"type": "message", "message": event["message"], "parent_id": event["message"].get("parent_id")}
-        if "siblings" in event:
-            frame["siblings"] = event["siblings"]
-        await self.relay(frame)
+        await self.relay({k: event[k] for k in ("message", "parent_id", "siblings")} | {"type": "message"})
 
     async def chat_start(self, event: dict[str, Any]) -> None:
         frame = {"type": "start", "message_id": event["message_id"], "model": event["model"]}

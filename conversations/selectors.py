@@ -108,6 +108,14 @@ def _db_id(conversation_id: uuid.UUID | str) -> object:
     return Conversation._meta.pk.get_db_prep_value(uuid.UUID(str(conversation_id)), connection)  # type: ignore[union-attr]
 
 
+def _column(name: str) -> str:
+    """The column of a field given by name or attname (`parent_id`)."""
+    for field in Message._meta.concrete_fields:
+        if name in (field.name, field.attname):
+            return field.column
+    raise ValueError(name)
+
+
 def path_messages(
     conversation: Conversation, *, leaf_id: int | None = None, fields: tuple[str, ...] = PAGE_FIELDS
 ) -> list[Message]:
@@ -115,7 +123,7 @@ def path_messages(
     leaf = conversation.active_leaf_id if leaf_id is None else leaf_id
     if leaf is None:
         return []
-    columns = ", ".join(f"m.{Message._meta.get_field(f.removesuffix('_id')).column}" for f in fields)
+    columns = ", ".join(f"m.{_column(f)}" for f in fields)
     sql = f"{_PATH_CTE} SELECT {columns} FROM path JOIN {_TABLE} m ON m.id = path.id ORDER BY path.depth DESC"
     return list(Message.objects.raw(sql, [leaf, _db_id(conversation.pk)]))
 

@@ -219,7 +219,7 @@ def message_send(
             )
             existing = next((m for m in found if m.client_id == client_id), None)
             if existing:
-                return Sent(existing, None)
+                return Sent(existing, None, _children(conv, existing.parent_id))
             if found:
                 raise ChatError("busy", BUSY)
             parent = _parent_for_send(conv, parent_id, edit_of)
@@ -263,7 +263,7 @@ def message_send(
         # Another send won a race: the same client_id (a resend) or a reply opened meanwhile.
         existing = Message.objects.filter(conversation=conversation, client_id=client_id).first()
         if existing:
-            return Sent(existing, None)
+            return Sent(existing, None, _children(conversation, existing.parent_id))
         raise ChatError("busy", BUSY) from None
     return Sent(message, reply, siblings)
 

@@ -33,7 +33,6 @@ log = logging.getLogger(__name__)
 CLAIM_TIMEOUT = dt.timedelta(minutes=10)
 # Backlog requests one run may make (each within the budget); the next reply queues the rest.
 MAX_BATCHES = 8
-NO_LIMIT = 2**62
 
 
 def needs_summary(conversation: Conversation, leaf_id: int | None = None) -> bool:

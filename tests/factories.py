@@ -48,7 +48,9 @@ def make_turns(conversation: Conversation, n: int, words: int = 5) -> list[Messa
 def add_message(conversation: Conversation, role: str, content: str = "", **fields) -> Message:
     """A message appended to the active path (a child of the active leaf), which it then ends."""
     parent_id = conversation.active_leaf_id
-    message = Message.objects.create(conversation=conversation, role=role, content=content, parent_id=parent_id, **fields)
+    message = Message.objects.create(
+        conversation=conversation, role=role, content=content, parent_id=parent_id, **fields
+    )
     if parent_id is not None:
         Message.objects.filter(pk=parent_id).update(active_child_id=message.pk)
     Conversation.objects.filter(pk=conversation.pk).update(active_leaf_id=message.pk)

@@ -97,7 +97,8 @@ def url_for(route: URLPattern, *, conversation_id, message_id) -> str:
 def snapshot(conv_id):
     """What another visitor must never be able to change."""
     conv = Conversation.objects.filter(pk=conv_id).values("title", "pinned", "persona_id").first()
-    messages = list(Message.objects.filter(conversation_id=conv_id).values_list("id", "content", "hidden"))
+    fields = ("id", "content", "parent_id", "active_child_id")
+    messages = list(Message.objects.filter(conversation_id=conv_id).values_list(*fields))
     return conv, messages
 
 

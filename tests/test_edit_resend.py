@@ -79,7 +79,7 @@ async def test_it_edits_an_earlier_message_and_refuses_bad_edits(alice, fake_pro
                        "edit_of": bad})  # fmt: skip
         assert (await ws.until("error"))["code"] == "invalid"
     # A reply is not a user message: regenerate it instead.
-    first_reply = (await sync_to_async(Message.objects.filter(conversation=conversation, role="assistant").first)())
+    first_reply = await sync_to_async(Message.objects.filter(conversation=conversation, role="assistant").first)()
     await ws.send({"type": "send", "client_id": "6b0d7c1e-8f1a-4a51-9d07-1b1f9f6a0004", "content": "x",
                    "edit_of": first_reply.pk})  # fmt: skip
     assert (await ws.until("error"))["code"] == "invalid"

@@ -15,7 +15,7 @@ from django.urls import reverse
 
 from conversations import rendering
 from conversations.models import Conversation, Message
-from tests.factories import add_message, link_path, default_persona, make_conversation, make_persona, make_turns
+from tests.factories import add_message, default_persona, link_path, make_conversation, make_persona, make_turns
 
 pytestmark = pytest.mark.django_db
 

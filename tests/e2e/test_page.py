@@ -10,7 +10,7 @@ import pytest
 from django.utils import timezone
 from playwright.async_api import expect
 
-from conversations.models import Conversation, Message
+from conversations.models import Conversation
 from tests.e2e.conftest import db, screenshot
 from tests.e2e.helpers import connected, last_reply, reply_ends, send, until
 from tests.factories import add_message, default_persona, make_conversation, make_persona
