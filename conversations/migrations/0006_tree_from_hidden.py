@@ -83,5 +83,5 @@ def flatten(apps, schema_editor):
 
 
 class Migration(migrations.Migration):
-    dependencies = [("conversations", "0003_message_tree")]
+    dependencies = [("conversations", "0005_message_tree")]
     operations = [migrations.RunPython(build_tree, flatten)]

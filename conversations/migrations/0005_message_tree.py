@@ -7,7 +7,7 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-    dependencies = [("conversations", "0002_default_persona")]
+    dependencies = [("conversations", "0004_merge_0003_chatmodel_usage_0003_reply_stop_requested")]
 
     operations = [
         migrations.AddField(

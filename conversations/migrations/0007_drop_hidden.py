@@ -6,7 +6,7 @@ from django.db import migrations
 
 
 class Migration(migrations.Migration):
-    dependencies = [("conversations", "0004_tree_from_hidden")]
+    dependencies = [("conversations", "0006_tree_from_hidden")]
 
     operations = [
         migrations.RemoveIndex(model_name="message", name="conversatio_convers_c34d4b_idx"),
