@@ -108,41 +108,40 @@ def _db_id(conversation_id: uuid.UUID | str) -> object:
     return Conversation._meta.pk.get_db_prep_value(uuid.UUID(str(conversation_id)), connection)  # type: ignore[union-attr]
 
 
-def _column(name: str) -> str:
-    """The column of a field given by name or attname (`parent_id`)."""
-    for field in Message._meta.concrete_fields:
-        if name in (field.name, field.attname):
-            return field.column
-    raise ValueError(name)
+# Rows read per query by id: far below SQLite's limit of bound parameters (32,766).
+ID_CHUNK = 10_000
+
+
+def _by_ids(ids: list[int], fields: tuple[str, ...]) -> list[Message]:
+    """The rows of `ids`, in that order: one primary-key lookup per ID_CHUNK ids."""
+    rows: dict[int, Message] = {}
+    for start in range(0, len(ids), ID_CHUNK):
+        chunk = ids[start : start + ID_CHUNK]
+        rows.update((m.pk, m) for m in Message.objects.filter(pk__in=chunk).only(*fields))
+    return [rows[i] for i in ids if i in rows]
 
 
 def path_messages(
     conversation: Conversation, *, leaf_id: int | None = None, fields: tuple[str, ...] = PAGE_FIELDS
 ) -> list[Message]:
-    """The messages of the path from the root to `leaf_id` (default: the active leaf), in order: one query."""
+    """The messages of the path from the root to `leaf_id` (default: the active leaf), in order: the
+    path's ids (one recursive query over the primary key), then its rows by id (one query)."""
     leaf = conversation.active_leaf_id if leaf_id is None else leaf_id
-    if leaf is None:
-        return []
-    columns = ", ".join(f"m.{_column(f)}" for f in fields)
-    sql = f"{_PATH_CTE} SELECT {columns} FROM path JOIN {_TABLE} m ON m.id = path.id ORDER BY path.depth DESC"
-    return list(Message.objects.raw(sql, [leaf, _db_id(conversation.pk)]))
+    return _by_ids(path_ids(conversation.pk, leaf), fields)
 
 
 def sibling_ids(conversation: Conversation, path: list[Message]) -> dict[int, list[int]]:
     """For each message of `path`, the ids of it and its siblings, oldest first: one query, whatever
     the number of branches (the children of the path's messages, and the roots)."""
-    ids = [m.pk for m in path]
-    if not ids:
+    if not path:
         return {}
     by_parent: dict[int | None, list[int]] = {}
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"{_PATH_CTE} SELECT s.id, s.parent_id FROM {_TABLE} s WHERE s.conversation_id = %s"
-            f" AND (s.parent_id IS NULL OR s.parent_id IN (SELECT id FROM path)) ORDER BY s.id",
-            [ids[-1], _db_id(conversation.pk), _db_id(conversation.pk)],
-        )  # noqa: S608
-        for sid, parent in cursor.fetchall():
-            by_parent.setdefault(parent, []).append(sid)
+    ids = [m.pk for m in path]
+    rows = Message.objects.filter(conversation_id=conversation.pk).filter(
+        Q(parent_id__isnull=True) | Q(parent_id__in=ids[:-1])
+    )
+    for sid, parent in rows.order_by("id").values_list("id", "parent_id"):
+        by_parent.setdefault(parent, []).append(sid)
     return {m.pk: by_parent.get(m.parent_id, [m.pk]) for m in path}
 
 
