@@ -137,6 +137,24 @@ async def test_it_refuses_once_the_daily_quota_is_spent_and_says_when_it_resets(
     await ws.close()
 
 
+async def test_a_refused_first_message_leaves_no_empty_chat_in_the_list(alice, fake_provider, settings):
+    settings.CHAT_DAILY_TOKEN_QUOTA = 100
+    fake_provider.script(Reply(text="costly", input_tokens=60, output_tokens=50))
+    _, ws = await opened(alice)
+    assert (await exchange(ws, "spend it"))["status"] == "complete"
+    await ws.close()
+    client = Client()
+    await sync_to_async(client.force_login)(alice)
+    new = await sync_to_async(client.post)("/conversations/new/")
+    ok, ws = await open_socket(alice, new["Location"].split("/")[-2])
+    assert ok and (await ws.recv())["type"] == "state"
+    assert (await exchange(ws, "first words"))["code"] == "quota_exceeded"
+    await ws.close()
+    sidebar = (await sync_to_async(client.get)("/conversations/sidebar/")).content.decode()
+    assert sidebar.count('<li class="thread"') == 1 and new["Location"] not in sidebar  # the old thread only
+    assert (await sync_to_async(client.get)("/"))["Location"] != new["Location"]
+
+
 async def test_the_quota_holds_when_the_cache_is_lost(alice, fake_provider, settings):
     """The counter is rebuilt from stored usage: a restart, or another process's empty cache, changes nothing."""
     settings.CHAT_DAILY_TOKEN_QUOTA = 100
