@@ -23,6 +23,7 @@ from django.utils import timezone
 from django.utils.html import escape
 from django.utils.safestring import mark_safe
 
+from . import pricing
 from .llm import ChatRequest, ProviderError, Usage, complete_once, configured_providers, provider_for, split_model
 from .models import Conversation, Message, Persona, UserQuota
 from .rendering import render_markdown
@@ -45,6 +46,7 @@ class PersonaForm(forms.ModelForm):
             "description",
             "system_prompt",
             "model",
+            "allow_model_choice",
             "temperature",
             "max_output_tokens",
             "context_budget_tokens",
@@ -176,7 +178,19 @@ class PersonaAdmin(admin.ModelAdmin):
     actions = ["activate", "retire"]
     fieldsets = [
         (None, {"fields": ["name", "slug", "description", "is_active", "is_default", "position"]}),
-        ("Model", {"fields": ["system_prompt", "model", "temperature", "max_output_tokens", "context_budget_tokens"]}),
+        (
+            "Model",
+            {
+                "fields": [
+                    "system_prompt",
+                    "model",
+                    "allow_model_choice",
+                    "temperature",
+                    "max_output_tokens",
+                    "context_budget_tokens",
+                ]
+            },
+        ),
         ("Who may use it", {"fields": ["groups"]}),
     ]
 
@@ -270,7 +284,10 @@ class PersonaAdmin(admin.ModelAdmin):
             "form": form,
             "title": f"Preview: {persona.name}",
         }
-        if request.method == "POST" and form.is_valid():
+        if request.method == "POST" and not pricing.may_use(request.user.pk, persona.resolved_model()):
+            # The registry's groups hold for staff too: a preview starts a reply like any other.
+            context["error"] = f"the model {persona.resolved_model()} is not available to you (its groups)."
+        elif request.method == "POST" and form.is_valid():
             chat = ChatRequest(
                 model="",
                 system=persona.system_prompt,

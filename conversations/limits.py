@@ -18,7 +18,7 @@ from django.db.models import F, Sum
 from django.db.models.functions import Coalesce, Length
 from django.utils import timezone
 
-from .models import Message, UserQuota
+from .models import Message, UsageRecord, UserQuota
 
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -84,7 +84,8 @@ def _quota_key(user_id: int) -> str:
 
 
 def tokens_used_today(user_id: int) -> int:
-    """Input + output tokens of the user's replies since midnight UTC (cache, else stored usage)."""
+    """Input + output tokens of the user's replies, summaries and titles since midnight UTC (cache, else
+    stored usage)."""
     key = _quota_key(user_id)
     used = cache.get(key)
     if used is None:
@@ -94,6 +95,10 @@ def tokens_used_today(user_id: int) -> int:
         used = Message.objects.filter(
             conversation__owner_id=user_id, role=Message.Role.ASSISTANT, created_at__gte=_day_start()
         ).aggregate(total=Coalesce(Sum(Coalesce(F("input_tokens"), 0) + output), 0))["total"]
+        # Summaries and titles are the user's too (replies are counted above, from their rows).
+        used += UsageRecord.objects.filter(
+            user_id=user_id, created_at__gte=_day_start(), kind__in=[UsageRecord.Kind.SUMMARY, UsageRecord.Kind.TITLE]
+        ).aggregate(total=Coalesce(Sum(F("input_tokens") + F("output_tokens")), 0))["total"]
         cache.add(key, used, timeout=86400 + 60)
     return int(used)
 
