@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Q
+from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
 from . import limits, pricing
@@ -54,6 +54,30 @@ FOLLOW_LEAF = "leaf"
 def conversation_create(*, owner: AbstractBaseUser, persona: Persona) -> Conversation:
     """A new, empty thread."""
     return Conversation.objects.create(owner=owner, persona=persona)
+
+
+# Empty conversations (no message yet: a first message refused, a tab closed before it was sent)
+# a user may hold. They are never listed; beyond this many, "new chat" reuses one.
+MAX_EMPTY_CONVERSATIONS = 10
+
+
+@transaction.atomic
+def conversation_start(*, owner: AbstractBaseUser, persona: Persona) -> Conversation:
+    """The conversation behind "New chat": a new one, or, when the user already holds
+    MAX_EMPTY_CONVERSATIONS empty ones, the oldest of those, made new again with this persona.
+    So POST /conversations/new/ cannot pile up empty rows, however often it is sent.
+    """
+    has_messages = Exists(Message.objects.filter(conversation=OuterRef("pk")))
+    empty = Conversation.objects.filter(owner=owner).exclude(has_messages)
+    oldest = list(empty.order_by("created_at", "id").values_list("pk", flat=True)[:MAX_EMPTY_CONVERSATIONS])
+    if len(oldest) < MAX_EMPTY_CONVERSATIONS:
+        return conversation_create(owner=owner, persona=persona)
+    conversation = Conversation.objects.select_for_update().get(pk=oldest[0])
+    conversation.persona = persona
+    conversation.title, conversation.title_is_auto, conversation.pinned = "", True, False
+    conversation.updated_at = timezone.now()
+    conversation.save(update_fields=["persona", "title", "title_is_auto", "pinned", "updated_at"])
+    return conversation
 
 
 def _default_persona() -> Persona:
