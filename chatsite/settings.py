@@ -51,6 +51,7 @@ INSTALLED_APPS = [
     "conversations",
     "usage",
     "api",
+    "accounts",
 ]
 
 MIDDLEWARE = [
@@ -80,6 +81,7 @@ TEMPLATES = [
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
                 "conversations.context_processors.chat",
+                "accounts.context_processors.account",
             ],
         },
     },
@@ -138,6 +140,12 @@ else:
         }
     }
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+
+# --- Your data (accounts/): import limits ----------------------------------------------
+ACCOUNT_IMPORT_MAX_MB = env.int("ACCOUNT_IMPORT_MAX_MB", default=100)
+ACCOUNT_IMPORT_MAX_CONVERSATIONS = env.int("ACCOUNT_IMPORT_MAX_CONVERSATIONS", default=5000)
+ACCOUNT_IMPORT_MAX_MESSAGES = env.int("ACCOUNT_IMPORT_MAX_MESSAGES", default=200_000)
+ACCOUNT_IMPORT_INLINE_KB = env.int("ACCOUNT_IMPORT_INLINE_KB", default=1024)  # larger files: the worker
 
 # --- Background tasks (Django's tasks API, database backend) ---------------------------
 TASKS = {"default": {"BACKEND": "django_tasks_db.DatabaseBackend"}}

@@ -10,5 +10,6 @@ urlpatterns = [
     path("admin/usage/", include("usage.urls")),
     path("admin/", admin.site.urls),
     path("", include("api.urls")),
+    path("", include("accounts.urls")),
     path("", include("conversations.urls")),
 ]

@@ -16,6 +16,8 @@ from django.contrib import admin
 from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 
+from accounts import urls as account_urls
+from accounts.models import ImportJob, ShareLink
 from conversations import urls as chat_urls
 from conversations.models import Conversation, Message, Persona
 from tests.conftest import open_socket
@@ -30,7 +32,7 @@ def _fast_password_hashing(settings):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
-PUBLIC = {"healthz"}
+PUBLIC = {"healthz", "share_view"}  # a share link is for anyone who has it
 VISITORS = ["anonymous", "bob", "charlie", "alice"]  # the owner last: her POSTs may delete the thread
 LOGIN = "/accounts/login/"
 
@@ -39,6 +41,13 @@ def chat_routes() -> list[URLPattern]:
     """Every route of the chat app, as the URLconf has it now."""
     routes = [p for p in chat_urls.urlpatterns if isinstance(p, URLPattern)]
     assert all(p.name for p in routes), "every chat route needs a name (the table refers to it)"
+    return routes
+
+
+def account_routes() -> list[URLPattern]:
+    """Every route of the accounts app (settings, export, import, share links)."""
+    routes = [p for p in account_urls.urlpatterns if isinstance(p, URLPattern)]
+    assert all(p.name for p in routes)
     return routes
 
 
@@ -74,7 +83,11 @@ def world(db):
     reply = Message.objects.create(conversation=conv, role="assistant", content="a secret answer")
     bobs = make_conversation(bob, title="Bob's thread")
     bobs_message = Message.objects.create(conversation=bobs, role="user", content="bob's words")
+    link = ShareLink.objects.create(owner=alice, conversation=conv, title=conv.title, messages=[])
+    job = ImportJob.objects.create(owner=alice, filename="secret.json", status="done")
     return {
+        "token": link.token,
+        "job_id": job.pk,
         "users": {"anonymous": None, "alice": alice, "bob": bob, "charlie": charlie},
         "conv": conv,
         "reply": reply,
@@ -89,13 +102,17 @@ def client_for(user) -> Client:
     return client
 
 
-def url_for(route: URLPattern, *, conversation_id, message_id) -> str:
+def url_for(route: URLPattern, *, conversation_id, message_id, token="x" * 43, job_id=None) -> str:
     kwargs = {}
     for name, converter in route.pattern.converters.items():
         if name == "conversation_id":
             kwargs[name] = conversation_id
         elif name == "message_id":
             kwargs[name] = message_id
+        elif name == "token":
+            kwargs[name] = token
+        elif name == "job_id":
+            kwargs[name] = job_id or uuid.uuid4()
         else:
             raise AssertionError(f"{route.name}: no value for <{name}>; teach test_access about it")
         assert converter.regex  # a converter the URL can be reversed with
@@ -109,12 +126,12 @@ def snapshot(conv_id):
     return conv, messages
 
 
-@pytest.mark.parametrize("route", chat_routes(), ids=lambda r: r.name)
+@pytest.mark.parametrize("route", chat_routes() + account_routes(), ids=lambda r: r.name)
 def test_every_chat_route_is_the_owners_alone(world, route):
     conv, reply = world["conv"], world["reply"]
-    url = url_for(route, conversation_id=conv.pk, message_id=reply.pk)
+    url = url_for(route, conversation_id=conv.pk, message_id=reply.pk, token=world["token"], job_id=world["job_id"])
     nowhere = url_for(route, conversation_id=uuid.uuid4(), message_id=reply.pk)
-    owned = "conversation_id" in route.pattern.converters
+    owned = bool({"conversation_id", "job_id"} & set(route.pattern.converters))
     before = snapshot(conv.pk)
     data = {"title": "hacked", "pinned": "1", "persona": "", "q": "secret"}
     for who in VISITORS:
