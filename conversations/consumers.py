@@ -19,7 +19,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.http import Http404
 
-from . import generation, services
+from . import generation, presence, services
 from .models import Conversation, Message
 from .selectors import conversation_for_user, streaming_reply
 from .services import ChatError
@@ -82,6 +82,13 @@ def _is_id(value: object, lowest: int = 1) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool) and lowest <= value <= _MAX_ID
 
 
+class RefusedConsumer(AsyncWebsocketConsumer):
+    """Any other websocket path: refused at the handshake (no 500, no traceback)."""
+
+    async def connect(self) -> None:
+        await self.close()
+
+
 class ChatConsumer(AsyncWebsocketConsumer):
     """One browser tab's socket on one conversation."""
 
@@ -96,6 +103,11 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if conversation is None:
             await self.close()  # refused at the handshake: no event, nothing learned
             return
+        if not await presence.claim(user.pk):
+            log.warning("user %s has %s sockets open: one more refused", user.pk, settings.CHAT_MAX_SOCKETS_PER_USER)
+            await self.close()
+            return
+        self.counted_user: int | None = user.pk
         self.conversation = conversation
         self.group = generation.group_name(conversation.pk)
         self.offsets: dict[int, int] = {}  # reply id -> characters the client has
@@ -114,6 +126,13 @@ class ChatConsumer(AsyncWebsocketConsumer):
         timer: asyncio.TimerHandle | None = getattr(self, "state_timer", None)
         if timer is not None:
             timer.cancel()
+        counted: int | None = getattr(self, "counted_user", None)
+        if counted is not None:
+            self.counted_user = None
+            try:
+                await presence.release(counted)
+            except Exception:
+                log.exception("could not count out a socket of user %s", counted)
         if hasattr(self, "group"):
             await self.channel_layer.group_discard(self.group, self.channel_name)
 
@@ -210,7 +229,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
     # -- frames from the client ------------------------------------------------------------------
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         raw = text_data if text_data is not None else bytes_data or b""
-        # Every frame counts against the rate, oversized ones included.
+        # Every frame counts against the rate, oversized and binary ones included.
         now = time.monotonic()
         self.frame_times = [t for t in self.frame_times if now - t < 10] + [now]
         if len(self.frame_times) > settings.CHAT_MAX_FRAMES_PER_10S:
@@ -225,6 +244,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
             size = len(raw.encode("utf-8", "surrogatepass"))
         if size > limit:
             await self.send_error("invalid", "That frame is too large.")
+            return
+        if text_data is None:
+            await self.send_error("invalid", "Frames must be JSON text, not binary.")
             return
         try:
             frame = orjson.loads(raw)
@@ -244,6 +266,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await handler(frame)
         except ChatError as exc:
             await self.answer(exc.as_event())
+        except Exception:
+            # Never a traceback and a 1011 close for the user: say so, keep the socket.
+            log.exception("%s frame failed on conversation %s", _frame_type(frame), self.conversation.pk)
+            await self.send_error("unavailable", "Something went wrong on the server. Try again in a moment.")
 
     async def on_send(self, frame: dict[str, Any]) -> None:
         try:
@@ -260,8 +286,20 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if sent.reply is None:  # a resend: answer it, start nothing
             await self.answer(event)
             return
-        await self.channel_layer.group_send(self.group, {**event, "type": "chat.message"})
-        generation.start(sent.reply)
+        # The reply first: the row is committed, and a layer failure below must not leave it
+        # `streaming` with nothing behind it. (`message` still goes out before `start`: the reply's
+        # first event is sent only once this handler yields.)
+        generation.start(sent.reply, owner_id=self.conversation.owner_id)
+        try:
+            await self.channel_layer.group_send(self.group, {**event, "type": "chat.message"})
+        except Exception:
+            log.exception("could not publish message %s: the reply runs regardless", sent.message.pk)
+            await self.answer(event)  # this socket, at least, learns that its message is stored
+            await self.send_error(
+                "unavailable",
+                "Live updates are failing: your message is stored and the reply is being written. "
+                "Reload to see it if it does not appear.",
+            )
 
     async def on_stop(self, frame: dict[str, Any]) -> None:
         """Stop the running reply, wherever it runs, and acknowledge with `stopping`.
@@ -287,7 +325,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     async def on_regenerate(self, frame: dict[str, Any]) -> None:
         reply, replaced = await _regenerate(self.conversation)
-        generation.start(reply, replaces=replaced)
+        generation.start(reply, owner_id=self.conversation.owner_id, replaces=replaced)
 
     async def on_resume(self, frame: dict[str, Any]) -> None:
         message_id, offset = frame.get("message_id"), frame.get("offset")

@@ -29,9 +29,10 @@ from .retry import backoff
 log = logging.getLogger(__package__)
 
 
-def start(reply: Message, *, replaces: list[int] | None = None) -> Generation:
-    """Start generating `reply` (a streaming row just created) in this process."""
-    generation = Generation(reply, replaces=replaces or [])
+def start(reply: Message, *, owner_id: int | None = None, replaces: list[int] | None = None) -> Generation:
+    """Start generating `reply` (a streaming row just created) in this process; `owner_id` (the
+    conversation's owner, for the quota counter) saves a lookup at the end."""
+    generation = Generation(reply, owner_id=owner_id, replaces=replaces or [])
     registry.running[reply.conversation_id] = generation
     spawn(generation.run())
     ensure_janitor()
@@ -41,14 +42,11 @@ def start(reply: Message, *, replaces: list[int] | None = None) -> Generation:
 class Generation:
     """One reply being written: its text so far, its status, and how to stop it."""
 
-    def __init__(self, reply: Message, *, replaces: list[int]) -> None:
+    def __init__(self, reply: Message, *, owner_id: int | None = None, replaces: list[int]) -> None:
         self.reply_id: int = reply.pk
         self.conversation_id: uuid.UUID = reply.conversation_id
         self.model = reply.model
-        # The owner, for the quota counter, when the reply came with its conversation (it does from
-        # the services); else the row is looked up at the end.
-        conversation = reply._state.fields_cache.get("conversation")
-        self.owner_id: int | None = conversation.owner_id if conversation is not None else None
+        self.owner_id = owner_id  # None: looked up when the reply is stored
         self.replaces = replaces
         self.group = group_name(self.conversation_id)
         self.chunks: list[str] = []
