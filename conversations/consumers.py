@@ -21,6 +21,7 @@ from django.http import Http404
 
 from . import generation, presence, services
 from .models import Conversation, Message
+from .pricing import usage_payload
 from .selectors import conversation_for_user, streaming_reply
 from .services import ChatError
 
@@ -44,8 +45,12 @@ def _conversation(user: Any, conversation_id: str) -> Conversation | None:
 
 
 @database_sync_to_async
-def _send(conversation: Conversation, client_id: uuid.UUID, content: object, edit_of: int | None) -> services.Sent:
-    return services.message_send(conversation=conversation, client_id=client_id, content=content, edit_of=edit_of)
+def _send(
+    conversation: Conversation, client_id: uuid.UUID, content: object, edit_of: int | None, model: object = None
+) -> services.Sent:
+    return services.message_send(
+        conversation=conversation, client_id=client_id, content=content, edit_of=edit_of, model=model
+    )
 
 
 @database_sync_to_async
@@ -279,7 +284,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         edit_of = frame.get("edit_of")
         if edit_of is not None and not _is_id(edit_of):
             raise ChatError("invalid", "`edit_of` must be a message id.")
-        sent = await _send(self.conversation, client_id, frame.get("content"), edit_of)
+        sent = await _send(self.conversation, client_id, frame.get("content"), edit_of, frame.get("model"))
         event: dict[str, Any] = {"type": "message", "message": sent.message.as_event()}
         if sent.replaces:
             event["replaces"] = list(sent.replaces)
@@ -348,7 +353,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 "message_id": message_id,
                 "status": message.status,
                 "content": message.content,
-                "usage": {"input_tokens": message.input_tokens, "output_tokens": message.output_tokens},
+                "usage": usage_payload(message),
             }
         )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from dataclasses import dataclass
 
 from .context import MESSAGE_OVERHEAD, SUMMARIZE_AT, estimate_tokens, fit_turns, history_tokens, system_text
@@ -56,8 +57,14 @@ def build_for_reply(reply_id: int) -> tuple[ChatRequest, Followups]:
         messages=[{"role": t.role, "content": t.content} for t in turns],
         temperature=persona.temperature,
         max_output_tokens=persona.max_output_tokens,
+        cache_key=cache_key(conversation.pk),
     )
     return request, followups
+
+
+def cache_key(conversation_id: object) -> str:
+    """The conversation's prompt-cache key: stable per thread, and no id of ours sent to the provider."""
+    return "conv-" + hashlib.sha256(f"prompt-cache:{conversation_id}".encode()).hexdigest()[:32]
 
 
 def trimmed(request: ChatRequest) -> ChatRequest:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import TYPE_CHECKING
 
 from django.conf import settings
@@ -13,8 +14,9 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from . import limits
-from .models import Conversation, Message, Persona, UserQuota
+from . import limits, pricing
+from .llm.base import Usage
+from .models import Conversation, Message, Persona, UsageRecord, UserQuota
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser
@@ -79,6 +81,27 @@ def _check_persona(conversation: Conversation) -> None:
         raise ChatError("not_found", f"{persona.name} is no longer available to you. Start a new chat.")
 
 
+def _check_model(conversation: Conversation, chosen: object = None) -> str:
+    """The model the next reply uses: `chosen` (from a `send`) if the persona allows a choice, else the
+    thread's; ChatError("invalid") when it is not an active model of the registry the owner may use.
+    A model not in the registry is accepted only as the persona's own (priced at zero)."""
+    persona = effective_persona(conversation)
+    if chosen is not None and chosen != "":
+        if not isinstance(chosen, str):
+            raise ChatError("invalid", "`model` must be a provider:model string.")
+        if chosen != pricing.thread_model(conversation, persona):
+            if not persona.allow_model_choice:
+                raise ChatError("invalid", f"{persona.name} always uses its own model.")
+            if not pricing.may_use(conversation.owner_id, chosen, listed_only=True):
+                raise ChatError("invalid", f"The model {chosen} is not available to you.")
+        spec = chosen
+    else:
+        spec = pricing.thread_model(conversation, persona)
+    if not pricing.may_use(conversation.owner_id, spec, listed_only=spec != persona.resolved_model()):
+        raise ChatError("invalid", f"The model {spec} is not available to you. Pick another model or persona.")
+    return spec
+
+
 def clean_content(content: object) -> str:
     """The message text, or ChatError("invalid") for empty, non-text or over-long input."""
     if not isinstance(content, str) or not content.strip():
@@ -100,7 +123,7 @@ def _check_limits(user_id: int, quota: int | None = None) -> None:
 BUSY = "A reply is still being written. Stop it or wait for it to finish."
 
 
-def _open_reply(conversation: Conversation) -> Message:
+def _open_reply(conversation: Conversation, model: str) -> Message:
     """Insert the streaming reply row (the caller checked for one); the partial unique index turns
     a race into `busy`."""
     try:
@@ -109,7 +132,7 @@ def _open_reply(conversation: Conversation) -> Message:
                 conversation=conversation,
                 role=Message.Role.ASSISTANT,
                 status=Message.Status.STREAMING,
-                model=effective_persona(conversation).resolved_model(),
+                model=model,
             )
     except IntegrityError as exc:
         raise ChatError("busy", BUSY) from exc
@@ -153,12 +176,18 @@ def _quota(conversation: Conversation) -> int:
 
 
 def message_send(
-    *, conversation: Conversation, client_id: uuid.UUID, content: object, edit_of: int | None = None
+    *,
+    conversation: Conversation,
+    client_id: uuid.UUID,
+    content: object,
+    edit_of: int | None = None,
+    model: object = None,
 ) -> Sent:
     """Store the user's message and open the reply; a resent `client_id` changes nothing.
 
     `edit_of` (the last user message's id) sends an edited version of it instead: that message and
     the replies after it are hidden, kept for usage accounting.
+    `model` (`provider:model`), where the persona allows a choice, becomes the thread's model.
     Refusals (`invalid`, `busy`, `rate_limited`, `quota_exceeded`) store nothing.
     """
     text = clean_content(content)
@@ -182,6 +211,7 @@ def message_send(
                 if last_user is None or last_user.pk != edit_of:
                     raise ChatError("invalid", "Only your last message can be edited.")
             _check_persona(conv)
+            spec = _check_model(conv, model)
             _check_limits(conv.owner_id, _quota(conv))
             if edit_of is not None:
                 replaces = list(conv.messages.filter(hidden=False, id__gte=edit_of).values_list("id", flat=True))
@@ -194,11 +224,14 @@ def message_send(
                         conversation=conv,
                         role=Message.Role.ASSISTANT,
                         status=Message.Status.STREAMING,
-                        model=effective_persona(conv).resolved_model(),
+                        model=spec,
                     ),
                 ]
             )
             fields = ["updated_at"]
+            if spec != conv.model and effective_persona(conv).allow_model_choice:
+                conv.model = spec  # the choice sticks to the thread
+                fields.append("model")
             conv.updated_at = timezone.now()
             if not conv.title:
                 conv.title = " ".join(text.split()[:TITLE_WORDS])[:200]
@@ -224,6 +257,7 @@ def reply_regenerate(*, conversation: Conversation) -> tuple[Message, list[int]]
         if Message.objects.filter(conversation=conv, status=Message.Status.STREAMING).exists():
             raise ChatError("busy", BUSY)
         _check_persona(conv)
+        spec = _check_model(conv)
         _check_limits(conv.owner_id, _quota(conv))
         replaced = list(
             conv.messages.filter(hidden=False, role=Message.Role.ASSISTANT, id__gt=last_user.pk).values_list(
@@ -231,7 +265,7 @@ def reply_regenerate(*, conversation: Conversation) -> tuple[Message, list[int]]
             )
         )
         conv.messages.filter(id__in=replaced).update(hidden=True)
-        reply = _open_reply(conv)
+        reply = _open_reply(conv, spec)
     return reply, replaced
 
 
@@ -258,25 +292,107 @@ def reply_finish(
     status: str,
     input_tokens: int | None,
     output_tokens: int | None,
+    cached_input_tokens: int | None = None,
+    cache_write_tokens: int | None = None,
+    estimated_input_tokens: int = 0,
+    estimated_output_tokens: int = 0,
     error_code: str = "",
     quota_tokens: int = 0,
-) -> bool:
-    """Close a streaming reply with its whole text and usage; False if something else closed it first."""
-    updated = Message.objects.filter(pk=reply_id, status=Message.Status.STREAMING).update(
-        content=content,
-        status=status,
-        input_tokens=input_tokens,
-        output_tokens=output_tokens,
-        error_code=error_code,
-        updated_at=timezone.now(),
+) -> Message | None:
+    """Close a streaming reply with its whole text, usage and cost; None if something else closed it first.
+
+    The cost is priced from the registry now (a later price change does not rewrite it); estimates
+    stand in for counts the provider did not report (a stopped reply, say), in usage and quota alike.
+    """
+    with transaction.atomic():
+        reply = (
+            Message.objects.select_for_update(of=("self",))
+            .select_related("conversation")
+            .filter(pk=reply_id, status=Message.Status.STREAMING)
+            .first()
+        )
+        if reply is None:
+            return None
+        counted = Usage(
+            input_tokens if input_tokens is not None else estimated_input_tokens,
+            output_tokens if output_tokens is not None else estimated_output_tokens,
+            cached_input_tokens,
+            cache_write_tokens,
+        )
+        reply.content = content
+        reply.status = status
+        reply.input_tokens = input_tokens
+        reply.output_tokens = output_tokens
+        reply.cached_input_tokens = cached_input_tokens
+        reply.cache_write_tokens = cache_write_tokens
+        reply.cost = pricing.cost_of(reply.model, counted)
+        reply.error_code = error_code
+        reply.save(
+            update_fields=[
+                "content",
+                "status",
+                "input_tokens",
+                "output_tokens",
+                "cached_input_tokens",
+                "cache_write_tokens",
+                "cost",
+                "error_code",
+                "updated_at",
+            ]
+        )
+        conversation = reply.conversation
+        _record(conversation, reply.model, UsageRecord.Kind.REPLY, counted, reply.cost, message=reply,
+                estimated=input_tokens is None or output_tokens is None)  # fmt: skip
+    limits.record_usage(owner_id or conversation.owner_id, quota_tokens or counted_total(counted))
+    return reply
+
+
+def counted_total(usage: Usage) -> int:
+    """Input + output tokens: what a call costs against the daily quota."""
+    return (usage.input_tokens or 0) + (usage.output_tokens or 0)
+
+
+def _record(
+    conversation: Conversation,
+    model: str,
+    kind: str,
+    usage: Usage,
+    cost: Decimal,
+    *,
+    message: Message | None = None,
+    estimated: bool = False,
+) -> UsageRecord:
+    return UsageRecord.objects.create(
+        user_id=conversation.owner_id,
+        conversation=conversation,
+        persona_id=conversation.persona_id,
+        message=message,
+        model=model,
+        kind=kind,
+        input_tokens=usage.input_tokens or 0,
+        cached_input_tokens=usage.cached_input_tokens or 0,
+        cache_write_tokens=usage.cache_write_tokens or 0,
+        output_tokens=usage.output_tokens or 0,
+        estimated=estimated,
+        cost=cost,
     )
-    if updated:
-        if owner_id is None:
-            owner_id = Conversation.objects.filter(messages__id=reply_id).values_list("owner_id", flat=True).first()
-        if owner_id is not None:
-            # Estimates stand in where the provider reported nothing (a stopped reply, say).
-            limits.record_usage(owner_id, quota_tokens or (input_tokens or 0) + (output_tokens or 0))
-    return bool(updated)
+
+
+def usage_record_call(
+    *, conversation: Conversation, model: str, kind: str, usage: Usage, estimate: tuple[int, int]
+) -> UsageRecord:
+    """Record a background call (a summary, a title) for the thread's owner: stored, priced, and
+    counted against their quota. `estimate`: (input, output) tokens where the provider said nothing."""
+    counted = Usage(
+        usage.input_tokens if usage.input_tokens is not None else estimate[0],
+        usage.output_tokens if usage.output_tokens is not None else estimate[1],
+        usage.cached_input_tokens,
+        usage.cache_write_tokens,
+    )
+    estimated = usage.input_tokens is None or usage.output_tokens is None
+    record = _record(conversation, model, kind, counted, pricing.cost_of(model, counted), estimated=estimated)
+    limits.record_usage(conversation.owner_id, counted_total(counted))
+    return record
 
 
 def replies_interrupt_stale(

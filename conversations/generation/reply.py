@@ -19,6 +19,7 @@ from ..history import Followups, build_for_reply, trimmed
 from ..llm import ChatRequest, ProviderError, Usage, provider_for
 from ..llm.base import within_gap
 from ..models import Message
+from ..pricing import usage_payload
 from . import control, registry
 from .flusher import flusher, stop_requested, unflush
 from .groups import group_name
@@ -174,14 +175,20 @@ class Generation:
     async def _finish(self, status: str, error: ProviderError | None) -> None:
         text = self.text()
         usage = self.usage
-        quota_tokens = (usage.input_tokens or _estimate_input(self.request)) + (
-            usage.output_tokens or estimate_tokens(text)
-        )
-        stored = False
+        estimates = (_estimate_input(self.request), estimate_tokens(text))
+        quota_tokens = (usage.input_tokens or estimates[0]) + (usage.output_tokens or estimates[1])
+        stored = None
         for attempt in range(3):
             try:
                 stored = await sync_to_async(_finish_row, thread_sensitive=False)(
-                    self.reply_id, self.owner_id, text, status, usage, error.code if error else "", quota_tokens
+                    self.reply_id,
+                    self.owner_id,
+                    text,
+                    status,
+                    usage,
+                    error.code if error else "",
+                    quota_tokens,
+                    estimates,
                 )
                 break
             except Exception:
@@ -189,7 +196,7 @@ class Generation:
                 await asyncio.sleep(0.5 * (attempt + 1))
         if registry.running.get(self.conversation_id) is self:
             del registry.running[self.conversation_id]
-        if not stored:
+        if stored is None:
             # Another process closed it (it judged this one dead); its `end` went out already.
             return
         await self.send(
@@ -198,7 +205,7 @@ class Generation:
                 "message_id": self.reply_id,
                 "status": status,
                 "content": text,
-                "usage": {"input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens},
+                "usage": usage_payload(stored),
             }
         )
         if error is not None:
@@ -234,8 +241,15 @@ def _build_request(reply_id: int) -> tuple[ChatRequest, Followups, bool]:
 
 
 def _finish_row(
-    reply_id: int, owner_id: int | None, text: str, status: str, usage: Usage, error_code: str, quota_tokens: int
-) -> bool:
+    reply_id: int,
+    owner_id: int | None,
+    text: str,
+    status: str,
+    usage: Usage,
+    error_code: str,
+    quota_tokens: int,
+    estimates: tuple[int, int],
+) -> Message | None:
     close_old_connections()
     return services.reply_finish(
         reply_id=reply_id,
@@ -244,6 +258,10 @@ def _finish_row(
         status=status,
         input_tokens=usage.input_tokens,
         output_tokens=usage.output_tokens,
+        cached_input_tokens=usage.cached_input_tokens,
+        cache_write_tokens=usage.cache_write_tokens,
+        estimated_input_tokens=estimates[0],
+        estimated_output_tokens=estimates[1],
         error_code=error_code,
         quota_tokens=quota_tokens,
     )

@@ -143,6 +143,33 @@
     return el;
   }
 
+  // The model picker (where the persona allows a choice): each send carries the model chosen.
+  const picker = document.getElementById("model-picker");
+  function modelField(p) {
+    return p && p.model ? { model: p.model } : {};
+  }
+  const PROVIDERS = { openai: "OpenAI", anthropic: "Anthropic" };
+  function modelLabel(spec) {
+    const i = spec.indexOf(":");
+    if (spec.startsWith("offline:")) return "offline demo model";
+    return i < 0 ? spec : `${spec.slice(i + 1)} (${PROVIDERS[spec.slice(0, i)] || spec.slice(0, i)})`;
+  }
+  function showModel(el, spec) {
+    if (!spec) return;
+    let details = el.querySelector(".msg-usage");
+    if (!details) {
+      details = document.createElement("details");
+      details.className = "msg-usage";
+      const summary = document.createElement("summary");
+      const name = document.createElement("span");
+      name.className = "msg-model";
+      summary.append(name);
+      details.append(summary);
+      el.querySelector(".msg-actions").before(details);
+    }
+    details.querySelector(".msg-model").textContent = modelLabel(spec);
+  }
+
   function replyFor(id) {
     let r = replies.get(id);
     if (!r) {
@@ -236,6 +263,22 @@
     messagesEl.querySelectorAll(".inline-error.refusal").forEach((e) => e.remove());
   }
 
+  // A wait in words: "45 s", "12 min", "10 h 44 min".
+  function inWords(seconds) {
+    const s = Math.max(1, Math.round(seconds));
+    if (s < 90) return `${s} s`;
+    const m = Math.round(s / 60);
+    if (m < 60) return `${m} min`;
+    return m % 60 ? `${Math.floor(m / 60)} h ${m % 60} min` : `${m / 60} h`;
+  }
+  // When a daily quota resets, in the reader's own time zone: "It resets tomorrow at 09:00 (in 10 h 44 min)."
+  function resetsAt(seconds) {
+    const at = new Date(Date.now() + seconds * 1000);
+    const time = at.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+    const day = at.toDateString() === new Date().toDateString() ? "today" : "tomorrow";
+    return `It resets ${day} at ${time}, your time (in ${inWords(seconds)}).`;
+  }
+
   // A countdown for "try again in N s", then the retry button.
   function countdown(box, seconds, button) {
     const span = document.createElement("span");
@@ -250,7 +293,7 @@
         if (button) button.disabled = false;
         return;
       }
-      span.textContent = `Try again in ${left} s.`;
+      span.textContent = `Try again in ${inWords(left)}.`;
       left -= 1;
       setTimeout(tick, 1000);
     };
@@ -260,7 +303,7 @@
   function showError(frame) {
     const hint = hints[frame.code];
     const text = hint || frame.message || "Something went wrong.";
-    const retryable = !["provider_auth", "invalid", "not_found", "context_too_long", "busy"].includes(frame.code);
+    const retryable = !["provider_auth", "invalid", "not_found", "context_too_long", "busy", "quota_exceeded"].includes(frame.code);
     let box;
     let retry = null;
     const reply = frame.message_id && replies.get(frame.message_id);
@@ -307,7 +350,8 @@
       box.append(a);
     }
     if (retry) box.append(retry);
-    if (frame.retry_after) countdown(box, frame.retry_after, retry);
+    if (frame.code === "quota_exceeded" && frame.retry_after) box.querySelector("p").append(" ", resetsAt(frame.retry_after));
+    else if (frame.retry_after) countdown(box, frame.retry_after, retry);
     box.setAttribute("role", "alert");
     followContent();
   }
@@ -398,7 +442,7 @@
         });
       }
       if (pending) {
-        send({ type: "send", client_id: pending.client_id, content: pending.content, ...(pending.edit_of ? { edit_of: pending.edit_of } : {}) });
+        send({ type: "send", client_id: pending.client_id, content: pending.content, ...(pending.edit_of ? { edit_of: pending.edit_of } : {}), ...modelField(pending) });
       } else if (!g) {
         sendFirstMessage();
       }
@@ -444,6 +488,7 @@
       setStatus(r, "streaming");
       clearNote(r.el);
       r.el.querySelector(".msg-content").replaceChildren();
+      showModel(r.el, frame.model);
       setGenerating(frame.message_id);
       announce("Assistant is replying.");
       followContent();
@@ -615,11 +660,11 @@
   function submit() {
     const content = input.value;
     if (!content.trim() || generatingId !== null || pending || content.length > maxChars) return;
-    pending = { client_id: crypto.randomUUID(), content, edit_of: null };
+    pending = { client_id: crypto.randomUUID(), content, edit_of: null, model: picker ? picker.value : null };
     updateSendState();
     followAgain();
     stick = true;
-    if (!send({ type: "send", client_id: pending.client_id, content })) {
+    if (!send({ type: "send", client_id: pending.client_id, content, ...modelField(pending) })) {
       setConnection("Not connected: your message will be sent as soon as the connection is back.", "lost");
     }
   }
@@ -692,10 +737,10 @@
     const resend = () => {
       const text = area.value;
       if (!text.trim() || text.length > maxChars || generatingId !== null || pending) return;
-      pending = { client_id: crypto.randomUUID(), content: text, edit_of: parseInt(el.dataset.messageId, 10) };
+      pending = { client_id: crypto.randomUUID(), content: text, edit_of: parseInt(el.dataset.messageId, 10), model: picker ? picker.value : null };
       updateSendState();
       stick = true;
-      send({ type: "send", client_id: pending.client_id, content: text, edit_of: pending.edit_of });
+      send({ type: "send", client_id: pending.client_id, content: text, edit_of: pending.edit_of, ...modelField(pending) });
     };
     editForm.addEventListener("submit", (event) => { event.preventDefault(); resend(); });
     area.addEventListener("keydown", (event) => {
