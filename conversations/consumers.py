@@ -20,6 +20,7 @@ from django.conf import settings
 from django.http import Http404
 
 from . import generation, presence, services
+from .generation import shutdown
 from .models import Conversation, Message
 from .pricing import usage_payload
 from .selectors import conversation_for_user, streaming_reply
@@ -105,7 +106,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         conversation = None
         if user is not None and user.is_authenticated:
             conversation = await _conversation(user, self.scope["url_route"]["kwargs"]["conversation_id"])
-        if conversation is None:
+        if conversation is None or shutdown.draining:
             await self.close()  # refused at the handshake: no event, nothing learned
             return
         if not await presence.claim(user.pk):
@@ -121,6 +122,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.state_timer: asyncio.TimerHandle | None = None
         await self.channel_layer.group_add(self.group, self.channel_name)
         await self.accept()
+        shutdown.sockets.add(self)
         # Every process with sockets sweeps for replies left by a dead process, not only those
         # that started a reply since they booted: else a socket could wait on one forever.
         generation.ensure_janitor()
@@ -131,6 +133,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         timer: asyncio.TimerHandle | None = getattr(self, "state_timer", None)
         if timer is not None:
             timer.cancel()
+        shutdown.sockets.discard(self)
         counted: int | None = getattr(self, "counted_user", None)
         if counted is not None:
             self.counted_user = None

@@ -35,7 +35,7 @@ def start(reply: Message, *, owner_id: int | None = None, replaces: list[int] | 
     conversation's owner, for the quota counter) saves a lookup at the end."""
     generation = Generation(reply, owner_id=owner_id, replaces=replaces or [])
     registry.running[reply.conversation_id] = generation
-    spawn(generation.run())
+    generation.task = spawn(generation.run())
     ensure_janitor()
     return generation
 
@@ -59,6 +59,8 @@ class Generation:
         self.request: ChatRequest | None = None
         self.followups: Followups | None = None
         self._stopping = False
+        self._interrupting = False  # the process is shutting down (see shutdown.py)
+        self.task: asyncio.Task[None] | None = None  # the task running `run`
         self.over = False  # set once the outcome is decided: other processes' requests go unanswered
         self._stream_task: asyncio.Task[None] | None = None
         self.layer = get_channel_layer()
@@ -79,11 +81,20 @@ class Generation:
     def stop(self) -> None:
         """Stop the reply; what was streamed is kept with status `stopped`."""
         self._stopping = True
+        self._cancel_stream()
+
+    def interrupt(self) -> None:
+        """End the reply now because the process is shutting down: status `interrupted`, text kept."""
+        if not self._stopping:
+            self._interrupting = True
+        self._cancel_stream()
+
+    def _cancel_stream(self) -> None:
         if self._stream_task is not None and not self._stream_task.done():
             self._stream_task.cancel()
             # redis-py can swallow a cancellation that lands inside a command (a delta's
             # group_send): insist until the stream has really ended.
-            asyncio.get_running_loop().call_later(0.1, self.stop)
+            asyncio.get_running_loop().call_later(0.1, self._cancel_stream)
 
     async def send(self, event: dict[str, Any]) -> None:
         """An event to every socket of the conversation; a layer failure never stops the reply."""
@@ -107,11 +118,13 @@ class Generation:
             )
             if stop_asked:  # a `stop` that came before this reply's process could hear it
                 self._stopping = True
-            if not self._stopping:
+            if self._stopping:
+                status = Message.Status.STOPPED
+            elif self._interrupting:
+                status = Message.Status.INTERRUPTED
+            else:
                 self._stream_task = asyncio.ensure_future(self._stream(self.request))
                 await self._stream_task
-            else:
-                status = Message.Status.STOPPED
         except asyncio.CancelledError:
             # Cancelled without `stop`: the server is shutting down under us.
             status = Message.Status.STOPPED if self._stopping else Message.Status.INTERRUPTED
@@ -144,7 +157,7 @@ class Generation:
                     self.chunks.append(item)
                     self.length += len(item)
                     await self.send({"type": "chat.delta", "message_id": self.reply_id, "offset": offset, "text": item})
-                    if self._stopping:  # stopped, though the cancellation itself got lost
+                    if self._stopping or self._interrupting:  # though the cancellation itself got lost
                         raise asyncio.CancelledError
                 return
             except ProviderError as exc:
