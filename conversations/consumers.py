@@ -19,7 +19,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.http import Http404
 
-from . import generation, presence, services
+from . import generation, presence, services, sockets
 from .generation import shutdown
 from .models import Conversation, Message
 from .pricing import usage_payload
@@ -27,6 +27,11 @@ from .selectors import conversation_for_user, streaming_reply
 from .services import ChatError
 
 log = logging.getLogger(__name__)
+
+# Close codes (4000-4999 are the application's): the page stops reconnecting on these and says why.
+CLOSE_SIGNED_OUT = 4401
+CLOSE_DELETED = 4404
+DELETED = "This conversation was deleted."
 
 # How long a socket waits for another process to describe its running reply.
 REMOTE_STATE_TIMEOUT = 2.0
@@ -45,17 +50,35 @@ def _conversation(user: Any, conversation_id: str) -> Conversation | None:
         return None
 
 
+class SignedOut(Exception):
+    """The socket's session no longer signs its user in (logged out, deactivated, password changed)."""
+
+
+@database_sync_to_async
+def _signed_in(session_key: str | None, user_id: int) -> bool:
+    return sockets.signed_in(session_key, user_id)
+
+
 @database_sync_to_async
 def _send(
-    conversation: Conversation, client_id: uuid.UUID, content: object, edit_of: int | None, model: object = None
+    session_key: str | None,
+    conversation: Conversation,
+    client_id: uuid.UUID,
+    content: object,
+    edit_of: int | None,
+    model: object = None,
 ) -> services.Sent:
+    if not sockets.signed_in(session_key, conversation.owner_id):
+        raise SignedOut
     return services.message_send(
         conversation=conversation, client_id=client_id, content=content, edit_of=edit_of, model=model
     )
 
 
 @database_sync_to_async
-def _regenerate(conversation: Conversation) -> tuple[Message, list[int]]:
+def _regenerate(session_key: str | None, conversation: Conversation) -> tuple[Message, list[int]]:
+    if not sockets.signed_in(session_key, conversation.owner_id):
+        raise SignedOut
     return services.reply_regenerate(conversation=conversation)
 
 
@@ -121,6 +144,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.frame_times: list[float] = []
         self.state_timer: asyncio.TimerHandle | None = None
         await self.channel_layer.group_add(self.group, self.channel_name)
+        await self.channel_layer.group_add(sockets.user_group_name(user.pk), self.channel_name)
         await self.accept()
         shutdown.sockets.add(self)
         # Every process with sockets sweeps for replies left by a dead process, not only those
@@ -143,6 +167,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 log.exception("could not count out a socket of user %s", counted)
         if hasattr(self, "group"):
             await self.channel_layer.group_discard(self.group, self.channel_name)
+            await self.channel_layer.group_discard(
+                sockets.user_group_name(self.conversation.owner_id), self.channel_name
+            )
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         # Relayed events never touch the database: skip Channels' per-message connection
@@ -274,6 +301,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await handler(frame)
         except ChatError as exc:
             await self.answer(exc.as_event())
+        except SignedOut:
+            await self.close(code=CLOSE_SIGNED_OUT)  # nothing stored; the page finds the login page
         except Exception:
             # Never a traceback and a 1011 close for the user: say so, keep the socket.
             log.exception("%s frame failed on conversation %s", _frame_type(frame), self.conversation.pk)
@@ -287,7 +316,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
         edit_of = frame.get("edit_of")
         if edit_of is not None and not _is_id(edit_of):
             raise ChatError("invalid", "`edit_of` must be a message id.")
-        sent = await _send(self.conversation, client_id, frame.get("content"), edit_of, frame.get("model"))
+        sent = await _send(
+            self.session_key(), self.conversation, client_id, frame.get("content"), edit_of, frame.get("model")
+        )
         event: dict[str, Any] = {"type": "message", "message": sent.message.as_event()}
         if sent.replaces:
             event["replaces"] = list(sent.replaces)
@@ -332,7 +363,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         await self.answer({"type": "stopping", "message_id": reply_id})
 
     async def on_regenerate(self, frame: dict[str, Any]) -> None:
-        reply, replaced = await _regenerate(self.conversation)
+        reply, replaced = await _regenerate(self.session_key(), self.conversation)
         generation.start(reply, owner_id=self.conversation.owner_id, replaces=replaced)
 
     async def on_resume(self, frame: dict[str, Any]) -> None:
@@ -371,6 +402,20 @@ class ChatConsumer(AsyncWebsocketConsumer):
         await self.send_json({"type": "delta", **snapshot})
 
     # -- events from the group (and from the process running the reply) -------------------------
+    def session_key(self) -> str | None:
+        session = self.scope.get("session")
+        return session.session_key if session is not None else None
+
+    async def chat_deleted(self, event: dict[str, Any]) -> None:
+        """The conversation was deleted (in any process): say so and close."""
+        await self.send_json({"type": "error", "code": "not_found", "message": DELETED, "retry_after": None})
+        await self.close(code=CLOSE_DELETED)
+
+    async def chat_recheck(self, event: dict[str, Any]) -> None:
+        """The user signed out, was deactivated or deleted somewhere: close unless still signed in."""
+        if not await _signed_in(self.session_key(), self.conversation.owner_id):
+            await self.close(code=CLOSE_SIGNED_OUT)
+
     async def chat_message(self, event: dict[str, Any]) -> None:
         frame = {"type": "message", "message": event["message"]}
         if event.get("replaces"):

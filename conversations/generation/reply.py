@@ -210,8 +210,11 @@ class Generation:
         if registry.running.get(self.conversation_id) is self:
             del registry.running[self.conversation_id]
         if stored is None:
-            # Another process closed it (it judged this one dead); its `end` went out already.
-            return
+            if await sync_to_async(_row_exists, thread_sensitive=False)(self.reply_id):
+                # Another process closed it (it judged this one dead); its `end` went out already.
+                return
+            # The conversation was deleted under the reply: its sockets still get the end of it.
+            status, error = Message.Status.STOPPED, None
         await self.send(
             {
                 "type": "chat.end",
@@ -231,6 +234,8 @@ class Generation:
                     "message_id": self.reply_id,
                 }
             )
+        if stored is None:
+            return  # deleted: nothing to summarize or title
         reply_tokens = usage.output_tokens or estimate_tokens(text)
         if status in (Message.Status.COMPLETE, Message.Status.STOPPED) and (
             self.followups is None or self.followups.may_need_work(reply_tokens)
@@ -278,6 +283,11 @@ def _finish_row(
         error_code=error_code,
         quota_tokens=quota_tokens,
     )
+
+
+def _row_exists(reply_id: int) -> bool:
+    close_old_connections()
+    return Message.objects.filter(pk=reply_id).exists()
 
 
 def _after_reply(conversation_id: uuid.UUID) -> None:
