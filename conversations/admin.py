@@ -351,11 +351,16 @@ class MessageInline(admin.TabularInline):
         "model",
         "input_tokens",
         "output_tokens",
-        "hidden",
+        "parent_message",
         "created_at",
     )
     extra = 0
     can_delete = False
+
+    @admin.display(description="Parent")
+    def parent_message(self, message: Message) -> int | None:
+        """The message it answers (or edits a sibling of): its id, without a query per row."""
+        return message.parent_id
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
@@ -410,8 +415,7 @@ class ConversationAdmin(admin.ModelAdmin):
         "title",
         "created_at",
         "updated_at",
-        "summary",
-        "summary_through",
+        "active_leaf",
     )
     inlines = [MessageInline]
 
