@@ -47,7 +47,7 @@ class Sent:
 
 def conversation_create(*, owner: AbstractBaseUser, persona: Persona) -> Conversation:
     """A new, empty thread."""
-    return Conversation.objects.create(owner=owner, persona=persona)
+    return Conversation.objects.create(owner_id=owner.pk, persona=persona)
 
 
 def _default_persona() -> Persona:
