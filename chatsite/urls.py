@@ -7,6 +7,9 @@ from django.urls import include, path
 
 urlpatterns = [
     path("accounts/", include("allauth.urls")),
+    path("admin/usage/", include("usage.urls")),
     path("admin/", admin.site.urls),
+    path("", include("api.urls")),
+    path("", include("accounts.urls")),
     path("", include("conversations.urls")),
 ]

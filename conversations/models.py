@@ -1,14 +1,55 @@
-"""Personas people chat with, their conversations, and one row per message."""
+"""Personas people chat with, their conversations, one row per message, the model registry and usage."""
 
 from __future__ import annotations
 
 import uuid
+from decimal import Decimal
 
 from django.conf import settings
 from django.contrib.auth.models import Group
 from django.db import models
 from django.db.models import Q
 from django.urls import reverse
+from django.utils import timezone
+
+PRICE = {"max_digits": 12, "decimal_places": 6, "default": Decimal(0)}
+
+
+class ChatModel(models.Model):
+    """A model people may chat with, its limits and its prices per million tokens (staff keep the list)."""
+
+    name = models.CharField(max_length=200, unique=True, help_text="provider:model, e.g. openai:gpt-4o-mini.")
+    label = models.CharField(max_length=100, blank=True, help_text="Shown in the model picker. Blank: the name.")
+    context_window = models.PositiveIntegerField(null=True, blank=True, help_text="Tokens the model reads.")
+    max_output_tokens = models.PositiveIntegerField(null=True, blank=True, help_text="Tokens it may write.")
+    input_price = models.DecimalField(**PRICE, help_text="USD per million input tokens not read from the cache.")
+    cached_input_price = models.DecimalField(**PRICE, help_text="USD per million input tokens read from the cache.")
+    output_price = models.DecimalField(**PRICE, help_text="USD per million output tokens.")
+    cache_write_price = models.DecimalField(
+        max_digits=12,
+        decimal_places=6,
+        null=True,
+        blank=True,
+        help_text="USD per million tokens written to the cache (Anthropic bills 1.25x input). Blank: the input price.",
+    )
+    supports_images = models.BooleanField(default=False)
+    supports_pdf = models.BooleanField(default=False)
+    is_active = models.BooleanField(default=True)
+    groups = models.ManyToManyField(
+        Group, blank=True, related_name="chat_models", help_text="Who may use it. None: everyone."
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name = "model"
+
+    def __str__(self) -> str:
+        return self.display_name
+
+    @property
+    def display_name(self) -> str:
+        return self.label or self.name
 
 
 class Persona(models.Model):
@@ -23,6 +64,9 @@ class Persona(models.Model):
         blank=True,
         help_text="provider:model, e.g. openai:gpt-4o-mini, anthropic:claude-haiku-4-5, offline:demo. "
         "Blank: CHAT_DEFAULT_MODEL.",
+    )
+    allow_model_choice = models.BooleanField(
+        default=False, help_text="People may pick another of the models they may use (the model picker)."
     )
     temperature = models.FloatField(null=True, blank=True)
     max_output_tokens = models.PositiveIntegerField(null=True, blank=True)
@@ -62,20 +106,21 @@ class Conversation(models.Model):
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="conversations")
     persona = models.ForeignKey(Persona, on_delete=models.PROTECT, related_name="conversations")
     title = models.CharField(max_length=200, blank=True)
+    # The model picked for this thread (where the persona allows a choice); blank: the persona's.
+    model = models.CharField(max_length=200, blank=True)
     title_is_auto = models.BooleanField(default=True)
     pinned = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now_add=True, db_index=True)
-    # The rolling summary of older turns: what the summarizer returned, and the last
-    # message id it covers (messages after it are sent verbatim).
-    summary = models.TextField(blank=True)
-    summary_through = models.BigIntegerField(null=True, blank=True)
-    summary_updated_at = models.DateTimeField(null=True, blank=True)
+    # The end of the active path (root to leaf): what the page shows and what a request is built from.
+    active_leaf = models.ForeignKey("Message", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     # Set while a worker summarizes: the claim that keeps two workers from doing it twice.
     summarizing_since = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         indexes = [models.Index(fields=["owner", "-updated_at"])]
+        # Not implied by is_staff: only people given it (and superusers) read others' threads in the admin.
+        permissions = [("read_others_conversations", "Can read other people's conversations (admin)")]
 
     def __str__(self) -> str:
         return self.title or "New chat"
@@ -104,16 +149,25 @@ class Message(models.Model):
         INTERRUPTED = "interrupted"
 
     conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="messages")
+    # The tree: a user message's parent is the reply it answers (None for a first message); a reply's
+    # parent is the user message it answers. Siblings are versions (edits, regenerations).
+    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.CASCADE, related_name="children")
+    # The child last on the active path below this message: switching to this message continues there.
+    active_child = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     role = models.CharField(max_length=16, choices=Role.choices)
     content = models.TextField(blank=True)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.COMPLETE)
     model = models.CharField(max_length=200, blank=True)
     input_tokens = models.PositiveIntegerField(null=True, blank=True)
     output_tokens = models.PositiveIntegerField(null=True, blank=True)
+    # Of input_tokens: read from the provider's prompt cache, and written to it (Anthropic).
+    cached_input_tokens = models.PositiveIntegerField(null=True, blank=True)
+    cache_write_tokens = models.PositiveIntegerField(null=True, blank=True)
+    cost = models.DecimalField(max_digits=14, decimal_places=8, null=True, blank=True, help_text="USD.")
     client_id = models.UUIDField(null=True, blank=True)
     error_code = models.CharField(max_length=32, blank=True)
-    # A regenerated reply (or an edited message) stays for usage accounting, out of sight.
-    hidden = models.BooleanField(default=False)
+    # Set by `stop` from any socket in any process; the reply's own process reads it (durable stop).
+    stop_requested = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
     # Touched by every flush: a streaming row that stops being touched has lost its process.
     updated_at = models.DateTimeField(auto_now=True)
@@ -128,7 +182,7 @@ class Message(models.Model):
             ),
         ]
         indexes = [
-            models.Index(fields=["conversation", "hidden", "id"]),
+            models.Index(fields=["conversation", "parent"], name="message_children"),
             models.Index(fields=["status"], condition=Q(status="streaming"), name="streaming_messages"),
         ]
 
@@ -142,7 +196,27 @@ class Message(models.Model):
             "role": self.role,
             "content": self.content,
             "client_id": str(self.client_id) if self.client_id else None,
+            "parent_id": self.parent_id,
         }
+
+
+class Summary(models.Model):
+    """What the summarizer wrote about a path from its root through `through` (inclusive).
+
+    A branch uses a summary only when `through` is on its own path: a fork made at or before
+    `through` never carries it.
+    """
+
+    conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="summaries")
+    through = models.OneToOneField(Message, on_delete=models.CASCADE, related_name="summary")
+    text = models.TextField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        verbose_name_plural = "summaries"
+
+    def __str__(self) -> str:
+        return f"summary through #{self.through_id}"
 
 
 class UserQuota(models.Model):
@@ -153,3 +227,57 @@ class UserQuota(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user}: {self.daily_token_quota}/day"
+
+
+class UsageRecord(models.Model):
+    """One provider call (a reply, a summary, a title): its tokens and its cost at the prices of that moment."""
+
+    class Kind(models.TextChoices):
+        REPLY = "reply"
+        SUMMARY = "summary"
+        TITLE = "title"
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="chat_usage")
+    conversation = models.ForeignKey(Conversation, on_delete=models.SET_NULL, null=True, blank=True)
+    persona = models.ForeignKey(Persona, on_delete=models.SET_NULL, null=True, blank=True)
+    message = models.OneToOneField(Message, on_delete=models.SET_NULL, null=True, blank=True, related_name="usage")
+    model = models.CharField(max_length=200)
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    # Input includes cached and cache-write tokens; where the provider said nothing, the site's estimate.
+    input_tokens = models.PositiveIntegerField(default=0)
+    cached_input_tokens = models.PositiveIntegerField(default=0)
+    cache_write_tokens = models.PositiveIntegerField(default=0)
+    output_tokens = models.PositiveIntegerField(default=0)
+    estimated = models.BooleanField(default=False, help_text="The provider reported no usage: counts are estimates.")
+    cost = models.DecimalField(max_digits=14, decimal_places=8, default=Decimal(0), help_text="USD.")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["created_at"], name="usage_created"),
+            models.Index(fields=["user", "created_at"], name="usage_user_created"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.model} {self.created_at:%Y-%m-%d}"
+
+
+class ConversationRead(models.Model):
+    """One reading of another person's conversation in the admin: who, whose, when (the audit trail).
+
+    Names are copied, and the links set to null when a user or thread is deleted: the record outlives them.
+    """
+
+    reader = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+")
+    reader_name = models.CharField(max_length=150)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+")
+    owner_name = models.CharField(max_length=150)
+    conversation = models.ForeignKey(Conversation, on_delete=models.SET_NULL, null=True, related_name="+")
+    conversation_ref = models.UUIDField()
+    read_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        ordering = ["-read_at"]
+
+    def __str__(self) -> str:
+        return f"{self.reader_name} read {self.owner_name}'s {self.conversation_ref}"

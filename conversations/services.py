@@ -5,16 +5,18 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Q
+from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
-from . import limits
-from .models import Conversation, Message, Persona, UserQuota
+from . import limits, pricing
+from .llm.base import Usage
+from .models import Conversation, Message, Persona, UsageRecord, UserQuota
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser
@@ -41,13 +43,41 @@ class Sent:
 
     message: Message
     reply: Message | None
-    # Messages an edit took out of sight (the edited message and the replies after it).
-    replaces: tuple[int, ...] = ()
+    # The ids of the message and its siblings (its other versions), oldest first.
+    siblings: tuple[int, ...] = ()
+
+
+# `parent_id` of a send that names none: the new message follows the active leaf.
+FOLLOW_LEAF = "leaf"
 
 
 def conversation_create(*, owner: AbstractBaseUser, persona: Persona) -> Conversation:
     """A new, empty thread."""
     return Conversation.objects.create(owner_id=owner.pk, persona=persona)
+
+
+# Empty conversations (no message yet: a first message refused, a tab closed before it was sent)
+# a user may hold. They are never listed; beyond this many, "new chat" reuses one.
+MAX_EMPTY_CONVERSATIONS = 10
+
+
+@transaction.atomic
+def conversation_start(*, owner: AbstractBaseUser, persona: Persona) -> Conversation:
+    """The conversation behind "New chat": a new one, or, when the user already holds
+    MAX_EMPTY_CONVERSATIONS empty ones, the oldest of those, made new again with this persona.
+    So POST /conversations/new/ cannot pile up empty rows, however often it is sent.
+    """
+    has_messages = Exists(Message.objects.filter(conversation=OuterRef("pk")))
+    empty = Conversation.objects.filter(owner=owner).exclude(has_messages)
+    oldest = list(empty.order_by("created_at", "id").values_list("pk", flat=True)[:MAX_EMPTY_CONVERSATIONS])
+    if len(oldest) < MAX_EMPTY_CONVERSATIONS:
+        return conversation_create(owner=owner, persona=persona)
+    conversation = Conversation.objects.select_for_update().get(pk=oldest[0])
+    conversation.persona = persona
+    conversation.title, conversation.title_is_auto, conversation.pinned = "", True, False
+    conversation.updated_at = timezone.now()
+    conversation.save(update_fields=["persona", "title", "title_is_auto", "pinned", "updated_at"])
+    return conversation
 
 
 def _default_persona() -> Persona:
@@ -79,6 +109,27 @@ def _check_persona(conversation: Conversation) -> None:
         raise ChatError("not_found", f"{persona.name} is no longer available to you. Start a new chat.")
 
 
+def _check_model(conversation: Conversation, chosen: object = None) -> str:
+    """The model the next reply uses: `chosen` (from a `send`) if the persona allows a choice, else the
+    thread's; ChatError("invalid") when it is not an active model of the registry the owner may use.
+    A model not in the registry is accepted only as the persona's own (priced at zero)."""
+    persona = effective_persona(conversation)
+    if chosen is not None and chosen != "":
+        if not isinstance(chosen, str):
+            raise ChatError("invalid", "`model` must be a provider:model string.")
+        if chosen != pricing.thread_model(conversation, persona):
+            if not persona.allow_model_choice:
+                raise ChatError("invalid", f"{persona.name} always uses its own model.")
+            if not pricing.may_use(conversation.owner_id, chosen, listed_only=True):
+                raise ChatError("invalid", f"The model {chosen} is not available to you.")
+        spec = chosen
+    else:
+        spec = pricing.thread_model(conversation, persona)
+    if not pricing.may_use(conversation.owner_id, spec, listed_only=spec != persona.resolved_model()):
+        raise ChatError("invalid", f"The model {spec} is not available to you. Pick another model or persona.")
+    return spec
+
+
 def clean_content(content: object) -> str:
     """The message text, or ChatError("invalid") for empty, non-text or over-long input."""
     if not isinstance(content, str) or not content.strip():
@@ -100,16 +151,17 @@ def _check_limits(user_id: int, quota: int | None = None) -> None:
 BUSY = "A reply is still being written. Stop it or wait for it to finish."
 
 
-def _open_reply(conversation: Conversation) -> Message:
+def _open_reply(conversation: Conversation, model: str, *, parent_id: int) -> Message:
     """Insert the streaming reply row (the caller checked for one); the partial unique index turns
     a race into `busy`."""
     try:
         with transaction.atomic():
             return Message.objects.create(
                 conversation=conversation,
+                parent_id=parent_id,
                 role=Message.Role.ASSISTANT,
                 status=Message.Status.STREAMING,
-                model=effective_persona(conversation).resolved_model(),
+                model=model,
             )
     except IntegrityError as exc:
         raise ChatError("busy", BUSY) from exc
@@ -152,13 +204,56 @@ def _quota(conversation: Conversation) -> int:
     return override if override is not None else settings.CHAT_DAILY_TOKEN_QUOTA
 
 
+def _point_path_to(conv: Conversation, leaf_id: int) -> None:
+    """Make the path from the root to `leaf_id` the active one: every message on it points at its
+    child on it (what switching back to it continues to), and the conversation at the leaf."""
+    from .selectors import path_messages
+
+    path = path_messages(conv, leaf_id=leaf_id, fields=("id", "active_child_id"))
+    for above, below in zip(path, path[1:], strict=False):
+        if above.active_child_id != below.pk:
+            Message.objects.filter(pk=above.pk).update(active_child_id=below.pk)
+    conv.active_leaf_id = leaf_id
+    Conversation.objects.filter(pk=conv.pk).update(active_leaf_id=leaf_id)
+
+
+def _children(conv: Conversation, parent_id: int | None) -> tuple[int, ...]:
+    return tuple(
+        Message.objects.filter(conversation=conv, parent_id=parent_id).order_by("id").values_list("id", flat=True)
+    )
+
+
+def _parent_for_send(conv: Conversation, parent_id: int | None | str, edit_of: int | None) -> int | None:
+    """The parent the new user message gets: a reply of this conversation, or None for a first message."""
+    if edit_of is not None:
+        edited = Message.objects.filter(conversation=conv, pk=edit_of, role=Message.Role.USER).first()
+        if edited is None:
+            raise ChatError("invalid", "`edit_of` must be one of your messages in this conversation.")
+        return edited.parent_id
+    if parent_id == FOLLOW_LEAF:
+        return conv.active_leaf_id
+    if parent_id is None:
+        return None
+    if not Message.objects.filter(conversation=conv, pk=parent_id, role=Message.Role.ASSISTANT).exists():
+        raise ChatError("invalid", "`parent_id` must be a reply in this conversation, or null.")
+    return int(parent_id)
+
+
 def message_send(
-    *, conversation: Conversation, client_id: uuid.UUID, content: object, edit_of: int | None = None
+    *,
+    conversation: Conversation,
+    client_id: uuid.UUID,
+    content: object,
+    parent_id: int | None | str = FOLLOW_LEAF,
+    edit_of: int | None = None,
+    model: object = None,
 ) -> Sent:
     """Store the user's message and open the reply; a resent `client_id` changes nothing.
 
-    `edit_of` (the last user message's id) sends an edited version of it instead: that message and
-    the replies after it are hidden, kept for usage accounting.
+    The message becomes a child of `parent_id` (a reply, or None for a new first message), by default
+    of the active leaf. `edit_of` (any user message's id) stores a new version of that message: a
+    sibling of it. Nothing is hidden or deleted: the old version stays, one switch away.
+    `model` (`provider:model`), where the persona allows a choice, becomes the thread's model.
     Refusals (`invalid`, `busy`, `rate_limited`, `quota_exceeded`) store nothing.
     """
     text = clean_content(content)
@@ -173,32 +268,45 @@ def message_send(
             )
             existing = next((m for m in found if m.client_id == client_id), None)
             if existing:
-                return Sent(existing, None)
+                return Sent(existing, None, _children(conv, existing.parent_id))
             if found:
                 raise ChatError("busy", BUSY)
-            replaces: list[int] = []
-            if edit_of is not None:
-                last_user = conv.messages.filter(hidden=False, role=Message.Role.USER).order_by("-id").first()
-                if last_user is None or last_user.pk != edit_of:
-                    raise ChatError("invalid", "Only your last message can be edited.")
+            parent = _parent_for_send(conv, parent_id, edit_of)
             _check_persona(conv)
+            spec = _check_model(conv, model)
             _check_limits(conv.owner_id, _quota(conv))
-            if edit_of is not None:
-                replaces = list(conv.messages.filter(hidden=False, id__gte=edit_of).values_list("id", flat=True))
-                conv.messages.filter(id__in=replaces).update(hidden=True)
+            follows_leaf = parent is not None and parent == conv.active_leaf_id
             # The message and its reply in one INSERT; the partial unique index turns a race into `busy`.
             message, reply = Message.objects.bulk_create(
                 [
-                    Message(conversation=conv, role=Message.Role.USER, content=text, client_id=client_id),
+                    Message(
+                        conversation=conv, parent_id=parent, role=Message.Role.USER, content=text, client_id=client_id
+                    ),
                     Message(
                         conversation=conv,
                         role=Message.Role.ASSISTANT,
                         status=Message.Status.STREAMING,
-                        model=effective_persona(conv).resolved_model(),
+                        model=spec,
                     ),
                 ]
             )
+            # bulk_create cannot point the reply at a row of the same INSERT: link them now.
+            Message.objects.filter(pk=reply.pk).update(parent_id=message.pk)
+            Message.objects.filter(pk=message.pk).update(active_child_id=reply.pk)
+            reply.parent_id = message.pk
+            message.active_child_id = reply.pk
+            if follows_leaf:
+                # The common case: the new message continues the active path.
+                Message.objects.filter(pk=parent).update(active_child_id=message.pk)
+                Conversation.objects.filter(pk=conv.pk).update(active_leaf_id=reply.pk)
+                siblings: tuple[int, ...] = (message.pk,)
+            else:
+                _point_path_to(conv, reply.pk)
+                siblings = _children(conv, parent)
             fields = ["updated_at"]
+            if spec != conv.model and effective_persona(conv).allow_model_choice:
+                conv.model = spec  # the choice sticks to the thread
+                fields.append("model")
             conv.updated_at = timezone.now()
             if not conv.title:
                 conv.title = " ".join(text.split()[:TITLE_WORDS])[:200]
@@ -208,31 +316,70 @@ def message_send(
         # Another send won a race: the same client_id (a resend) or a reply opened meanwhile.
         existing = Message.objects.filter(conversation=conversation, client_id=client_id).first()
         if existing:
-            return Sent(existing, None)
+            return Sent(existing, None, _children(conversation, existing.parent_id))
         raise ChatError("busy", BUSY) from None
-    return Sent(message, reply, tuple(replaces))
+    return Sent(message, reply, siblings)
 
 
-def reply_regenerate(*, conversation: Conversation) -> tuple[Message, list[int]]:
-    """A new reply to the last user message; the replies it replaces are hidden. Returns (reply, hidden ids)."""
+def reply_regenerate(*, conversation: Conversation, message_id: int | None = None) -> tuple[Message, tuple[int, ...]]:
+    """A new version of reply `message_id` (default: the active leaf's reply), a sibling of it, made
+    the active path. Returns (the new reply, the ids of it and its siblings)."""
     with transaction.atomic():
         conv = _lock(conversation)
-        last_user = conv.messages.filter(hidden=False, role=Message.Role.USER).order_by("-id").first()
-        if last_user is None:
-            raise ChatError("invalid", "There is no message to answer yet.")
+        if message_id is not None:
+            old = Message.objects.filter(conversation=conv, pk=message_id, role=Message.Role.ASSISTANT).first()
+            if old is None or old.parent_id is None:
+                raise ChatError("invalid", "`message_id` must be a reply in this conversation.")
+            asked = old.parent_id
+        else:
+            leaf = Message.objects.filter(pk=conv.active_leaf_id).only("id", "role", "parent_id").first()
+            if leaf is None:
+                raise ChatError("invalid", "There is no message to answer yet.")
+            asked = leaf.pk if leaf.role == Message.Role.USER else leaf.parent_id
+            if asked is None:
+                raise ChatError("invalid", "There is no message to answer yet.")
         # Busy before the limits: a refused regenerate must not count against the user's rate.
         if Message.objects.filter(conversation=conv, status=Message.Status.STREAMING).exists():
             raise ChatError("busy", BUSY)
         _check_persona(conv)
+        spec = _check_model(conv)
         _check_limits(conv.owner_id, _quota(conv))
-        replaced = list(
-            conv.messages.filter(hidden=False, role=Message.Role.ASSISTANT, id__gt=last_user.pk).values_list(
-                "id", flat=True
-            )
-        )
-        conv.messages.filter(id__in=replaced).update(hidden=True)
-        reply = _open_reply(conv)
-    return reply, replaced
+        reply = _open_reply(conv, spec, parent_id=asked)
+        _point_path_to(conv, reply.pk)
+        siblings = _children(conv, asked)
+    return reply, siblings
+
+
+def conversation_switch(*, conversation: Conversation, message_id: object) -> int:
+    """Make the path through message `message_id` active, continuing to its most recently active
+    descendant. Returns the new active leaf's id. Works while a reply streams on any branch."""
+    from .selectors import descend
+
+    if not isinstance(message_id, int) or isinstance(message_id, bool):
+        raise ChatError("invalid", "`switch` needs an integer `message_id`.")
+    with transaction.atomic():
+        conv = Conversation.objects.select_for_update(of=("self",)).get(pk=conversation.pk)
+        if not Message.objects.filter(conversation=conv, pk=message_id).exists():
+            raise ChatError("not_found", "No such message in this conversation.")
+        leaf = descend(conv.pk, message_id)
+        _point_path_to(conv, leaf)
+    conversation.active_leaf_id = leaf
+    return leaf
+
+
+def reply_stop_request(*, conversation_id: uuid.UUID) -> int | None:
+    """Ask the conversation's running reply to stop, durably: its own process reads the flag. The reply's
+    id, or None when no reply is running."""
+    reply_id = (
+        Message.objects.filter(conversation_id=conversation_id, status=Message.Status.STREAMING)
+        .values_list("pk", flat=True)
+        .first()
+    )
+    if reply_id is None:
+        return None
+    if not Message.objects.filter(pk=reply_id, status=Message.Status.STREAMING).update(stop_requested=True):
+        return None  # it ended meanwhile
+    return reply_id
 
 
 def reply_finish(
@@ -243,25 +390,107 @@ def reply_finish(
     status: str,
     input_tokens: int | None,
     output_tokens: int | None,
+    cached_input_tokens: int | None = None,
+    cache_write_tokens: int | None = None,
+    estimated_input_tokens: int = 0,
+    estimated_output_tokens: int = 0,
     error_code: str = "",
     quota_tokens: int = 0,
-) -> bool:
-    """Close a streaming reply with its whole text and usage; False if something else closed it first."""
-    updated = Message.objects.filter(pk=reply_id, status=Message.Status.STREAMING).update(
-        content=content,
-        status=status,
-        input_tokens=input_tokens,
-        output_tokens=output_tokens,
-        error_code=error_code,
-        updated_at=timezone.now(),
+) -> Message | None:
+    """Close a streaming reply with its whole text, usage and cost; None if something else closed it first.
+
+    The cost is priced from the registry now (a later price change does not rewrite it); estimates
+    stand in for counts the provider did not report (a stopped reply, say), in usage and quota alike.
+    """
+    with transaction.atomic():
+        reply = (
+            Message.objects.select_for_update(of=("self",))
+            .select_related("conversation")
+            .filter(pk=reply_id, status=Message.Status.STREAMING)
+            .first()
+        )
+        if reply is None:
+            return None
+        counted = Usage(
+            input_tokens if input_tokens is not None else estimated_input_tokens,
+            output_tokens if output_tokens is not None else estimated_output_tokens,
+            cached_input_tokens,
+            cache_write_tokens,
+        )
+        reply.content = content
+        reply.status = status
+        reply.input_tokens = input_tokens
+        reply.output_tokens = output_tokens
+        reply.cached_input_tokens = cached_input_tokens
+        reply.cache_write_tokens = cache_write_tokens
+        reply.cost = pricing.cost_of(reply.model, counted)
+        reply.error_code = error_code
+        reply.save(
+            update_fields=[
+                "content",
+                "status",
+                "input_tokens",
+                "output_tokens",
+                "cached_input_tokens",
+                "cache_write_tokens",
+                "cost",
+                "error_code",
+                "updated_at",
+            ]
+        )
+        conversation = reply.conversation
+        _record(conversation, reply.model, UsageRecord.Kind.REPLY, counted, reply.cost, message=reply,
+                estimated=input_tokens is None or output_tokens is None)  # fmt: skip
+    limits.record_usage(owner_id or conversation.owner_id, quota_tokens or counted_total(counted))
+    return reply
+
+
+def counted_total(usage: Usage) -> int:
+    """Input + output tokens: what a call costs against the daily quota."""
+    return (usage.input_tokens or 0) + (usage.output_tokens or 0)
+
+
+def _record(
+    conversation: Conversation,
+    model: str,
+    kind: str,
+    usage: Usage,
+    cost: Decimal,
+    *,
+    message: Message | None = None,
+    estimated: bool = False,
+) -> UsageRecord:
+    return UsageRecord.objects.create(
+        user_id=conversation.owner_id,
+        conversation=conversation,
+        persona_id=conversation.persona_id,
+        message=message,
+        model=model,
+        kind=kind,
+        input_tokens=usage.input_tokens or 0,
+        cached_input_tokens=usage.cached_input_tokens or 0,
+        cache_write_tokens=usage.cache_write_tokens or 0,
+        output_tokens=usage.output_tokens or 0,
+        estimated=estimated,
+        cost=cost,
     )
-    if updated:
-        if owner_id is None:
-            owner_id = Conversation.objects.filter(messages__id=reply_id).values_list("owner_id", flat=True).first()
-        if owner_id is not None:
-            # Estimates stand in where the provider reported nothing (a stopped reply, say).
-            limits.record_usage(owner_id, quota_tokens or (input_tokens or 0) + (output_tokens or 0))
-    return bool(updated)
+
+
+def usage_record_call(
+    *, conversation: Conversation, model: str, kind: str, usage: Usage, estimate: tuple[int, int]
+) -> UsageRecord:
+    """Record a background call (a summary, a title) for the thread's owner: stored, priced, and
+    counted against their quota. `estimate`: (input, output) tokens where the provider said nothing."""
+    counted = Usage(
+        usage.input_tokens if usage.input_tokens is not None else estimate[0],
+        usage.output_tokens if usage.output_tokens is not None else estimate[1],
+        usage.cached_input_tokens,
+        usage.cache_write_tokens,
+    )
+    estimated = usage.input_tokens is None or usage.output_tokens is None
+    record = _record(conversation, model, kind, counted, pricing.cost_of(model, counted), estimated=estimated)
+    limits.record_usage(conversation.owner_id, counted_total(counted))
+    return record
 
 
 def replies_interrupt_stale(

@@ -15,6 +15,7 @@ from django.db import close_old_connections
 
 from .. import services
 from ..models import Message
+from ..pricing import usage_payload
 from .groups import group_name
 from .registry import running, spawn
 
@@ -54,7 +55,7 @@ async def interrupt_stale(conversation_id: uuid.UUID | None = None) -> None:
                 "message_id": message.pk,
                 "status": message.status,
                 "content": message.content,
-                "usage": {"input_tokens": None, "output_tokens": None},
+                "usage": usage_payload(None),
             },
         )
 

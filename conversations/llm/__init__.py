@@ -17,6 +17,7 @@ __all__ = [
     "Usage",
     "complete_once",
     "configured_providers",
+    "list_models",
     "provider_for",
 ]
 
@@ -85,5 +86,14 @@ async def complete_once(spec: str, request: ChatRequest) -> tuple[str, Usage]:
     provider = _make(provider_name)
     try:
         return await provider.complete(dataclasses.replace(request, model=model))
+    finally:
+        await provider.aclose()
+
+
+async def list_models(provider_name: str) -> list[tuple[str, str]]:
+    """A configured provider's models as (`provider:model`, display name), from a fresh client."""
+    provider = _make(provider_name)
+    try:
+        return [(f"{provider_name}:{model}", label) for model, label in await provider.list_models()]
     finally:
         await provider.aclose()

@@ -155,6 +155,7 @@
   /** Give every code block its bar (language, copy button) and highlight those that name a known language. */
   function enhance(root, options) {
     const lazy = options && options.lazy;
+    root.querySelectorAll("table").forEach((table) => { table.tabIndex = 0; }); // may scroll sideways
     root.querySelectorAll("pre > code").forEach((code) => {
       frame(code);
       if (lazy) highlightLater(code); else highlight(code);
@@ -175,6 +176,7 @@
     const button = copyButton();
     button.setAttribute("aria-label", lang ? `Copy ${lang} code` : "Copy code");
     bar.append(label, button);
+    pre.tabIndex = 0; // it scrolls sideways: reachable by keyboard
     pre.replaceWith(wrap);
     wrap.append(bar, pre);
   }
