@@ -9,28 +9,50 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from conversations import selectors
 from conversations.models import Conversation, Message
 
 ITER_CHUNK = 500
 
 
 def active_path(conversation: Conversation) -> Iterator[Message]:
-    """The messages of the active path, root to leaf, read a chunk at a time."""
-    qs = conversation.messages.filter(hidden=False).order_by("id")
-    yield from qs.iterator(chunk_size=ITER_CHUNK)
+    """The messages of the active path, root to leaf: the path's ids in one recursive query
+    (conversations.selectors), then its rows a chunk at a time (an export of a long path stays small)."""
+    ids = selectors.path_ids(conversation.pk, conversation.active_leaf_id)
+    for start in range(0, len(ids), ITER_CHUNK):
+        chunk = ids[start : start + ITER_CHUNK]
+        rows = {m.pk: m for m in Message.objects.filter(pk__in=chunk).only(*_FIELDS)}
+        yield from (rows[i] for i in chunk)
 
 
 def tree(conversation: Conversation) -> Iterator[tuple[Message, int | None]]:
-    """Every message of the conversation with its parent's id, parents before children."""
-    previous: int | None = None
-    for m in active_path(conversation):
-        yield m, previous
-        previous = m.pk
+    """Every message of the conversation, on every branch, with its parent's id, parents before children
+    (a parent is always stored before its children, so id order is enough)."""
+    for m in conversation.messages.order_by("id").iterator(chunk_size=ITER_CHUNK):
+        yield m, m.parent_id
 
 
 def active_leaf_id(conversation: Conversation) -> int | None:
     """The last message of the active path."""
-    return conversation.messages.filter(hidden=False).order_by("-id").values_list("id", flat=True).first()
+    return conversation.active_leaf_id
+
+
+_FIELDS = (
+    "id",
+    "conversation_id",
+    "parent_id",
+    "role",
+    "content",
+    "status",
+    "model",
+    "client_id",
+    "error_code",
+    "input_tokens",
+    "cached_input_tokens",
+    "output_tokens",
+    "cost",
+    "created_at",
+)
 
 
 @dataclass
@@ -61,13 +83,9 @@ def store_tree(conversation: Conversation, nodes: list[Node], active_leaf: str |
         active_leaf = leaves[-1].key if leaves else nodes[-1].key
     path: list[str] = []
     key: str | None = active_leaf
-    while key is not None and key in by_key:
+    while key is not None and key in by_key and key not in path:  # a cycle in a file ends the walk
         path.append(key)
         key = by_key[key].parent
-    on_path = set(path)
-    # A linear thread shows its messages in id order: the active path goes in first, in order; other
-    # branches are stored too (out of sight) so that nothing in the file is lost.
-    ordered = [by_key[k] for k in reversed(path)] + [n for n in nodes if n.key not in on_path]
     rows = [
         Message(
             conversation=conversation,
@@ -77,16 +95,24 @@ def store_tree(conversation: Conversation, nodes: list[Node], active_leaf: str |
             model=n.model[:200],
             input_tokens=n.usage.get("input_tokens"),
             output_tokens=n.usage.get("output_tokens"),
-            hidden=n.key not in on_path,
         )
-        for n in ordered
+        for n in nodes
     ]
+    # Parents first, so every parent has a lower id than its children (what `tree` relies on).
     Message.objects.bulk_create(rows, batch_size=ITER_CHUNK)
-    # created_at is auto_now_add: the file's timestamps go in with an update that keeps them.
-    dated = []
-    for row, n in zip(rows, ordered, strict=True):
+    row_of = {n.key: row for n, row in zip(nodes, rows, strict=True)}
+    for n, row in zip(nodes, rows, strict=True):
+        parent = row_of.get(n.parent) if n.parent is not None else None
+        row.parent_id = parent.pk if parent is not None else None
+        if parent is not None:
+            parent.active_child_id = row.pk  # its newest child, unless the active path says otherwise
         if n.created_at is not None:
-            row.created_at = n.created_at
-            dated.append(row)
-    Message.objects.bulk_update(dated, ["created_at"], batch_size=ITER_CHUNK)
+            row.created_at = n.created_at  # auto_now_add: the file's timestamps go in with the update
+    for key in path:  # leaf to root: each message on the path continues along it
+        parent_key = by_key[key].parent
+        if parent_key in row_of:
+            row_of[parent_key].active_child_id = row_of[key].pk
+    Message.objects.bulk_update(rows, ["parent_id", "active_child_id", "created_at"], batch_size=ITER_CHUNK)
+    Conversation.objects.filter(pk=conversation.pk).update(active_leaf_id=row_of[path[0]].pk)
+    conversation.active_leaf_id = row_of[path[0]].pk
     return len(rows)

@@ -162,7 +162,12 @@ ACCOUNT_LOGIN_METHODS = {"email", "username"}
 ACCOUNT_SIGNUP_FIELDS = ["email*", "username*", "password1*", "password2*"]
 ACCOUNT_EMAIL_VERIFICATION = env.str("ACCOUNT_EMAIL_VERIFICATION", default="optional")
 ACCOUNT_LOGOUT_ON_GET = False
+# Failed logins: per client address, and per account (`key`: api.sso.AccountAdapter makes "alice",
+# "ALICE" and alice's email one counter).
 ACCOUNT_RATE_LIMITS = {"login_failed": env.str("LOGIN_RATE_LIMIT", default="10/m/ip,5/5m/key")}
+# Sign-up never says an email is registered: with verification optional, allauth's "strict" lets the
+# sign-up through with the address unverified on the new account (the owner's account is untouched).
+ACCOUNT_PREVENT_ENUMERATION = "strict"
 # Local sign-up (the form at /accounts/signup/); false leaves SSO as the only way in.
 ACCOUNT_ALLOW_SIGNUP = env.bool("ACCOUNT_ALLOW_SIGNUP", default=True)
 ACCOUNT_ADAPTER = "api.sso.AccountAdapter"

@@ -1,4 +1,4 @@
-"""The provider request for a reply: the persona's prompt, the summary, and the turns within budget."""
+"""The provider request for a reply: the persona's prompt, its path's summary, and the path's turns within budget."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from .context import MESSAGE_OVERHEAD, SUMMARIZE_AT, estimate_tokens, fit_turns,
 from .llm import ChatRequest
 from .llm import split_model as _split_model
 from .models import Message
-from .selectors import recent_turns
+from .selectors import path_history, recent_turns
 from .services import effective_persona
 
 
@@ -38,12 +38,14 @@ def build_for_reply(reply_id: int) -> tuple[ChatRequest, Followups]:
     reply = Message.objects.select_related("conversation__persona").get(pk=reply_id)
     conversation = reply.conversation
     persona = effective_persona(conversation)
-    system = system_text(persona.system_prompt, conversation.summary)
+    # The path above the reply only: a branch never sees another branch's messages or summary.
+    history = path_history(conversation, leaf_id=reply_id, include_leaf=False)
+    system = system_text(persona.system_prompt, history.summary_text)
     budget = persona.budget_tokens()
     # Only the newest turns that can fit are read: fit_turns over them keeps what it would keep
     # over the whole history (it stops at the first turn that does not fit).
     room = budget - estimate_tokens(system) - MESSAGE_OVERHEAD
-    recent = recent_turns(conversation, before_id=reply_id, tokens=room)
+    recent = recent_turns(history, tokens=room)
     turns = fit_turns(system, recent, budget)
     room_after = None
     if len(turns) == len(recent) and sum(t.cost() for t in recent) <= room:

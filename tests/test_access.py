@@ -21,7 +21,7 @@ from accounts.models import ImportJob, ShareLink
 from conversations import urls as chat_urls
 from conversations.models import Conversation, Message, Persona
 from tests.conftest import open_socket
-from tests.factories import make_conversation, make_user
+from tests.factories import add_message, make_conversation, make_user
 
 pytestmark = pytest.mark.django_db
 
@@ -79,10 +79,10 @@ def world(db):
     bob = make_user("bob")
     charlie = make_user("charlie", is_staff=True, is_superuser=True)
     conv = make_conversation(alice, title="Alice's secret plans")
-    Message.objects.create(conversation=conv, role="user", content="my secret", client_id=uuid.uuid4())
-    reply = Message.objects.create(conversation=conv, role="assistant", content="a secret answer")
+    add_message(conv, role="user", content="my secret", client_id=uuid.uuid4())
+    reply = add_message(conv, role="assistant", content="a secret answer")
     bobs = make_conversation(bob, title="Bob's thread")
-    bobs_message = Message.objects.create(conversation=bobs, role="user", content="bob's words")
+    bobs_message = add_message(bobs, role="user", content="bob's words")
     link = ShareLink.objects.create(owner=alice, conversation=conv, title=conv.title, messages=[])
     job = ImportJob.objects.create(owner=alice, filename="secret.json", status="done")
     return {
@@ -122,7 +122,8 @@ def url_for(route: URLPattern, *, conversation_id, message_id, token="x" * 43, j
 def snapshot(conv_id):
     """What another visitor must never be able to change."""
     conv = Conversation.objects.filter(pk=conv_id).values("title", "pinned", "persona_id").first()
-    messages = list(Message.objects.filter(conversation_id=conv_id).values_list("id", "content", "hidden"))
+    fields = ("id", "content", "parent_id", "active_child_id")
+    messages = list(Message.objects.filter(conversation_id=conv_id).values_list(*fields))
     return conv, messages
 
 

@@ -13,7 +13,7 @@ from django.test import AsyncClient
 
 from accounts import exporting
 from conversations.models import Message
-from tests.factories import make_conversation
+from tests.factories import link_path, make_conversation
 
 WORDS = [
     "alpha",
@@ -44,7 +44,7 @@ def fill(owner, conversations: int, per_conversation: int, chars: int = 600) -> 
             text = " ".join(words)
             total += len(text)
             rows.append(Message(conversation=conv, role="user" if i % 2 == 0 else "assistant", content=text))
-        Message.objects.bulk_create(rows, batch_size=1000)
+        link_path(conv, Message.objects.bulk_create(rows, batch_size=1000))
     return total
 
 

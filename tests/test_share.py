@@ -8,9 +8,10 @@ import pytest
 from django.test import Client
 from django.urls import reverse
 
+from accounts import paths
 from accounts.models import ShareLink
 from conversations.models import Conversation, Message
-from tests.factories import make_conversation, make_turns
+from tests.factories import add_message, make_conversation, make_turns
 
 pytestmark = pytest.mark.django_db
 
@@ -23,13 +24,14 @@ def _fast_password_hashing(settings):
 @pytest.fixture
 def thread(alice):
     conv = make_conversation(alice, title="Release checklist")
-    Message.objects.create(conversation=conv, role="user", content="What goes in a <b>release</b>?")
-    Message.objects.create(
-        conversation=conv,
+    question = add_message(conv, role="user", content="What goes in a <b>release</b>?")
+    add_message(
+        conv,
         role="assistant",
         content="1. **Tag** it\n2. <script>alert(1)</script> nope\n\n[x](javascript:alert(2))",
     )
-    Message.objects.create(conversation=conv, role="user", content="an old draft", hidden=True)
+    # An earlier version of the question: another branch, never in a share.
+    Message.objects.create(conversation=conv, role="user", content="an old draft", parent=question.parent)
     return conv
 
 
@@ -115,7 +117,7 @@ def test_a_signed_in_reader_continues_in_their_account(client, alice, bob, threa
     copy = Conversation.objects.get(owner=bob)
     assert response["Location"] == copy.get_absolute_url()
     assert copy.title == "Release checklist"
-    texts = list(copy.messages.filter(hidden=False).order_by("id").values_list("role", "content"))
+    texts = [(m.role, m.content) for m in paths.active_path(copy)]
     assert texts == [(m["role"], m["content"]) for m in link.messages] and len(texts) == 2
     assert client.get(copy.get_absolute_url()).status_code == 200
     assert Conversation.objects.filter(owner=alice).count() == 1  # alice's untouched
