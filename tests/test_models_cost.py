@@ -55,7 +55,7 @@ async def send(ws, content: str, **extra) -> dict:
     """Send a message; the reply's `end`, or the refusal's `error`."""
     await ws.send({"type": "send", "client_id": str(uuid.uuid4()), "content": content, **extra})
     while True:
-        frame = await ws.recv(timeout=20)
+        frame = await ws.recv(timeout=45)
         if frame["type"] in ("end", "error"):
             return frame
 
@@ -64,7 +64,7 @@ def chat_bodies(provider, path: str) -> list[dict]:
     return [
         r.json
         for r in provider.requests
-        if r.path == path and not (r.json.get("messages") or [{}])[0].get("content") == SUMMARY_SYSTEM
+        if r.path == path and (r.json.get("messages") or [{}])[0].get("content") != SUMMARY_SYSTEM
     ]
 
 
