@@ -1,4 +1,4 @@
-"""The provider request for a reply: the persona's prompt, the summary, and the turns within budget."""
+"""The provider request for a reply: the persona's prompt, its path's summary, and the path's turns within budget."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from .context import (
 from .llm import ChatRequest
 from .llm import split_model as _split_model
 from .models import Message
-from .selectors import recent_turns
+from .selectors import path_history, recent_turns
 from .services import effective_persona
 
 # How many budgets of history a request reads to place its stable cut points.
@@ -48,12 +48,14 @@ def build_for_reply(reply_id: int) -> tuple[ChatRequest, Followups]:
     reply = Message.objects.select_related("conversation__persona").get(pk=reply_id)
     conversation = reply.conversation
     persona = effective_persona(conversation)
-    system = system_text(persona.system_prompt, conversation.summary)
+    # The path above the reply only: a branch never sees another branch's messages or summary.
+    history = path_history(conversation, leaf_id=reply_id, include_leaf=False)
+    system = system_text(persona.system_prompt, history.summary_text)
     budget = persona.budget_tokens()
     room = budget - estimate_tokens(system) - MESSAGE_OVERHEAD
     # Only the newest turns are read, though well past the budget: the stable cut points count from
     # the oldest unsummarized turn (while a summary is pending, the history outgrows the budget).
-    recent = recent_turns(conversation, before_id=reply_id, tokens=STABLE_READ * room)
+    recent = recent_turns(history, tokens=STABLE_READ * room)
     turns = fit_turns_stable(system, recent, budget)
     room_after = None
     if len(turns) == len(recent) and sum(t.cost() for t in recent) <= room:

@@ -9,7 +9,7 @@ import pytest
 from asgiref.sync import sync_to_async
 
 from conversations.llm.offline import demo_text
-from conversations.models import Message
+from conversations.models import Conversation, Message
 from tests.conftest import open_socket
 from tests.factories import make_conversation, make_turns
 from tests.fakes.provider import Reply
@@ -225,7 +225,7 @@ async def test_a_second_socket_gets_the_same_events(alice, fake_provider):
     await two.close()
 
 
-async def test_regenerate_replaces_the_last_reply(alice, fake_provider):
+async def test_regenerate_shows_the_new_reply_and_keeps_the_old_as_a_version(alice, fake_provider):
     fake_provider.script(Reply(text="first answer"), Reply(text="second answer"))
     conv = await sync_to_async(make_conversation)(alice)
     ok, ws = await open_socket(alice, conv.pk)
@@ -234,12 +234,13 @@ async def test_regenerate_replaces_the_last_reply(alice, fake_provider):
     first = await ws.until("end")
     await ws.send({"type": "regenerate"})
     start = await ws.until("start")
-    assert start["replaces"] == [first["message_id"]]
+    assert start["siblings"] == [first["message_id"], start["message_id"]]
     second = await ws.until("end")
     assert second["content"] == "second answer"
-    from conversations.selectors import visible_messages
+    from conversations.selectors import active_path
 
-    shown = await sync_to_async(lambda: [m.content for m in visible_messages(conv)])()
+    conv = await sync_to_async(Conversation.objects.get)(pk=conv.pk)
+    shown = await sync_to_async(lambda: [p.message.content for p in active_path(conv)])()
     assert shown == ["q", "second answer"]
     # Both requests answered the same question.
     assert [r.json["messages"][-1]["content"] for r in fake_provider.requests] == ["q", "q"]
@@ -255,6 +256,11 @@ async def test_regenerate_replaces_the_last_reply(alice, fake_provider):
         {"type": "send", "client_id": str(uuid.uuid4())},
         {"type": "resume", "message_id": "1", "offset": 0},
         {"type": "resume", "message_id": 1, "offset": -1},
+        {"type": "switch", "message_id": "1"},
+        {"type": "switch"},
+        {"type": "regenerate", "message_id": True},
+        {"type": "send", "client_id": str(uuid.uuid4()), "content": "x", "parent_id": "1"},
+        {"type": "send", "client_id": str(uuid.uuid4()), "content": "x", "parent_id": 99999},
         {"type": "explode"},
         ["not", "an", "object"],
         {"no": "type"},
@@ -294,9 +300,21 @@ async def test_resume_of_an_unknown_reply_is_not_found(alice):
     await ws.close()
 
 
-async def test_the_offline_demo_reply_is_deterministic(alice):
-    from conversations.llm import ChatRequest
+async def test_the_offline_demo_streams_the_same_reply_to_the_same_request():
+    from conversations.llm import ChatRequest, Usage
+    from conversations.llm.offline import OfflineProvider, words_of
 
-    request = ChatRequest(model="demo", system="", messages=[{"role": "user", "content": "same words"}])
-    assert demo_text(request) == demo_text(request)
-    assert "same words" in demo_text(request)
+    def request(text: str) -> ChatRequest:
+        return ChatRequest(model="demo", system="", messages=[{"role": "user", "content": text}])
+
+    async def streamed(text: str) -> tuple[str, list[Usage]]:
+        items = [item async for item in OfflineProvider().stream(request(text))]
+        return "".join(i for i in items if isinstance(i, str)), [i for i in items if isinstance(i, Usage)]
+
+    first, usage = await streamed("same words")
+    again, _ = await streamed("same words")
+    other, _ = await streamed("other words entirely")
+    assert first == again == demo_text(request("same words"))
+    assert "> same words" in first and "2 words" in first
+    assert other != first and "> other words entirely" in other
+    assert len(usage) == 1 and usage[0].output_tokens == len(words_of(first))

@@ -7,8 +7,10 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
+from asgiref.sync import sync_to_async
 from channels.layers import InMemoryChannelLayer
 
+from .flusher import stop_requested
 from .groups import control_group_name
 from .registry import spawn
 
@@ -45,6 +47,10 @@ async def _answer(generation: Generation) -> None:
         log.exception("reply %s cannot listen for other processes", generation.reply_id)
         return
     try:
+        # A `stop` published before this subscription was missed; its durable flag was stored before
+        # it was published, so reading the flag now closes that gap.
+        if await sync_to_async(stop_requested, thread_sensitive=False)(generation.reply_id):
+            generation.stop()
         while True:
             message = await layer.receive(channel)
             if generation.over:

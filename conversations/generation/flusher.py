@@ -1,5 +1,6 @@
 """One batched database write a second for every reply running in the process (and a heartbeat,
-so other processes can tell a live reply from an abandoned one)."""
+so other processes can tell a live reply from an abandoned one); the same tick reads the durable
+`stop` flag of every running reply, so a stop whose pub/sub message was lost still lands."""
 
 from __future__ import annotations
 
@@ -34,21 +35,23 @@ class _Flusher:
         while self.generations:
             await asyncio.sleep(interval)
             now = loop.time()
-            batch = [
-                g for g in list(self.generations) if g.length != g.flushed_length or now - g.touched_at >= heartbeat
-            ]
-            if not batch:
-                continue
+            watched = list(self.generations)
+            if not watched:
+                break
+            batch = [g for g in watched if g.length != g.flushed_length or now - g.touched_at >= heartbeat]
             rows = [(g.reply_id, g.text()) for g in batch]
             try:
-                gone = await sync_to_async(_flush_rows, thread_sensitive=False)(rows)
+                gone, stop = await sync_to_async(_flush_rows, thread_sensitive=False)(
+                    rows, [g.reply_id for g in watched]
+                )
             except Exception:
                 log.exception("flush of %s replies failed; retrying next interval", len(rows))
                 continue
             for g, (_, text) in zip(batch, rows, strict=True):
                 g.flushed_length = len(text)
                 g.touched_at = now
-                if g.reply_id in gone:
+            for g in watched:
+                if g.reply_id in gone or g.reply_id in stop:
                     g.stop()
 
 
@@ -71,15 +74,29 @@ def unflush(generation: Generation) -> None:
         f.generations.discard(generation)
 
 
-def _flush_rows(rows: list[tuple[int, str]]) -> set[int]:
-    """Write every reply's text in one transaction; the ids no longer streaming."""
+def _flush_rows(rows: list[tuple[int, str]], watched: list[int]) -> tuple[set[int], set[int]]:
+    """Write every reply's text in one transaction; then, of the `watched` replies, (the ids no longer
+    streaming or gone, the ids someone asked to stop from any process)."""
     close_old_connections()
-    gone = set()
     now = timezone.now()
-    with transaction.atomic():
-        for reply_id, text in rows:
-            if not Message.objects.filter(pk=reply_id, status=Message.Status.STREAMING).update(
-                content=text, updated_at=now
-            ):
-                gone.add(reply_id)
-    return gone
+    if rows:
+        with transaction.atomic():
+            for reply_id, text in rows:
+                Message.objects.filter(pk=reply_id, status=Message.Status.STREAMING).update(
+                    content=text, updated_at=now
+                )
+    streaming = set()
+    stop = set()
+    for reply_id, stop_requested in Message.objects.filter(pk__in=watched, status=Message.Status.STREAMING).values_list(
+        "pk", "stop_requested"
+    ):
+        streaming.add(reply_id)
+        if stop_requested:
+            stop.add(reply_id)
+    return set(watched) - streaming, stop
+
+
+def stop_requested(reply_id: int) -> bool:
+    """Whether `stop` was asked for this reply from any process (the durable flag)."""
+    close_old_connections()
+    return Message.objects.filter(pk=reply_id, stop_requested=True).exists()
