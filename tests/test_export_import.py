@@ -340,6 +340,15 @@ def test_a_large_file_is_imported_by_the_worker_with_progress(
     assert "Imported 1 conversation." in status and "hx-get" not in status
 
 
+def test_an_import_whose_worker_died_says_so_and_stops_polling(client, alice):
+    job = ImportJob.objects.create(owner=alice, filename="big.json", status="running")
+    client.force_login(alice)
+    assert "hx-get" in client.get(reverse("account_import_status", args=[job.pk])).content.decode()
+    ImportJob.objects.filter(pk=job.pk).update(created_at=job.created_at - dt.timedelta(hours=2))
+    status = client.get(reverse("account_import_status", args=[job.pk])).content.decode()
+    assert "stopped without finishing: nothing was imported" in status and "hx-get" not in status
+
+
 def test_a_large_broken_file_fails_in_the_worker_with_its_reason(client, alice, settings):
     from accounts.tasks import run_import
 
