@@ -14,7 +14,9 @@ from django.core.exceptions import ImproperlyConfigured
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.Env()
-if (BASE_DIR / ".env").is_file():
+# `.env` is for running the site. Tests and CI set CHAT_IGNORE_DOTENV=1 (tests/isolation.py, .ci/run):
+# a developer's keys, database or Redis must not leak into them.
+if (BASE_DIR / ".env").is_file() and not env.bool("CHAT_IGNORE_DOTENV", default=False):
     environ.Env.read_env(BASE_DIR / ".env")
 
 # DEBUG is on by default so `make run` works on a fresh machine; production sets

@@ -53,7 +53,7 @@ FOLLOW_LEAF = "leaf"
 
 def conversation_create(*, owner: AbstractBaseUser, persona: Persona) -> Conversation:
     """A new, empty thread."""
-    return Conversation.objects.create(owner=owner, persona=persona)
+    return Conversation.objects.create(owner_id=owner.pk, persona=persona)
 
 
 # Empty conversations (no message yet: a first message refused, a tab closed before it was sent)
