@@ -94,9 +94,7 @@ def _api(view: Any) -> Any:
 async def models(request: HttpRequest) -> HttpResponse:
     """The personas this key's user may use, as OpenAI's model list (a persona's id is its slug)."""
     user = await _user(request)
-    personas = await sync_to_async(services.personas)(user)
-    data = [wire.model_object(p.slug, int(p.created_at.timestamp())) for p in personas]
-    return wire.json_response({"object": "list", "data": data})
+    return wire.json_response({"object": "list", "data": await sync_to_async(_model_objects)(user)})
 
 
 @_api
@@ -104,12 +102,18 @@ async def models(request: HttpRequest) -> HttpResponse:
 async def model_detail(request: HttpRequest, model_id: str) -> HttpResponse:
     """One model of the list, or 404 `model_not_found`."""
     user = await _user(request)
-    for p in await sync_to_async(services.personas)(user):
-        if p.slug == model_id:
-            return wire.json_response(wire.model_object(p.slug, int(p.created_at.timestamp())))
-    raise ApiError(
-        404, f"The model `{model_id}` does not exist or you do not have access to it.", code="model_not_found"
-    )
+    for model in await sync_to_async(_model_objects)(user):
+        if model["id"] == model_id:
+            return wire.json_response(model)
+    raise services.not_found(model_id)
+
+
+def _model_objects(user: AbstractBaseUser) -> list[dict[str, Any]]:
+    """Personas (id: the slug, owned by the site), then registry models (id: provider:model)."""
+    personas, registry = services.models(user)
+    return [wire.model_object(p.slug, int(p.created_at.timestamp())) for p in personas] + [
+        wire.model_object(m.name, int(m.created_at.timestamp()), owned_by=m.name.partition(":")[0]) for m in registry
+    ]
 
 
 @_api
@@ -126,8 +130,10 @@ async def chat_completions(request: HttpRequest) -> HttpResponseBase:
         model=model,
         system=plan.system,
         messages=parsed.messages,
-        temperature=parsed.temperature if parsed.temperature is not None else plan.persona.temperature,
-        max_output_tokens=parsed.max_tokens or plan.persona.max_output_tokens,
+        temperature=parsed.temperature
+        if parsed.temperature is not None
+        else (plan.persona.temperature if plan.persona else None),
+        max_output_tokens=parsed.max_tokens or (plan.persona.max_output_tokens if plan.persona else None),
     )
     exchange = Exchange(plan, parsed, chat_request)
     stream = aiter(within_gap(provider.stream(chat_request), settings.CHAT_READ_TIMEOUT))
@@ -189,7 +195,7 @@ class Exchange:
         self.parts.append(item)
         return item
 
-    def tokens(self) -> dict[str, int]:
+    def counted(self) -> Usage:
         """The provider's counts; an estimate where it gave none (a cut stream still cost something)."""
         input_tokens = self.usage.input_tokens
         if input_tokens is None:
@@ -199,11 +205,12 @@ class Exchange:
         output_tokens = self.usage.output_tokens
         if output_tokens is None:
             output_tokens = estimate_tokens(self.text)
-        return wire.usage_object(input_tokens, output_tokens)
+        return Usage(input_tokens, output_tokens, self.usage.cached_input_tokens, self.usage.cache_write_tokens)
 
     async def finish(self, error: ProviderError | None = None) -> dict[str, int]:
         """Record the usage (and the thread's turns) once; the usage object."""
-        usage = self.tokens()
+        counted = self.counted()
+        usage = wire.usage_object(counted.input_tokens or 0, counted.output_tokens or 0)
         if self.done:
             return usage
         self.done = True
@@ -214,8 +221,8 @@ class Exchange:
             self.plan,
             prompt=self.parsed.messages[-1]["content"],
             reply=self.text,
-            input_tokens=usage["prompt_tokens"],
-            output_tokens=usage["completion_tokens"],
+            usage=counted,
+            estimated=self.usage.input_tokens is None or self.usage.output_tokens is None,
             status=status,
             error_code="" if error is None or error.code == "interrupted" else error.code,
         )

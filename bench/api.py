@@ -152,7 +152,8 @@ def _ms(value: float | None) -> str:
 
 HEADER = (
     "| N | TTFT p50 direct | websocket | API | token latency p50 direct | websocket | API "
-    "| CPU ms/token websocket | API | lost / failed |\n|--:|--:|--:|--:|--:|--:|--:|--:|--:|--|"
+    "| CPU ms/token websocket | API | lost / failed | machine busy cores |\n"
+    "|--:|--:|--:|--:|--:|--:|--:|--:|--:|--|--:|"
 )
 
 
@@ -162,7 +163,8 @@ def table_row(n: int, phases: dict[str, dict[str, Any]]) -> str:
     return (
         f"| {n} | {_ms(d['ttft_p50'])} | {_ms(w['ttft_p50'])} | {_ms(a['ttft_p50'])} | {_ms(d['lat_p50'])} "
         f"| {_ms(w['lat_p50'])} "
-        f"| {_ms(a['lat_p50'])} | {w['server_ms_per_token']:.3f} | {a['server_ms_per_token']:.3f} | {lost} |"
+        f"| {_ms(a['lat_p50'])} | {w['server_ms_per_token']:.3f} | {a['server_ms_per_token']:.3f} | {lost} "
+        f"| {a['machine_busy_cores']:.2f} |"
     )
 
 

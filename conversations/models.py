@@ -119,6 +119,8 @@ class Conversation(models.Model):
 
     class Meta:
         indexes = [models.Index(fields=["owner", "-updated_at"])]
+        # Not implied by is_staff: only people given it (and superusers) read others' threads in the admin.
+        permissions = [("read_others_conversations", "Can read other people's conversations (admin)")]
 
     def __str__(self) -> str:
         return self.title or "New chat"
@@ -258,3 +260,24 @@ class UsageRecord(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} {self.model} {self.created_at:%Y-%m-%d}"
+
+
+class ConversationRead(models.Model):
+    """One reading of another person's conversation in the admin: who, whose, when (the audit trail).
+
+    Names are copied, and the links set to null when a user or thread is deleted: the record outlives them.
+    """
+
+    reader = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+")
+    reader_name = models.CharField(max_length=150)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+")
+    owner_name = models.CharField(max_length=150)
+    conversation = models.ForeignKey(Conversation, on_delete=models.SET_NULL, null=True, related_name="+")
+    conversation_ref = models.UUIDField()
+    read_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        ordering = ["-read_at"]
+
+    def __str__(self) -> str:
+        return f"{self.reader_name} read {self.owner_name}'s {self.conversation_ref}"

@@ -27,7 +27,7 @@ def conversation_for_user(user: AbstractBaseUser | AnonymousUser, conversation_i
     if not user.is_authenticated:
         raise Http404
     try:
-        return Conversation.objects.select_related("persona").get(pk=conversation_id, owner=user)
+        return Conversation.objects.select_related("persona").get(pk=conversation_id, owner_id=user.pk)
     except (Conversation.DoesNotExist, ValueError, TypeError) as exc:
         raise Http404 from exc
 
@@ -36,7 +36,7 @@ def conversations_for_user(user: AbstractBaseUser) -> QuerySet[Conversation]:
     """The user's threads that have at least one message: pinned first, then newest first."""
     has_messages = Message.objects.filter(conversation=OuterRef("pk"))
     return (
-        Conversation.objects.filter(owner=user)
+        Conversation.objects.filter(owner_id=user.pk)
         .filter(Exists(has_messages))
         .select_related("persona")
         .order_by("-pinned", "-updated_at")

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Q
+from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
 from . import limits, pricing
@@ -53,7 +53,31 @@ FOLLOW_LEAF = "leaf"
 
 def conversation_create(*, owner: AbstractBaseUser, persona: Persona) -> Conversation:
     """A new, empty thread."""
-    return Conversation.objects.create(owner=owner, persona=persona)
+    return Conversation.objects.create(owner_id=owner.pk, persona=persona)
+
+
+# Empty conversations (no message yet: a first message refused, a tab closed before it was sent)
+# a user may hold. They are never listed; beyond this many, "new chat" reuses one.
+MAX_EMPTY_CONVERSATIONS = 10
+
+
+@transaction.atomic
+def conversation_start(*, owner: AbstractBaseUser, persona: Persona) -> Conversation:
+    """The conversation behind "New chat": a new one, or, when the user already holds
+    MAX_EMPTY_CONVERSATIONS empty ones, the oldest of those, made new again with this persona.
+    So POST /conversations/new/ cannot pile up empty rows, however often it is sent.
+    """
+    has_messages = Exists(Message.objects.filter(conversation=OuterRef("pk")))
+    empty = Conversation.objects.filter(owner=owner).exclude(has_messages)
+    oldest = list(empty.order_by("created_at", "id").values_list("pk", flat=True)[:MAX_EMPTY_CONVERSATIONS])
+    if len(oldest) < MAX_EMPTY_CONVERSATIONS:
+        return conversation_create(owner=owner, persona=persona)
+    conversation = Conversation.objects.select_for_update().get(pk=oldest[0])
+    conversation.persona = persona
+    conversation.title, conversation.title_is_auto, conversation.pinned = "", True, False
+    conversation.updated_at = timezone.now()
+    conversation.save(update_fields=["persona", "title", "title_is_auto", "pinned", "updated_at"])
+    return conversation
 
 
 def _default_persona() -> Persona:
@@ -147,7 +171,10 @@ def _lock(conversation: Conversation) -> Conversation:
     """The conversation row, locked (PostgreSQL; SQLite's IMMEDIATE transactions lock the whole
     database), with its persona, whether its owner may use that persona and the owner's quota
     override: every check of a send in two queries."""
-    conv = Conversation.objects.select_for_update(of=("self",)).select_related("persona").get(pk=conversation.pk)
+    try:
+        conv = Conversation.objects.select_for_update(of=("self",)).select_related("persona").get(pk=conversation.pk)
+    except Conversation.DoesNotExist:  # deleted under an open socket
+        raise ChatError("not_found", "This conversation was deleted.") from None
     allowed, override = _send_checks(conv.persona_id, conv.owner_id)
     conv.persona_allowed = allowed  # type: ignore[attr-defined]
     conv.quota_override = override  # type: ignore[attr-defined]
@@ -511,5 +538,10 @@ def conversation_pin(*, conversation: Conversation, pinned: bool) -> Conversatio
 
 
 def conversation_delete(*, conversation: Conversation) -> None:
-    """Delete a thread and its messages. A reply still running stops at its next write (its row is gone)."""
+    """Delete a thread and its messages, and close its open sockets. A reply still running stops at its
+    next write (its row is gone) and sends `end`."""
+    from .sockets import conversation_deleted
+
+    conversation_id = conversation.pk
     conversation.delete()
+    conversation_deleted(conversation_id)

@@ -136,7 +136,7 @@ def conversation_new(request: HttpRequest) -> HttpResponse:
     persona = selectors.persona_for_user(request.user, request.POST.get("persona") or None)  # type: ignore[arg-type]
     if persona is None:
         raise Http404("No such persona.")
-    conversation = services.conversation_create(owner=request.user, persona=persona)  # type: ignore[arg-type]
+    conversation = services.conversation_start(owner=request.user, persona=persona)  # type: ignore[arg-type]
     return redirect(conversation)
 
 

@@ -6,6 +6,7 @@ The site's own upstream is the fake provider server; the SDK is the client of th
 from __future__ import annotations
 
 import random
+from decimal import Decimal
 
 import httpx
 import openai
@@ -14,7 +15,7 @@ from django.contrib.auth.models import Group
 
 from api import keys
 from api.models import ApiKey
-from conversations.models import Conversation, Message, UserQuota
+from conversations.models import ChatModel, Conversation, Message, UsageRecord, UserQuota
 from tests.factories import default_persona, make_persona, make_user
 from tests.fakes.provider import Reply
 
@@ -257,3 +258,46 @@ def test_a_provider_failure_mid_stream_is_an_error_event_and_is_counted(site, fa
     assert "".join(seen) == "one two"
     reply = Message.objects.get(conversation__owner=alice, role="assistant")
     assert (reply.status, reply.content) == ("error", "one two")
+
+
+def test_registry_models_are_listed_and_usable_by_name_and_usage_is_recorded_and_priced(site, fake_provider, alice_key):
+    alice, key = alice_key
+    ChatModel.objects.create(name="openai:gpt-test", input_price=Decimal(2), output_price=Decimal(10))
+    hidden = ChatModel.objects.create(name="openai:gpt-secret")
+    hidden.groups.add(Group.objects.create(name="insiders"))
+    fake_provider.script(Reply(text="Raw model.", input_tokens=1000, output_tokens=100))
+    client = client_for(site(), key)
+    ids = [m.id for m in client.models.list()]
+    assert ids == ["assistant", "openai:gpt-test"]
+    completion = client.chat.completions.create(
+        model="openai:gpt-test", messages=[{"role": "user", "content": "no persona here"}]
+    )
+    assert completion.choices[0].message.content == "Raw model."
+    sent = fake_provider.requests[-1].json
+    assert sent["model"] == "gpt-test"
+    assert sent["messages"] == [{"role": "user", "content": "no persona here"}]  # no persona's prompt
+    record = UsageRecord.objects.get(user=alice)
+    assert (record.model, record.kind, record.input_tokens, record.output_tokens) == (
+        "openai:gpt-test",
+        "reply",
+        1000,
+        100,
+    )
+    assert record.conversation is None and record.persona is None and not record.estimated
+    assert record.cost == Decimal("0.003")  # 1000 x $2/M + 100 x $10/M
+    with pytest.raises(openai.NotFoundError) as caught:
+        client.chat.completions.create(model="openai:gpt-secret", messages=[{"role": "user", "content": "hi"}])
+    assert caught.value.code == "model_not_found"
+    with pytest.raises(openai.NotFoundError):  # a model outside the registry is only a persona's
+        client.chat.completions.create(model="openai:gpt-other", messages=[{"role": "user", "content": "hi"}])
+
+
+def test_stateless_usage_counts_against_the_quota_after_the_cache_is_lost(site, fake_provider, alice_key):
+    """The day's counter is rebuilt from stored usage: a stateless API call is in it too."""
+    from conversations import limits
+
+    alice, key = alice_key
+    fake_provider.script(Reply(text="x", input_tokens=40, output_tokens=2))
+    client_for(site(), key).chat.completions.create(model="assistant", messages=[{"role": "user", "content": "hi"}])
+    assert UsageRecord.objects.get(user=alice).persona.slug == "assistant"
+    assert limits.tokens_used_today(alice.pk) == 42  # this process's cache never saw it: rebuilt from rows

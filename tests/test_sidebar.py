@@ -160,6 +160,23 @@ def test_it_shows_where_a_search_matched_escaped_and_marked(client, alice):
     assert "No conversations match “nope”" in empty
 
 
+def test_search_snippets_are_plain_text_not_markdown(client, alice):
+    reply = (
+        "## Storing **tomatoes**\n\n"
+        "Keep `tomatoes` at room_temp, out of the [fridge](https://example.com/fridge): *always*.\n\n"
+        "| fruit | where |\n|:--|--:|\n| tomatoes | counter |\n\n```python\nkeep(tomatoes, at='room_temp')\n```"
+    )
+    thread(alice, "Kitchen", "where do tomatoes go?", reply)
+    client.force_login(alice)
+    html = client.get("/conversations/sidebar/", {"q": "fridge"}).content.decode()
+    snippet = re.search(r'<span class="thread-snippet">(.*?)</span>', html, re.S).group(1)
+    assert "<mark>fridge</mark>" in snippet
+    for syntax in ["**", "`", "](", "##", "|", ":--", "```", "*always*"]:
+        assert syntax not in snippet, (syntax, snippet)
+    assert "Keep tomatoes at room_temp, out of the <mark>fridge</mark>: always. fruit where tomatoes" in snippet
+    assert snippet.endswith("…")  # cut off: the window was longer than what is left of it
+
+
 def _queries(client, url, **params):
     with CaptureQueriesContext(connection) as queries:
         response = client.get(url, params)

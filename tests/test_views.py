@@ -13,7 +13,7 @@ from django.test import utils as test_utils
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
-from conversations import rendering
+from conversations import rendering, services
 from conversations.models import Conversation, Message
 from tests.factories import (
     add_message,
@@ -79,6 +79,23 @@ def test_it_creates_a_conversation_with_the_chosen_persona(as_alice, alice):
     assert response.status_code == 302 and response["Location"] == conversation.get_absolute_url()
     assert conversation.persona == coder
     assert as_alice.post("/conversations/new/", {"persona": "nope"}).status_code == 404
+
+
+def test_new_chat_cannot_pile_up_empty_conversations(as_alice, alice):
+    """Beyond MAX_EMPTY_CONVERSATIONS empty ones, "new chat" reuses the oldest (with the new persona)."""
+    default_persona()
+    coder = make_persona("coder")
+    limit = services.MAX_EMPTY_CONVERSATIONS
+    made = [as_alice.post("/conversations/new/")["Location"] for _ in range(limit)]
+    assert len(set(made)) == limit
+    again = as_alice.post("/conversations/new/", {"persona": "coder"})
+    assert again.status_code == 302 and again["Location"] == made[0]
+    assert Conversation.objects.filter(owner=alice).count() == limit
+    assert Conversation.objects.get(pk=made[0].split("/")[-2]).persona == coder
+    # A conversation with a message is no longer empty: the next new chat is a new row again.
+    Message.objects.create(conversation_id=made[0].split("/")[-2], role="user", content="hi")
+    fresh = as_alice.post("/conversations/new/")["Location"]
+    assert fresh not in made and Conversation.objects.filter(owner=alice).count() == limit + 1
 
 
 def test_it_renders_the_history_on_the_server(as_alice, alice):
