@@ -8,5 +8,6 @@ from django.urls import include, path
 urlpatterns = [
     path("accounts/", include("allauth.urls")),
     path("admin/", admin.site.urls),
+    path("", include("attachments.urls")),
     path("", include("conversations.urls")),
 ]

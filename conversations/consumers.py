@@ -44,8 +44,12 @@ def _conversation(user: Any, conversation_id: str) -> Conversation | None:
 
 
 @database_sync_to_async
-def _send(conversation: Conversation, client_id: uuid.UUID, content: object, edit_of: int | None) -> services.Sent:
-    return services.message_send(conversation=conversation, client_id=client_id, content=content, edit_of=edit_of)
+def _send(
+    conversation: Conversation, client_id: uuid.UUID, content: object, edit_of: int | None, attachments: object
+) -> services.Sent:
+    return services.message_send(
+        conversation=conversation, client_id=client_id, content=content, edit_of=edit_of, attachments=attachments
+    )
 
 
 @database_sync_to_async
@@ -248,7 +252,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         edit_of = frame.get("edit_of")
         if edit_of is not None and not _is_id(edit_of):
             raise ChatError("invalid", "`edit_of` must be a message id.")
-        sent = await _send(self.conversation, client_id, frame.get("content"), edit_of)
+        sent = await _send(self.conversation, client_id, frame.get("content"), edit_of, frame.get("attachments"))
         event: dict[str, Any] = {"type": "message", "message": sent.message.as_event()}
         if sent.replaces:
             event["replaces"] = list(sent.replaces)

@@ -136,13 +136,17 @@ class Message(models.Model):
         return f"{self.role} #{self.pk}"
 
     def as_event(self) -> dict[str, object]:
-        """The message as the protocol's `message` payload."""
-        return {
+        """The message as the protocol's `message` payload (`attachments` only when it has files)."""
+        event: dict[str, object] = {
             "id": self.pk,
             "role": self.role,
             "content": self.content,
             "client_id": str(self.client_id) if self.client_id else None,
         }
+        files = getattr(self, "files", None)
+        if files:
+            event["attachments"] = [f.as_json() for f in files]
+        return event
 
 
 class UserQuota(models.Model):
@@ -153,3 +157,8 @@ class UserQuota(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user}: {self.daily_token_quota}/day"
+
+
+from .attachment import Attachment  # noqa: E402 - the model lives in its own module
+
+__all__ = ["Attachment", "Conversation", "Message", "Persona", "UserQuota"]

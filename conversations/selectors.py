@@ -14,8 +14,8 @@ from django.db.models import Case, Exists, OuterRef, Q, QuerySet, Subquery, Text
 from django.db.models.functions import Greatest, Lower, StrIndex, Substr
 from django.http import Http404
 
-from .context import Turn
-from .models import Conversation, Message, Persona
+from .context import AttachmentRef, Turn
+from .models import Attachment, Conversation, Message, Persona
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
@@ -79,22 +79,36 @@ def _history(conversation: Conversation, before_id: int) -> QuerySet[Message]:
     return qs.only("id", "conversation", "role", "content", "output_tokens")
 
 
-def _turn(m: Message) -> Turn | None:
-    if not m.content.strip():
+def _turn(m: Message, files: tuple[AttachmentRef, ...] = (), provider: str = "") -> Turn | None:
+    if not m.content.strip() and not files:
         return None  # a reply that failed before its first token says nothing
     tokens = m.output_tokens if m.role == Message.Role.ASSISTANT else None
-    return Turn(id=m.pk, role=m.role, content=m.content, tokens=tokens)
+    return Turn(id=m.pk, role=m.role, content=m.content, tokens=tokens, attachments=files, provider=provider)
 
 
-def history_turns(conversation: Conversation, *, before_id: int) -> list[Turn]:
+def attachment_refs(messages: list[Message]) -> dict[int, tuple[AttachmentRef, ...]]:
+    """The files of these messages' user turns, by message id: one query."""
+    ids = [m.pk for m in messages if m.role == Message.Role.USER]
+    found: dict[int, list[AttachmentRef]] = {}
+    if ids:
+        for a in Attachment.objects.filter(message_id__in=ids).order_by("created_at", "id"):
+            found.setdefault(a.message_id or 0, []).append(a.as_ref())
+    return {k: tuple(v) for k, v in found.items()}
+
+
+def history_turns(conversation: Conversation, *, before_id: int, provider: str = "") -> list[Turn]:
     """The turns after the summary and before message `before_id`, as request history."""
-    return [t for m in _history(conversation, before_id).order_by("id") if (t := _turn(m)) is not None]
+    messages = list(_history(conversation, before_id).order_by("id"))
+    files = attachment_refs(messages)
+    return [t for m in messages if (t := _turn(m, files.get(m.pk, ()), provider)) is not None]
 
 
 RECENT_PAGE = 50
 
 
-def recent_turns(conversation: Conversation, *, before_id: int, tokens: int, at_least: int = 1) -> list[Turn]:
+def recent_turns(
+    conversation: Conversation, *, before_id: int, tokens: int, at_least: int = 1, provider: str = ""
+) -> list[Turn]:
     """The newest of `history_turns`, oldest first: enough to cost more than `tokens` (and at least
     `at_least` turns), or all of them. Read newest first a page at a time, so a request for a thread
     of thousands of messages reads about as many rows as its budget holds, not the whole thread.
@@ -104,9 +118,10 @@ def recent_turns(conversation: Conversation, *, before_id: int, tokens: int, at_
     cursor = before_id
     while True:
         page = list(_history(conversation, cursor).order_by("-id")[:RECENT_PAGE])
+        files = attachment_refs(page)
         for m in page:
             cursor = m.pk
-            turn = _turn(m)
+            turn = _turn(m, files.get(m.pk, ()), provider)
             if turn is not None:
                 turns.append(turn)
                 total += turn.cost()

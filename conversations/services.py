@@ -13,8 +13,9 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from . import limits
-from .models import Conversation, Message, Persona, UserQuota
+from . import limits, llm
+from .context import attachment_tokens, estimate_tokens
+from .models import Attachment, Conversation, Message, Persona, UserQuota
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser
@@ -152,16 +153,74 @@ def _quota(conversation: Conversation) -> int:
     return override if override is not None else settings.CHAT_DAILY_TOKEN_QUOTA
 
 
+def clean_attachment_ids(value: object) -> list[uuid.UUID]:
+    """The `attachments` of a send: distinct attachment ids, at most CHAT_MAX_ATTACHMENTS; else `invalid`."""
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ChatError("invalid", "`attachments` must be a list of attachment ids.")
+    limit = settings.CHAT_MAX_ATTACHMENTS
+    if len(value) > limit:
+        raise ChatError("invalid", f"At most {limit} files can go with one message.")
+    try:
+        ids = [uuid.UUID(v) for v in value]
+    except ValueError:
+        raise ChatError("invalid", "`attachments` must be a list of attachment ids.") from None
+    if len(set(ids)) != len(ids):
+        raise ChatError("invalid", "The same file is attached twice.")
+    return ids
+
+
+KIND_NAMES = {"image": "images", "pdf": "PDFs", "text": "text files"}
+
+
+def _check_attachments(conv: Conversation, ids: list[uuid.UUID], text: str) -> list[Attachment]:
+    """The user's own unsent files of this thread, locked, that the model takes and that fit its budget."""
+    if not ids:
+        return []
+    files = list(
+        Attachment.objects.select_for_update()
+        .filter(pk__in=ids, owner_id=conv.owner_id, conversation=conv, message__isnull=True)
+        .order_by("created_at", "id")
+    )
+    if len(files) != len(ids):
+        raise ChatError("invalid", "An attached file was not found: it was removed, already sent, or is not yours.")
+    model = effective_persona(conv).resolved_model()
+    taken = llm.kinds_taken(model)
+    for f in files:
+        if f.kind not in taken:
+            raise ChatError("invalid", f"{model} does not take {KIND_NAMES[f.kind]}: {f.name} cannot be sent to it.")
+    provider = model.partition(":")[0]
+    tokens = estimate_tokens(text) + sum(attachment_tokens(f.as_ref(), provider) for f in files)
+    budget = effective_persona(conv).budget_tokens()
+    if tokens > budget:
+        raise ChatError(
+            "invalid",
+            f"With its files this message is about {tokens:,} tokens; this chat's budget is {budget:,}. "
+            "Attach fewer or smaller files.",
+        )
+    # Sorted as the user attached them.
+    order = {pk: i for i, pk in enumerate(ids)}
+    return sorted(files, key=lambda f: order[f.pk])
+
+
 def message_send(
-    *, conversation: Conversation, client_id: uuid.UUID, content: object, edit_of: int | None = None
+    *,
+    conversation: Conversation,
+    client_id: uuid.UUID,
+    content: object,
+    edit_of: int | None = None,
+    attachments: object = None,
 ) -> Sent:
     """Store the user's message and open the reply; a resent `client_id` changes nothing.
 
     `edit_of` (the last user message's id) sends an edited version of it instead: that message and
-    the replies after it are hidden, kept for usage accounting.
+    the replies after it are hidden, kept for usage accounting. `attachments`: ids of the user's
+    unsent uploads to this thread, bound to the message.
     Refusals (`invalid`, `busy`, `rate_limited`, `quota_exceeded`) store nothing.
     """
-    text = clean_content(content)
+    ids = clean_attachment_ids(attachments)
+    text = "" if ids and isinstance(content, str) and not content.strip() else clean_content(content)
     try:
         with transaction.atomic():
             conv = _lock(conversation)
@@ -173,6 +232,7 @@ def message_send(
             )
             existing = next((m for m in found if m.client_id == client_id), None)
             if existing:
+                existing.files = list(existing.attachments.all())  # type: ignore[attr-defined]
                 return Sent(existing, None)
             if found:
                 raise ChatError("busy", BUSY)
@@ -182,6 +242,7 @@ def message_send(
                 if last_user is None or last_user.pk != edit_of:
                     raise ChatError("invalid", "Only your last message can be edited.")
             _check_persona(conv)
+            files = _check_attachments(conv, ids, text)
             _check_limits(conv.owner_id, _quota(conv))
             if edit_of is not None:
                 replaces = list(conv.messages.filter(hidden=False, id__gte=edit_of).values_list("id", flat=True))
@@ -198,16 +259,20 @@ def message_send(
                     ),
                 ]
             )
+            if files:
+                Attachment.objects.filter(pk__in=[f.pk for f in files]).update(message=message)
+            message.files = files  # type: ignore[attr-defined]
             fields = ["updated_at"]
             conv.updated_at = timezone.now()
             if not conv.title:
-                conv.title = " ".join(text.split()[:TITLE_WORDS])[:200]
+                conv.title = " ".join(text.split()[:TITLE_WORDS])[:200] or ", ".join(f.name for f in files)[:200]
                 fields.append("title")
             conv.save(update_fields=fields)
     except IntegrityError:
         # Another send won a race: the same client_id (a resend) or a reply opened meanwhile.
         existing = Message.objects.filter(conversation=conversation, client_id=client_id).first()
         if existing:
+            existing.files = list(existing.attachments.all())  # type: ignore[attr-defined]
             return Sent(existing, None)
         raise ChatError("busy", BUSY) from None
     return Sent(message, reply, tuple(replaces))
