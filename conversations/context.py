@@ -6,6 +6,7 @@ import math
 import re
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Any
 
 # Per-message framing the providers add (role markers, separators), in tokens.
 MESSAGE_OVERHEAD = 4
@@ -21,8 +22,12 @@ RECENT_SHARE = 0.5
 _PIECES = re.compile(r"[A-Za-z]+|[0-9]+|[^\x00-\x7f]|\s+|[^A-Za-z0-9\s\x80-\U0010ffff]+")
 
 
-def estimate_tokens(text: str) -> int:
+def estimate_tokens(text: str | list[dict[str, Any]]) -> int:
     """Tokens `text` is likely to cost, without a tokenizer; meant to err a little high.
+
+    A request's content may be a list of parts (a user turn with files, llm/base.py): each part
+    counts its `tokens` (set when the request was built: an image by its provider's formula), or
+    the estimate of its text.
 
     Per piece: a letter run is one token per 7 letters (most English words are one token),
     digits one per 3 (tokenizers group at most three), a space before a number one, ASCII
@@ -31,6 +36,8 @@ def estimate_tokens(text: str) -> int:
     OpenAI's o200k_base it runs 3-16% high on English, markdown and code; docs/architecture.md
     has the table.
     """
+    if not isinstance(text, str):
+        return sum(part.get("tokens") or estimate_tokens(part.get("text") or "") for part in text)
     total = 0.0
     previous = ""
     for match in _PIECES.finditer(text):

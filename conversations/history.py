@@ -11,6 +11,7 @@ from .context import (
     MESSAGE_OVERHEAD,
     SUMMARIZE_AT,
     Turn,
+    attachment_tokens,
     estimate_tokens,
     fenced,
     fit_turns,
@@ -80,7 +81,11 @@ def with_files(turns: list[Turn], provider: str) -> list[dict[str, Any]]:
         if not t.attachments:
             messages.append({"role": t.role, "content": t.content})
             continue
-        parts = [_part(rows[a.id], provider) for a in t.attachments if a.id in rows]
+        parts = [
+            {**_part(rows[a.id], provider), "tokens": attachment_tokens(a, provider)}
+            for a in t.attachments
+            if a.id in rows
+        ]
         if t.content.strip():
             parts.append({"type": "text", "text": t.content})
         messages.append({"role": t.role, "content": parts})
