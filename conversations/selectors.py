@@ -88,12 +88,17 @@ def _turn(m: Message, files: tuple[AttachmentRef, ...] = (), provider: str = "")
 
 def attachment_refs(messages: list[Message]) -> dict[int, tuple[AttachmentRef, ...]]:
     """The files of these messages' user turns, by message id: one query."""
+    return {k: tuple(a.as_ref() for a in v) for k, v in attachments_by_message(messages).items()}
+
+
+def attachments_by_message(messages: list[Message]) -> dict[int, list[Attachment]]:
+    """The files of these messages, by message id, in the order they were attached: one query."""
+    found: dict[int, list[Attachment]] = {}
     ids = [m.pk for m in messages if m.role == Message.Role.USER]
-    found: dict[int, list[AttachmentRef]] = {}
     if ids:
         for a in Attachment.objects.filter(message_id__in=ids).order_by("created_at", "id"):
-            found.setdefault(a.message_id or 0, []).append(a.as_ref())
-    return {k: tuple(v) for k, v in found.items()}
+            found.setdefault(a.message_id or 0, []).append(a)
+    return found
 
 
 def history_turns(conversation: Conversation, *, before_id: int, provider: str = "") -> list[Turn]:

@@ -71,6 +71,9 @@ def _page(request: HttpRequest, conversation: Conversation | None) -> HttpRespon
         # Only what the page shows: 1,000 rows' timestamps alone cost more than rendering them.
         fields = ("id", "conversation_id", "role", "content", "status", "client_id", "error_code")
         messages = list(selectors.visible_messages(conversation).only(*fields))
+        files = selectors.attachments_by_message(messages)
+        for m in messages:
+            m.files = files.get(m.pk, [])  # type: ignore[attr-defined]
         for m, article in zip(messages, rendering.render_messages(messages, ERROR_HINTS), strict=True):
             m.article = article  # type: ignore[attr-defined]
         model = persona.resolved_model()
