@@ -17,15 +17,10 @@ deps: $(BIN)/python
 dev-deps: $(BIN)/python
 	$(BIN)/pip install --quiet -r requirements-dev.txt
 
-# Starts the task worker and the ASGI server; Ctrl-C stops both.
+# Starts the task worker and the ASGI server (bin/run.py); refuses a taken port; Ctrl-C stops both.
 run: deps
 	$(BIN)/python manage.py migrate --noinput
-	@echo "Starting the background worker (python manage.py db_worker) and daphne on http://$(HOST):$(PORT)/"
-	@trap 'kill 0' INT TERM EXIT; \
-	$(BIN)/python manage.py db_worker & \
-	$(BIN)/daphne -b $(HOST) -p $(PORT) chatsite.asgi:application & \
-	sleep 2; echo "The chat site is running at http://$(HOST):$(PORT)/ (sign up at http://$(HOST):$(PORT)/accounts/signup/)"; \
-	wait
+	@exec $(BIN)/python bin/run.py --host $(HOST) --port $(PORT)
 
 # The whole suite: unit, websocket, processes and the real browser (skipped loudly without Chromium).
 test: dev-deps

@@ -12,7 +12,8 @@ from django.db import transaction
 from django.db.models import Sum
 from django.utils import timezone
 
-from conversations.llm import kinds_taken
+from conversations import pricing
+from conversations.attachment import model_takes
 from conversations.models import Attachment, Conversation
 from conversations.services import effective_persona
 
@@ -56,8 +57,8 @@ def attachment_upload(*, owner: AbstractBaseUser, conversation: Conversation, up
             "Delete conversations with attachments to make room."
         )
     prepared = prepare(upload)
-    model = effective_persona(conversation).resolved_model()
-    if prepared.kind not in kinds_taken(model):
+    model = pricing.thread_model(conversation, effective_persona(conversation))
+    if prepared.kind not in model_takes(model).kinds:
         raise Refused(f"The model of this chat ({model}) does not take {KIND_NAMES[prepared.kind]}.")
     name = _clean_name(upload.name or "file")
     attachment = Attachment(

@@ -13,7 +13,8 @@
   Channels' one shared thread (tried, and measured worse: docs/performance.md);
 - `stock-redis-layer`: channels-redis's own RedisPubSubChannelLayer (one publish per round trip,
   under the shard lock), not conversations.layers' pipelined one;
-- `cache-per-call`: Django's own RedisCache (a new client, pool and connection per async context);
+- `cache-per-call`: Django's own RedisCache (a new client, pool and connection per async context),
+  not django-redis (one connection pool per process);
 - `switch=SECONDS`: sys.setswitchinterval (how soon a DB thread gets the GIL from a busy event loop);
 - `profile=PATH`: cProfile the event loop thread, written to PATH when daphne stops.
 Only the benchmark uses this module (`daphne bench.variants:application`).
@@ -142,10 +143,11 @@ for variant in VARIANTS:
     elif variant == "sdk-transform":
         OpenAIProvider.stream = sdk_transformed_stream  # type: ignore[method-assign]
     elif variant == "whole-history":
-        from conversations import generation, history
+        from conversations import history
+        from conversations.generation import reply
 
         BUILD_FOR_REPLY = history.build_for_reply
-        generation.build_for_reply = build_from_whole_history  # type: ignore[assignment]
+        reply.build_for_reply = build_from_whole_history  # type: ignore[assignment]
     elif variant == "pool-db-threads":
         from asgiref.sync import sync_to_async
         from django.db import close_old_connections
@@ -169,7 +171,7 @@ for variant in VARIANTS:
     elif variant == "cache-per-call":
         from django.conf import settings
 
-        if settings.CACHES["default"]["BACKEND"] == "conversations.cache.RedisCache":
+        if settings.CACHES["default"]["BACKEND"] == "django_redis.cache.RedisCache":
             settings.CACHES["default"]["BACKEND"] = "django.core.cache.backends.redis.RedisCache"
     elif variant.startswith("switch="):
         import sys

@@ -7,6 +7,7 @@ from django.urls import include, path
 
 urlpatterns = [
     path("accounts/", include("allauth.urls")),
+    path("admin/usage/", include("usage.urls")),
     path("admin/", admin.site.urls),
     path("", include("attachments.urls")),
     path("", include("conversations.urls")),

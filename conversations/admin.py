@@ -23,6 +23,7 @@ from django.utils import timezone
 from django.utils.html import escape
 from django.utils.safestring import mark_safe
 
+from . import pricing
 from .llm import ChatRequest, ProviderError, Usage, complete_once, configured_providers, provider_for, split_model
 from .models import Conversation, Message, Persona, UserQuota
 from .rendering import render_markdown
@@ -45,6 +46,7 @@ class PersonaForm(forms.ModelForm):
             "description",
             "system_prompt",
             "model",
+            "allow_model_choice",
             "temperature",
             "max_output_tokens",
             "context_budget_tokens",
@@ -53,6 +55,8 @@ class PersonaForm(forms.ModelForm):
             "groups",
             "position",
         ]
+        # Plain checkboxes: the admin's two-box filter widget puts aria-label on a bare <span> (axe: serious).
+        widgets = {"groups": forms.CheckboxSelectMultiple}
 
     def _get_validation_exclusions(self) -> set[str]:
         # The one-default constraint holds through save_model, which clears the old default first.
@@ -108,6 +112,14 @@ class PersonaForm(forms.ModelForm):
 class PersonaChangeListForm(forms.ModelForm):
     """The list page's inline edits (active, position) keep the default persona active."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # The list's inputs have no <label>: name them for screen readers, per row.
+        name = self.instance.name if self.instance.pk else "new persona"
+        for field, label in [("is_active", "Active"), ("position", "Position")]:
+            if field in self.fields:
+                self.fields[field].widget.attrs["aria-label"] = f"{label}: {name}"
+
     def clean_is_active(self) -> bool:
         active = self.cleaned_data.get("is_active", True)
         if not active and _is_default_in_db(self.instance):
@@ -162,12 +174,23 @@ class PersonaAdmin(admin.ModelAdmin):
     list_editable = ["position", "is_active"]
     list_filter = ["is_active", "is_default"]
     prepopulated_fields = {"slug": ["name"]}
-    filter_horizontal = ["groups"]
     search_fields = ["name", "slug", "description"]
     actions = ["activate", "retire"]
     fieldsets = [
         (None, {"fields": ["name", "slug", "description", "is_active", "is_default", "position"]}),
-        ("Model", {"fields": ["system_prompt", "model", "temperature", "max_output_tokens", "context_budget_tokens"]}),
+        (
+            "Model",
+            {
+                "fields": [
+                    "system_prompt",
+                    "model",
+                    "allow_model_choice",
+                    "temperature",
+                    "max_output_tokens",
+                    "context_budget_tokens",
+                ]
+            },
+        ),
         ("Who may use it", {"fields": ["groups"]}),
     ]
 
@@ -261,7 +284,10 @@ class PersonaAdmin(admin.ModelAdmin):
             "form": form,
             "title": f"Preview: {persona.name}",
         }
-        if request.method == "POST" and form.is_valid():
+        if request.method == "POST" and not pricing.may_use(request.user.pk, persona.resolved_model()):
+            # The registry's groups hold for staff too: a preview starts a reply like any other.
+            context["error"] = f"the model {persona.resolved_model()} is not available to you (its groups)."
+        elif request.method == "POST" and form.is_valid():
             chat = ChatRequest(
                 model="",
                 system=persona.system_prompt,

@@ -7,6 +7,7 @@ serve views, the sniffing and the processing live in the `attachments` app, whic
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 
 from django.conf import settings
 from django.db import models, transaction
@@ -14,6 +15,29 @@ from django.db.models.signals import post_delete
 from django.dispatch import receiver
 
 from .context import AttachmentRef
+from .llm import kinds_taken
+
+
+@dataclass(frozen=True)
+class Takes:
+    """What a model can be sent besides text: the kinds, and whether it reads a PDF itself."""
+
+    kinds: frozenset[str]
+    native_pdf: bool
+
+
+def model_takes(spec: str) -> Takes:
+    """What `provider:model` takes: the registry's `supports_images`/`supports_pdf` for a model it lists,
+    else its provider's default. A PDF goes to any model: natively where it reads PDFs, else as its text."""
+    from .models import ChatModel
+
+    entry = ChatModel.objects.filter(name=spec).only("supports_images", "supports_pdf").first()
+    provider = spec.partition(":")[0]
+    if entry is None:
+        kinds = kinds_taken(spec)
+        return Takes(kinds, native_pdf="pdf" in kinds and provider == "anthropic")
+    kinds = {"text", "pdf"} | ({"image"} if entry.supports_images else set())
+    return Takes(frozenset(kinds), native_pdf=entry.supports_pdf and provider == "anthropic")
 
 
 def attachment_path(instance: Attachment, filename: str) -> str:

@@ -21,6 +21,7 @@ from django.http import Http404
 
 from . import generation, services
 from .models import Conversation, Message
+from .pricing import usage_payload
 from .selectors import conversation_for_user, streaming_reply
 from .services import ChatError
 
@@ -45,10 +46,20 @@ def _conversation(user: Any, conversation_id: str) -> Conversation | None:
 
 @database_sync_to_async
 def _send(
-    conversation: Conversation, client_id: uuid.UUID, content: object, edit_of: int | None, attachments: object
+    conversation: Conversation,
+    client_id: uuid.UUID,
+    content: object,
+    edit_of: int | None,
+    model: object = None,
+    attachments: object = None,
 ) -> services.Sent:
     return services.message_send(
-        conversation=conversation, client_id=client_id, content=content, edit_of=edit_of, attachments=attachments
+        conversation=conversation,
+        client_id=client_id,
+        content=content,
+        edit_of=edit_of,
+        model=model,
+        attachments=attachments,
     )
 
 
@@ -60,6 +71,11 @@ def _regenerate(conversation: Conversation) -> tuple[Message, list[int]]:
 @database_sync_to_async
 def _streaming(conversation_id: uuid.UUID) -> Message | None:
     return streaming_reply(conversation_id)
+
+
+@database_sync_to_async
+def _request_stop(conversation_id: uuid.UUID) -> int | None:
+    return services.reply_stop_request(conversation_id=conversation_id)
 
 
 @database_sync_to_async
@@ -252,7 +268,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
         edit_of = frame.get("edit_of")
         if edit_of is not None and not _is_id(edit_of):
             raise ChatError("invalid", "`edit_of` must be a message id.")
-        sent = await _send(self.conversation, client_id, frame.get("content"), edit_of, frame.get("attachments"))
+        sent = await _send(
+            self.conversation, client_id, frame.get("content"), edit_of, frame.get("model"), frame.get("attachments")
+        )
         event: dict[str, Any] = {"type": "message", "message": sent.message.as_event()}
         if sent.replaces:
             event["replaces"] = list(sent.replaces)
@@ -263,14 +281,26 @@ class ChatConsumer(AsyncWebsocketConsumer):
         generation.start(sent.reply)
 
     async def on_stop(self, frame: dict[str, Any]) -> None:
+        """Stop the running reply, wherever it runs, and acknowledge with `stopping`.
+
+        In this process: at once. Elsewhere: the request is stored first (the reply's own process
+        reads it on its next tick, and once when it starts listening), then published to the reply's
+        control group (the fast path, which a reply still subscribing would miss).
+        """
         running = generation.local(self.conversation.pk)
         if running is not None:
             running.stop()
+            await self.answer({"type": "stopping", "message_id": running.reply_id})
             return
-        if await _streaming(self.conversation.pk) is not None:
-            await self.channel_layer.group_send(
-                generation.control_group_name(self.conversation.pk), {"type": "gen.stop"}
-            )
+        reply_id = await _request_stop(self.conversation.pk)
+        if reply_id is not None:
+            try:
+                await self.channel_layer.group_send(
+                    generation.control_group_name(self.conversation.pk), {"type": "gen.stop"}
+                )
+            except Exception:  # the stored request still reaches the reply
+                log.exception("could not publish stop for reply %s", reply_id)
+        await self.answer({"type": "stopping", "message_id": reply_id})
 
     async def on_regenerate(self, frame: dict[str, Any]) -> None:
         reply, replaced = await _regenerate(self.conversation)
@@ -297,7 +327,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 "message_id": message_id,
                 "status": message.status,
                 "content": message.content,
-                "usage": {"input_tokens": message.input_tokens, "output_tokens": message.output_tokens},
+                "usage": usage_payload(message),
             }
         )
 

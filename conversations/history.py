@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import hashlib
 from dataclasses import dataclass
 from typing import Any
 
+from .attachment import model_takes
 from .context import (
     MESSAGE_OVERHEAD,
     SUMMARIZE_AT,
@@ -65,24 +67,29 @@ def build_for_reply(reply_id: int) -> tuple[ChatRequest, Followups]:
     request = ChatRequest(
         model=model,
         system=system,
-        messages=with_files(turns, provider),
+        messages=with_files(turns, reply.model),
         temperature=persona.temperature,
         max_output_tokens=persona.max_output_tokens,
+        cache_key=cache_key(conversation.pk),
     )
     return request, followups
 
 
-def with_files(turns: list[Turn], provider: str) -> list[dict[str, Any]]:
+def with_files(turns: list[Turn], spec: str) -> list[dict[str, Any]]:
     """The turns as request messages; a turn with files gets them as parts, read from the storage now."""
     wanted = [a.id for t in turns for a in t.attachments]
-    rows = {str(a.pk): a for a in Attachment.objects.filter(pk__in=wanted)} if wanted else {}
+    if not wanted:
+        return [{"role": t.role, "content": t.content} for t in turns]
+    rows = {str(a.pk): a for a in Attachment.objects.filter(pk__in=wanted)}
+    provider = spec.partition(":")[0]
+    native_pdf = model_takes(spec).native_pdf
     messages: list[dict[str, Any]] = []
     for t in turns:
         if not t.attachments:
             messages.append({"role": t.role, "content": t.content})
             continue
         parts = [
-            {**_part(rows[a.id], provider), "tokens": attachment_tokens(a, provider)}
+            {**_part(rows[a.id], native_pdf), "tokens": attachment_tokens(a, provider)}
             for a in t.attachments
             if a.id in rows
         ]
@@ -92,14 +99,14 @@ def with_files(turns: list[Turn], provider: str) -> list[dict[str, Any]]:
     return messages
 
 
-def _part(attachment: Attachment, provider: str) -> dict[str, Any]:
+def _part(attachment: Attachment, native_pdf: bool) -> dict[str, Any]:
     """One file as a provider-neutral part (llm/base.py): images and PDFs as base64, text fenced."""
     if attachment.kind == Attachment.Kind.TEXT:
         text = _read(attachment).decode("utf-8-sig", "replace")
         return {"type": "text", "text": fenced(attachment.name, text)}
     if attachment.kind == Attachment.Kind.PDF:
-        # Only Anthropic reads the PDF itself; the others get its text, so skip reading the bytes.
-        data = base64.b64encode(_read(attachment)).decode() if provider == "anthropic" else ""
+        # Only a model that reads PDFs gets the bytes; the others get the text (`data` stays empty).
+        data = base64.b64encode(_read(attachment)).decode() if native_pdf else ""
         return {
             "type": "document",
             "media_type": "application/pdf",
@@ -118,6 +125,11 @@ def _part(attachment: Attachment, provider: str) -> dict[str, Any]:
 def _read(attachment: Attachment) -> bytes:
     with attachment.file.open("rb") as handle:
         return handle.read()
+
+
+def cache_key(conversation_id: object) -> str:
+    """The conversation's prompt-cache key: stable per thread, and no id of ours sent to the provider."""
+    return "conv-" + hashlib.sha256(f"prompt-cache:{conversation_id}".encode()).hexdigest()[:32]
 
 
 def trimmed(request: ChatRequest) -> ChatRequest:

@@ -18,7 +18,7 @@ from django.db.models import F, Sum
 from django.db.models.functions import Coalesce, Length
 from django.utils import timezone
 
-from .models import Message, UserQuota
+from .models import Message, UsageRecord, UserQuota
 
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -28,6 +28,18 @@ class Refusal:
     code: str
     message: str
     retry_after: float | None
+
+
+def in_words(seconds: float) -> str:
+    """A wait for a person: `45 s`, `12 min`, `10 h 44 min`."""
+    seconds = max(1, round(seconds))
+    if seconds < 90:
+        return f"{seconds} s"
+    minutes = round(seconds / 60)
+    if minutes < 60:
+        return f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min" if minutes else f"{hours} h"
 
 
 def parse_rate(rate: str) -> tuple[int, int]:
@@ -53,7 +65,7 @@ def check_rate(user_id: int) -> Refusal | None:
         count = 1
     if count > limit:
         wait = max(1.0, start + window - now)
-        return Refusal("rate_limited", f"You are sending messages too fast. Try again in {wait:.0f} s.", wait)
+        return Refusal("rate_limited", f"You are sending messages too fast. Try again in {in_words(wait)}.", wait)
     return None
 
 
@@ -72,7 +84,8 @@ def _quota_key(user_id: int) -> str:
 
 
 def tokens_used_today(user_id: int) -> int:
-    """Input + output tokens of the user's replies since midnight UTC (cache, else stored usage)."""
+    """Input + output tokens of the user's replies, summaries and titles since midnight UTC (cache, else
+    stored usage)."""
     key = _quota_key(user_id)
     used = cache.get(key)
     if used is None:
@@ -82,6 +95,10 @@ def tokens_used_today(user_id: int) -> int:
         used = Message.objects.filter(
             conversation__owner_id=user_id, role=Message.Role.ASSISTANT, created_at__gte=_day_start()
         ).aggregate(total=Coalesce(Sum(Coalesce(F("input_tokens"), 0) + output), 0))["total"]
+        # Summaries and titles are the user's too (replies are counted above, from their rows).
+        used += UsageRecord.objects.filter(
+            user_id=user_id, created_at__gte=_day_start(), kind__in=[UsageRecord.Kind.SUMMARY, UsageRecord.Kind.TITLE]
+        ).aggregate(total=Coalesce(Sum(F("input_tokens") + F("output_tokens")), 0))["total"]
         cache.add(key, used, timeout=86400 + 60)
     return int(used)
 
@@ -94,10 +111,9 @@ def check_quota(user_id: int, quota: int | None = None) -> Refusal | None:
         return None
     if tokens_used_today(user_id) >= quota:
         wait = (_day_start() + dt.timedelta(days=1) - timezone.now()).total_seconds()
-        hours = wait / 3600
         return Refusal(
             "quota_exceeded",
-            f"You have used today's {quota:,} tokens. The quota resets at midnight UTC (in {hours:.1f} h).",
+            f"You have used today's {quota:,} tokens. The quota resets at midnight UTC, in {in_words(wait)}.",
             wait,
         )
     return None

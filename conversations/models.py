@@ -1,14 +1,55 @@
-"""Personas people chat with, their conversations, and one row per message."""
+"""Personas people chat with, their conversations, one row per message, the model registry and usage."""
 
 from __future__ import annotations
 
 import uuid
+from decimal import Decimal
 
 from django.conf import settings
 from django.contrib.auth.models import Group
 from django.db import models
 from django.db.models import Q
 from django.urls import reverse
+from django.utils import timezone
+
+PRICE = {"max_digits": 12, "decimal_places": 6, "default": Decimal(0)}
+
+
+class ChatModel(models.Model):
+    """A model people may chat with, its limits and its prices per million tokens (staff keep the list)."""
+
+    name = models.CharField(max_length=200, unique=True, help_text="provider:model, e.g. openai:gpt-4o-mini.")
+    label = models.CharField(max_length=100, blank=True, help_text="Shown in the model picker. Blank: the name.")
+    context_window = models.PositiveIntegerField(null=True, blank=True, help_text="Tokens the model reads.")
+    max_output_tokens = models.PositiveIntegerField(null=True, blank=True, help_text="Tokens it may write.")
+    input_price = models.DecimalField(**PRICE, help_text="USD per million input tokens not read from the cache.")
+    cached_input_price = models.DecimalField(**PRICE, help_text="USD per million input tokens read from the cache.")
+    output_price = models.DecimalField(**PRICE, help_text="USD per million output tokens.")
+    cache_write_price = models.DecimalField(
+        max_digits=12,
+        decimal_places=6,
+        null=True,
+        blank=True,
+        help_text="USD per million tokens written to the cache (Anthropic bills 1.25x input). Blank: the input price.",
+    )
+    supports_images = models.BooleanField(default=False)
+    supports_pdf = models.BooleanField(default=False)
+    is_active = models.BooleanField(default=True)
+    groups = models.ManyToManyField(
+        Group, blank=True, related_name="chat_models", help_text="Who may use it. None: everyone."
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name = "model"
+
+    def __str__(self) -> str:
+        return self.display_name
+
+    @property
+    def display_name(self) -> str:
+        return self.label or self.name
 
 
 class Persona(models.Model):
@@ -23,6 +64,9 @@ class Persona(models.Model):
         blank=True,
         help_text="provider:model, e.g. openai:gpt-4o-mini, anthropic:claude-haiku-4-5, offline:demo. "
         "Blank: CHAT_DEFAULT_MODEL.",
+    )
+    allow_model_choice = models.BooleanField(
+        default=False, help_text="People may pick another of the models they may use (the model picker)."
     )
     temperature = models.FloatField(null=True, blank=True)
     max_output_tokens = models.PositiveIntegerField(null=True, blank=True)
@@ -62,6 +106,8 @@ class Conversation(models.Model):
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="conversations")
     persona = models.ForeignKey(Persona, on_delete=models.PROTECT, related_name="conversations")
     title = models.CharField(max_length=200, blank=True)
+    # The model picked for this thread (where the persona allows a choice); blank: the persona's.
+    model = models.CharField(max_length=200, blank=True)
     title_is_auto = models.BooleanField(default=True)
     pinned = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -110,8 +156,14 @@ class Message(models.Model):
     model = models.CharField(max_length=200, blank=True)
     input_tokens = models.PositiveIntegerField(null=True, blank=True)
     output_tokens = models.PositiveIntegerField(null=True, blank=True)
+    # Of input_tokens: read from the provider's prompt cache, and written to it (Anthropic).
+    cached_input_tokens = models.PositiveIntegerField(null=True, blank=True)
+    cache_write_tokens = models.PositiveIntegerField(null=True, blank=True)
+    cost = models.DecimalField(max_digits=14, decimal_places=8, null=True, blank=True, help_text="USD.")
     client_id = models.UUIDField(null=True, blank=True)
     error_code = models.CharField(max_length=32, blank=True)
+    # Set by `stop` from any socket in any process; the reply's own process reads it (durable stop).
+    stop_requested = models.BooleanField(default=False)
     # A regenerated reply (or an edited message) stays for usage accounting, out of sight.
     hidden = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -159,6 +211,39 @@ class UserQuota(models.Model):
         return f"{self.user}: {self.daily_token_quota}/day"
 
 
+class UsageRecord(models.Model):
+    """One provider call (a reply, a summary, a title): its tokens and its cost at the prices of that moment."""
+
+    class Kind(models.TextChoices):
+        REPLY = "reply"
+        SUMMARY = "summary"
+        TITLE = "title"
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="chat_usage")
+    conversation = models.ForeignKey(Conversation, on_delete=models.SET_NULL, null=True, blank=True)
+    persona = models.ForeignKey(Persona, on_delete=models.SET_NULL, null=True, blank=True)
+    message = models.OneToOneField(Message, on_delete=models.SET_NULL, null=True, blank=True, related_name="usage")
+    model = models.CharField(max_length=200)
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    # Input includes cached and cache-write tokens; where the provider said nothing, the site's estimate.
+    input_tokens = models.PositiveIntegerField(default=0)
+    cached_input_tokens = models.PositiveIntegerField(default=0)
+    cache_write_tokens = models.PositiveIntegerField(default=0)
+    output_tokens = models.PositiveIntegerField(default=0)
+    estimated = models.BooleanField(default=False, help_text="The provider reported no usage: counts are estimates.")
+    cost = models.DecimalField(max_digits=14, decimal_places=8, default=Decimal(0), help_text="USD.")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["created_at"], name="usage_created"),
+            models.Index(fields=["user", "created_at"], name="usage_user_created"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.model} {self.created_at:%Y-%m-%d}"
+
+
 from .attachment import Attachment  # noqa: E402 - the model lives in its own module
 
-__all__ = ["Attachment", "Conversation", "Message", "Persona", "UserQuota"]
+__all__ = ["Attachment", "Conversation", "Message", "Persona", "UsageRecord", "UserQuota"]

@@ -1,9 +1,9 @@
 """Markdown -> safe HTML for replies: GitHub-flavoured markdown (markdown-it), then sanitized (nh3).
 
 static/js/markdown.js renders the streaming reply in the browser with the same choices (marked, then
-DOMPurify with the same allow-list): raw HTML shows as text, images become links (no request leaves
-the page for a URL the model wrote), table alignment uses `align` (the CSP forbids inline styles),
-links open in a new tab without a referrer.
+DOMPurify with this module's allow-list, handed to the page by `browser_policy()`): raw HTML shows
+as text, images become links (no request leaves the page for a URL the model wrote), table
+alignment uses `align` (the CSP forbids inline styles), links open in a new tab without a referrer.
 """
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ import functools
 import hashlib
 import re
 import threading
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import nh3
+from cachetools import LRUCache
 from django.core.cache import cache
 from django.template import Context, Template
 from django.template.loader import get_template
@@ -69,36 +69,63 @@ _md.add_render_rule("image", _image_as_link)
 _md.add_render_rule("th_open", _align_cell)
 _md.add_render_rule("td_open", _align_cell)
 
+# The allow-list: the one source for both sanitizers. nh3 applies it here; the chat page hands it to
+# static/js/markdown.js (`browser_policy()`, through json_script), whose DOMPurify hook applies it there.
 ALLOWED_TAGS = {
     "a", "blockquote", "br", "code", "del", "em", "h1", "h2", "h3", "h4", "h5", "h6", "hr", "input", "li",
     "ol", "p", "pre", "s", "strong", "table", "tbody", "td", "th", "thead", "tr", "ul",
 }  # fmt: skip
 ALLOWED_ATTRIBUTES = {
     "a": {"href", "title"},
-    "code": {"class"},
     "ol": {"start"},
     "input": {"checked", "disabled"},
 }
+# Attributes allowed with these values only.
 ALLOWED_VALUES = {
     "td": {"align": {"left", "center", "right"}},
     "th": {"align": {"left", "center", "right"}},
     "input": {"type": {"checkbox"}},
 }
+# Classes allowed by name, and by pattern (a code block's language, for highlighting).
 ALLOWED_CLASSES = {
     "ul": {"contains-task-list"},
     "li": {"task-list-item"},
     "input": {"task-list-item-checkbox"},
 }
+CLASS_PATTERNS = {"code": r"language-[A-Za-z0-9-]+"}
+# Attributes always set to these values.
 FORCED_VALUES = {
     "a": {"target": "_blank"},
     # A task-list checkbox is a picture of a state, never a control.
     "input": {"type": "checkbox", "disabled": "disabled"},
 }
+LINK_REL = "noopener noreferrer nofollow"
+URL_SCHEMES = {"http", "https", "mailto"}
+# Removed with their content (other tags that are not allowed leave their text behind).
+CLEAN_CONTENT_TAGS = {"script", "style"}
+
+_CLASS_PATTERNS = {tag: re.compile(pattern) for tag, pattern in CLASS_PATTERNS.items()}
+
+
+def browser_policy() -> dict[str, Any]:
+    """The allow-list as JSON for static/js/markdown.js (sorted lists, regular expressions as strings)."""
+    return {
+        "tags": sorted(ALLOWED_TAGS),
+        "attributes": {tag: sorted(names) for tag, names in ALLOWED_ATTRIBUTES.items()},
+        "values": {tag: {name: sorted(v) for name, v in attrs.items()} for tag, attrs in ALLOWED_VALUES.items()},
+        "classes": {tag: sorted(names) for tag, names in ALLOWED_CLASSES.items()},
+        "class_patterns": CLASS_PATTERNS,
+        "forced": FORCED_VALUES,
+        "link_rel": LINK_REL,
+        "url_schemes": sorted(URL_SCHEMES),
+        "clean_content_tags": sorted(CLEAN_CONTENT_TAGS),
+    }
 
 
 def _attribute_filter(tag: str, attribute: str, value: str) -> str | None:
-    if tag == "code" and attribute == "class":
-        return value if value.startswith("language-") and value.replace("-", "").isalnum() else None
+    pattern = _CLASS_PATTERNS.get(tag)
+    if pattern is not None and attribute == "class":
+        return " ".join(c for c in value.split() if pattern.fullmatch(c)) or None
     return value
 
 
@@ -107,13 +134,14 @@ def sanitize(html: str) -> str:
     return nh3.clean(
         html,
         tags=ALLOWED_TAGS,
-        clean_content_tags={"script", "style"},
-        attributes=ALLOWED_ATTRIBUTES,
+        clean_content_tags=CLEAN_CONTENT_TAGS,
+        # nh3 hands `class` of these tags to the filter above (it may not also be in allowed_classes).
+        attributes={**ALLOWED_ATTRIBUTES, **{tag: {"class"} for tag in CLASS_PATTERNS}},
         tag_attribute_values=ALLOWED_VALUES,
         allowed_classes=ALLOWED_CLASSES,
         set_tag_attribute_values=FORCED_VALUES,
-        url_schemes={"http", "https", "mailto"},
-        link_rel="noopener noreferrer nofollow",
+        url_schemes=URL_SCHEMES,
+        link_rel=LINK_REL,
         attribute_filter=_attribute_filter,
     )
 
@@ -123,38 +151,31 @@ def render_markdown(text: str) -> SafeString:
     return mark_safe(sanitize(_TASK.sub(_task_box, _md.render(text))))  # noqa: S308 - sanitized just above
 
 
-class _LRU:
+class _LocalRenderings:
     """Recently used renderings in this process, bounded by their total size (a page of 1,000 replies
-    should not depend on a shared cache that may hold only a few hundred entries)."""
+    should not depend on a shared cache that may hold only a few hundred entries). cachetools' LRU
+    is not thread-safe: every access holds the lock."""
 
     def __init__(self, max_chars: int) -> None:
-        self.max_chars = max_chars
-        self.size = 0
-        self.items: OrderedDict[str, str] = OrderedDict()
+        self.items: LRUCache[str, str] = LRUCache(maxsize=max_chars, getsizeof=len)
         self.lock = threading.Lock()
 
     def get_many(self, keys: Iterable[str]) -> dict[str, str]:
         with self.lock:
-            found = {}
-            for key in keys:
-                if key in self.items:
-                    self.items.move_to_end(key)
-                    found[key] = self.items[key]
-            return found
+            return {key: self.items[key] for key in keys if key in self.items}
 
     def set_many(self, values: dict[str, str]) -> None:
         with self.lock:
             for key, value in values.items():
-                if key in self.items:
-                    continue
-                self.items[key] = value
-                self.size += len(key) + len(value)
-            while self.size > self.max_chars and self.items:
-                key, value = self.items.popitem(last=False)
-                self.size -= len(key) + len(value)
+                if len(value) <= self.items.maxsize:  # a larger one would raise ValueError
+                    self.items[key] = value
+
+    def clear(self) -> None:
+        with self.lock:
+            self.items.clear()
 
 
-_local = _LRU(max_chars=32 * 1024 * 1024)
+_local = _LocalRenderings(max_chars=32 * 1024 * 1024)
 CACHE_TIMEOUT = 7 * 24 * 3600
 
 
@@ -198,6 +219,10 @@ def _message_template() -> tuple[Template, str]:
     return get_template(names[0]).template, _digest(*sources)  # type: ignore[attr-defined]
 
 
+# A reply shows its model, tokens and cost: the page loads these fields, and they key its cached HTML.
+USAGE_FIELDS = ("model", "input_tokens", "cached_input_tokens", "output_tokens", "cost")
+
+
 def _file_ids(m: Message) -> list[str]:
     return [str(f.pk) for f in getattr(m, "files", ())]
 
@@ -221,7 +246,7 @@ def render_messages(messages: Sequence[Message], hints: dict[str, str]) -> list[
     streaming = [i for i, m in enumerate(messages) if m.status == m.Status.STREAMING]
     done = [i for i, m in enumerate(messages) if m.status != m.Status.STREAMING]
     keys = [f"msg:{_VERSION}:{version}:" + _digest(m.pk, m.role, m.status, m.error_code, m.client_id, m.content,
-                                                    *_file_ids(m))
+                                                    *_file_ids(m), *(getattr(m, f) for f in USAGE_FIELDS))
             for m in (messages[i] for i in done)]  # fmt: skip
     out: list[SafeString] = [mark_safe("")] * len(messages)  # noqa: S308 - placeholders, all replaced below
     for i, html in zip(done, _cached(keys, lambda js: make([done[j] for j in js])), strict=True):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import TYPE_CHECKING
 
 from django.conf import settings
@@ -13,9 +14,11 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from . import limits, llm
+from . import limits, pricing
+from .attachment import model_takes
 from .context import attachment_tokens, estimate_tokens
-from .models import Attachment, Conversation, Message, Persona, UserQuota
+from .llm.base import Usage
+from .models import Attachment, Conversation, Message, Persona, UsageRecord, UserQuota
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser
@@ -80,6 +83,27 @@ def _check_persona(conversation: Conversation) -> None:
         raise ChatError("not_found", f"{persona.name} is no longer available to you. Start a new chat.")
 
 
+def _check_model(conversation: Conversation, chosen: object = None) -> str:
+    """The model the next reply uses: `chosen` (from a `send`) if the persona allows a choice, else the
+    thread's; ChatError("invalid") when it is not an active model of the registry the owner may use.
+    A model not in the registry is accepted only as the persona's own (priced at zero)."""
+    persona = effective_persona(conversation)
+    if chosen is not None and chosen != "":
+        if not isinstance(chosen, str):
+            raise ChatError("invalid", "`model` must be a provider:model string.")
+        if chosen != pricing.thread_model(conversation, persona):
+            if not persona.allow_model_choice:
+                raise ChatError("invalid", f"{persona.name} always uses its own model.")
+            if not pricing.may_use(conversation.owner_id, chosen, listed_only=True):
+                raise ChatError("invalid", f"The model {chosen} is not available to you.")
+        spec = chosen
+    else:
+        spec = pricing.thread_model(conversation, persona)
+    if not pricing.may_use(conversation.owner_id, spec, listed_only=spec != persona.resolved_model()):
+        raise ChatError("invalid", f"The model {spec} is not available to you. Pick another model or persona.")
+    return spec
+
+
 def clean_content(content: object) -> str:
     """The message text, or ChatError("invalid") for empty, non-text or over-long input."""
     if not isinstance(content, str) or not content.strip():
@@ -101,7 +125,7 @@ def _check_limits(user_id: int, quota: int | None = None) -> None:
 BUSY = "A reply is still being written. Stop it or wait for it to finish."
 
 
-def _open_reply(conversation: Conversation) -> Message:
+def _open_reply(conversation: Conversation, model: str) -> Message:
     """Insert the streaming reply row (the caller checked for one); the partial unique index turns
     a race into `busy`."""
     try:
@@ -110,7 +134,7 @@ def _open_reply(conversation: Conversation) -> Message:
                 conversation=conversation,
                 role=Message.Role.ASSISTANT,
                 status=Message.Status.STREAMING,
-                model=effective_persona(conversation).resolved_model(),
+                model=model,
             )
     except IntegrityError as exc:
         raise ChatError("busy", BUSY) from exc
@@ -174,7 +198,7 @@ def clean_attachment_ids(value: object) -> list[uuid.UUID]:
 KIND_NAMES = {"image": "images", "pdf": "PDFs", "text": "text files"}
 
 
-def _check_attachments(conv: Conversation, ids: list[uuid.UUID], text: str) -> list[Attachment]:
+def _check_attachments(conv: Conversation, ids: list[uuid.UUID], text: str, model: str) -> list[Attachment]:
     """The user's own unsent files of this thread, locked, that the model takes and that fit its budget."""
     if not ids:
         return []
@@ -185,8 +209,7 @@ def _check_attachments(conv: Conversation, ids: list[uuid.UUID], text: str) -> l
     )
     if len(files) != len(ids):
         raise ChatError("invalid", "An attached file was not found: it was removed, already sent, or is not yours.")
-    model = effective_persona(conv).resolved_model()
-    taken = llm.kinds_taken(model)
+    taken = model_takes(model).kinds
     for f in files:
         if f.kind not in taken:
             raise ChatError("invalid", f"{model} does not take {KIND_NAMES[f.kind]}: {f.name} cannot be sent to it.")
@@ -210,13 +233,15 @@ def message_send(
     client_id: uuid.UUID,
     content: object,
     edit_of: int | None = None,
+    model: object = None,
     attachments: object = None,
 ) -> Sent:
     """Store the user's message and open the reply; a resent `client_id` changes nothing.
 
     `edit_of` (the last user message's id) sends an edited version of it instead: that message and
-    the replies after it are hidden, kept for usage accounting. `attachments`: ids of the user's
-    unsent uploads to this thread, bound to the message.
+    the replies after it are hidden, kept for usage accounting.
+    `model` (`provider:model`), where the persona allows a choice, becomes the thread's model.
+    `attachments`: ids of the user's unsent uploads to this thread, bound to the message.
     Refusals (`invalid`, `busy`, `rate_limited`, `quota_exceeded`) store nothing.
     """
     ids = clean_attachment_ids(attachments)
@@ -242,7 +267,8 @@ def message_send(
                 if last_user is None or last_user.pk != edit_of:
                     raise ChatError("invalid", "Only your last message can be edited.")
             _check_persona(conv)
-            files = _check_attachments(conv, ids, text)
+            spec = _check_model(conv, model)
+            files = _check_attachments(conv, ids, text, spec)
             _check_limits(conv.owner_id, _quota(conv))
             if edit_of is not None:
                 replaces = list(conv.messages.filter(hidden=False, id__gte=edit_of).values_list("id", flat=True))
@@ -255,7 +281,7 @@ def message_send(
                         conversation=conv,
                         role=Message.Role.ASSISTANT,
                         status=Message.Status.STREAMING,
-                        model=effective_persona(conv).resolved_model(),
+                        model=spec,
                     ),
                 ]
             )
@@ -263,6 +289,9 @@ def message_send(
                 Attachment.objects.filter(pk__in=[f.pk for f in files]).update(message=message)
             message.files = files  # type: ignore[attr-defined]
             fields = ["updated_at"]
+            if spec != conv.model and effective_persona(conv).allow_model_choice:
+                conv.model = spec  # the choice sticks to the thread
+                fields.append("model")
             conv.updated_at = timezone.now()
             if not conv.title:
                 conv.title = " ".join(text.split()[:TITLE_WORDS])[:200] or ", ".join(f.name for f in files)[:200]
@@ -289,6 +318,7 @@ def reply_regenerate(*, conversation: Conversation) -> tuple[Message, list[int]]
         if Message.objects.filter(conversation=conv, status=Message.Status.STREAMING).exists():
             raise ChatError("busy", BUSY)
         _check_persona(conv)
+        spec = _check_model(conv)
         _check_limits(conv.owner_id, _quota(conv))
         replaced = list(
             conv.messages.filter(hidden=False, role=Message.Role.ASSISTANT, id__gt=last_user.pk).values_list(
@@ -296,8 +326,23 @@ def reply_regenerate(*, conversation: Conversation) -> tuple[Message, list[int]]
             )
         )
         conv.messages.filter(id__in=replaced).update(hidden=True)
-        reply = _open_reply(conv)
+        reply = _open_reply(conv, spec)
     return reply, replaced
+
+
+def reply_stop_request(*, conversation_id: uuid.UUID) -> int | None:
+    """Ask the conversation's running reply to stop, durably: its own process reads the flag. The reply's
+    id, or None when no reply is running."""
+    reply_id = (
+        Message.objects.filter(conversation_id=conversation_id, status=Message.Status.STREAMING)
+        .values_list("pk", flat=True)
+        .first()
+    )
+    if reply_id is None:
+        return None
+    if not Message.objects.filter(pk=reply_id, status=Message.Status.STREAMING).update(stop_requested=True):
+        return None  # it ended meanwhile
+    return reply_id
 
 
 def reply_finish(
@@ -308,25 +353,107 @@ def reply_finish(
     status: str,
     input_tokens: int | None,
     output_tokens: int | None,
+    cached_input_tokens: int | None = None,
+    cache_write_tokens: int | None = None,
+    estimated_input_tokens: int = 0,
+    estimated_output_tokens: int = 0,
     error_code: str = "",
     quota_tokens: int = 0,
-) -> bool:
-    """Close a streaming reply with its whole text and usage; False if something else closed it first."""
-    updated = Message.objects.filter(pk=reply_id, status=Message.Status.STREAMING).update(
-        content=content,
-        status=status,
-        input_tokens=input_tokens,
-        output_tokens=output_tokens,
-        error_code=error_code,
-        updated_at=timezone.now(),
+) -> Message | None:
+    """Close a streaming reply with its whole text, usage and cost; None if something else closed it first.
+
+    The cost is priced from the registry now (a later price change does not rewrite it); estimates
+    stand in for counts the provider did not report (a stopped reply, say), in usage and quota alike.
+    """
+    with transaction.atomic():
+        reply = (
+            Message.objects.select_for_update(of=("self",))
+            .select_related("conversation")
+            .filter(pk=reply_id, status=Message.Status.STREAMING)
+            .first()
+        )
+        if reply is None:
+            return None
+        counted = Usage(
+            input_tokens if input_tokens is not None else estimated_input_tokens,
+            output_tokens if output_tokens is not None else estimated_output_tokens,
+            cached_input_tokens,
+            cache_write_tokens,
+        )
+        reply.content = content
+        reply.status = status
+        reply.input_tokens = input_tokens
+        reply.output_tokens = output_tokens
+        reply.cached_input_tokens = cached_input_tokens
+        reply.cache_write_tokens = cache_write_tokens
+        reply.cost = pricing.cost_of(reply.model, counted)
+        reply.error_code = error_code
+        reply.save(
+            update_fields=[
+                "content",
+                "status",
+                "input_tokens",
+                "output_tokens",
+                "cached_input_tokens",
+                "cache_write_tokens",
+                "cost",
+                "error_code",
+                "updated_at",
+            ]
+        )
+        conversation = reply.conversation
+        _record(conversation, reply.model, UsageRecord.Kind.REPLY, counted, reply.cost, message=reply,
+                estimated=input_tokens is None or output_tokens is None)  # fmt: skip
+    limits.record_usage(owner_id or conversation.owner_id, quota_tokens or counted_total(counted))
+    return reply
+
+
+def counted_total(usage: Usage) -> int:
+    """Input + output tokens: what a call costs against the daily quota."""
+    return (usage.input_tokens or 0) + (usage.output_tokens or 0)
+
+
+def _record(
+    conversation: Conversation,
+    model: str,
+    kind: str,
+    usage: Usage,
+    cost: Decimal,
+    *,
+    message: Message | None = None,
+    estimated: bool = False,
+) -> UsageRecord:
+    return UsageRecord.objects.create(
+        user_id=conversation.owner_id,
+        conversation=conversation,
+        persona_id=conversation.persona_id,
+        message=message,
+        model=model,
+        kind=kind,
+        input_tokens=usage.input_tokens or 0,
+        cached_input_tokens=usage.cached_input_tokens or 0,
+        cache_write_tokens=usage.cache_write_tokens or 0,
+        output_tokens=usage.output_tokens or 0,
+        estimated=estimated,
+        cost=cost,
     )
-    if updated:
-        if owner_id is None:
-            owner_id = Conversation.objects.filter(messages__id=reply_id).values_list("owner_id", flat=True).first()
-        if owner_id is not None:
-            # Estimates stand in where the provider reported nothing (a stopped reply, say).
-            limits.record_usage(owner_id, quota_tokens or (input_tokens or 0) + (output_tokens or 0))
-    return bool(updated)
+
+
+def usage_record_call(
+    *, conversation: Conversation, model: str, kind: str, usage: Usage, estimate: tuple[int, int]
+) -> UsageRecord:
+    """Record a background call (a summary, a title) for the thread's owner: stored, priced, and
+    counted against their quota. `estimate`: (input, output) tokens where the provider said nothing."""
+    counted = Usage(
+        usage.input_tokens if usage.input_tokens is not None else estimate[0],
+        usage.output_tokens if usage.output_tokens is not None else estimate[1],
+        usage.cached_input_tokens,
+        usage.cache_write_tokens,
+    )
+    estimated = usage.input_tokens is None or usage.output_tokens is None
+    record = _record(conversation, model, kind, counted, pricing.cost_of(model, counted), estimated=estimated)
+    limits.record_usage(conversation.owner_id, counted_total(counted))
+    return record
 
 
 def replies_interrupt_stale(

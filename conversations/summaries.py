@@ -22,10 +22,11 @@ from .context import (
     summary_prompt,
     system_text,
 )
-from .llm import ChatRequest, complete_once
-from .models import Conversation, Message
+from .llm import ChatRequest, Usage, complete_once
+from .models import Conversation, Message, UsageRecord
+from .pricing import thread_model
 from .selectors import history_turns, recent_turns
-from .services import effective_persona
+from .services import effective_persona, usage_record_call
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +87,9 @@ def _fold(conversation_id: uuid.UUID | str) -> bool:
             break
         batch = summary_batch(conversation.summary, older, budget)
         system, messages = summary_prompt(conversation.summary, batch)
+        model = thread_model(conversation, persona)
         text, usage = async_to_sync(complete_once)(
-            persona.resolved_model(),
+            model,
             ChatRequest(
                 model="",
                 system=system,
@@ -97,6 +99,7 @@ def _fold(conversation_id: uuid.UUID | str) -> bool:
                 max_output_tokens=summary_max_tokens(budget),
             ),
         )
+        _charge(conversation, model, UsageRecord.Kind.SUMMARY, system, messages, text, usage)
         text = text.strip()
         if not text:
             log.warning("summary of %s came back empty; keeping the old one", conversation_id)
@@ -123,6 +126,26 @@ def _fold(conversation_id: uuid.UUID | str) -> bool:
     return stored
 
 
+def _charge(
+    conversation: Conversation,
+    model: str,
+    kind: str,
+    system: str,
+    messages: list[dict[str, str]],
+    text: str,
+    usage: Usage,
+) -> None:
+    """Record a background call against the thread's owner; a failure to record never loses the result."""
+    estimate = (
+        estimate_tokens(system) + sum(estimate_tokens(m["content"]) + MESSAGE_OVERHEAD for m in messages),
+        estimate_tokens(text),
+    )
+    try:
+        usage_record_call(conversation=conversation, model=model, kind=kind, usage=usage, estimate=estimate)
+    except Exception:
+        log.exception("could not record the %s call of %s", kind, conversation.pk)
+
+
 TITLE_PROMPT = (
     "Write a short title (3 to 6 words) for a conversation that starts with the message below. "
     "Reply with the title only: no quotes, no final punctuation."
@@ -137,16 +160,13 @@ def write_title(conversation_id: uuid.UUID | str) -> str | None:
     first = conversation.messages.filter(role=Message.Role.USER, hidden=False).order_by("id").first()
     if first is None:
         return None
-    text, _usage = async_to_sync(complete_once)(
-        effective_persona(conversation).resolved_model(),
-        ChatRequest(
-            model="",
-            system=TITLE_PROMPT,
-            messages=[{"role": "user", "content": first.content[:2000]}],
-            purpose="title",
-            max_output_tokens=30,
-        ),
+    model = thread_model(conversation, effective_persona(conversation))
+    messages = [{"role": "user", "content": first.content[:2000]}]
+    text, usage = async_to_sync(complete_once)(
+        model,
+        ChatRequest(model="", system=TITLE_PROMPT, messages=messages, purpose="title", max_output_tokens=30),
     )
+    _charge(conversation, model, UsageRecord.Kind.TITLE, TITLE_PROMPT, messages, text, usage)
     title = " ".join(text.strip().strip("\"'").split())[:80].rstrip(".")
     if not title:
         return None

@@ -12,14 +12,14 @@ from django.shortcuts import redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from . import rendering, selectors, services
-from .models import Conversation
+from . import pricing, rendering, selectors, services
+from .models import ChatModel, Conversation
 from .services import ChatError
 
 # What to do next, per error code: shown with the error, by the server (stored replies) and by chat.js.
 ERROR_HINTS = {
     "rate_limited": "You are sending messages faster than this site allows: wait a moment and try again.",
-    "quota_exceeded": "You have used today's token allowance. It renews tomorrow; ask your admin if you need more.",
+    "quota_exceeded": "You have used today's token allowance; ask your admin if you need more.",
     "provider_auth": "The provider rejected the key: ask your admin to check the API key.",
     "provider_rate_limited": "The model provider is rate limiting this site: try again shortly.",
     "provider_unavailable": "The model provider did not answer properly: try again in a moment.",
@@ -70,14 +70,20 @@ def _page(request: HttpRequest, conversation: Conversation | None) -> HttpRespon
         persona = services.effective_persona(conversation)
         # Only what the page shows: 1,000 rows' timestamps alone cost more than rendering them.
         fields = ("id", "conversation_id", "role", "content", "status", "client_id", "error_code")
+        fields += rendering.USAGE_FIELDS
         messages = list(selectors.visible_messages(conversation).only(*fields))
         files = selectors.attachments_by_message(messages)
         for m in messages:
             m.files = files.get(m.pk, [])  # type: ignore[attr-defined]
         for m, article in zip(messages, rendering.render_messages(messages, ERROR_HINTS), strict=True):
             m.article = article  # type: ignore[attr-defined]
-        model = persona.resolved_model()
+        model = pricing.thread_model(conversation, persona)
         context.update(persona=persona, model=model, messages_list=messages, offline_demo=model.startswith("offline:"))
+        if persona.allow_model_choice:
+            choices = list(pricing.models_for_user(request.user))  # type: ignore[arg-type]
+            if choices and model not in {c.name for c in choices} and pricing.may_use(request.user.pk, model):
+                choices.insert(0, ChatModel(name=model))  # the persona's own model, not in the registry
+            context["model_choices"] = choices
     else:
         personas = list(selectors.personas_for_user(request.user))  # type: ignore[arg-type]
         chosen = next((p for p in personas if p.is_default), personas[0] if personas else None)

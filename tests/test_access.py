@@ -51,9 +51,17 @@ def test_the_chat_app_is_mounted_whole_at_the_root():
     assert len(mounted) == 1 and str(mounted[0].pattern) == ""
 
 
-def test_conversation_ids_are_uuids():
-    assert isinstance(Conversation._meta.pk, type(Conversation._meta.get_field("id")))
-    assert Conversation._meta.pk.get_internal_type() == "UUIDField"
+def test_conversation_urls_cannot_be_guessed_from_another(client, db):
+    """A conversation's address is a random UUID: knowing one's own says nothing about anyone else's."""
+    owner = make_user("dora")
+    made = [make_conversation(owner) for _ in range(3)]
+    ids = [c.pk for c in made]
+    assert all(isinstance(pk, uuid.UUID) and pk.version == 4 for pk in ids)
+    assert len({pk.int for pk in ids}) == 3 and all(abs(a.int - b.int) > 1 for a, b in zip(ids, ids[1:], strict=False))
+    assert all(str(pk) in c.get_absolute_url() for pk, c in zip(ids, made, strict=True))
+    client.force_login(owner)
+    # Sequential ids do not route at all.
+    assert client.get("/conversations/1/").status_code == 404
 
 
 @pytest.fixture

@@ -82,7 +82,7 @@ async def test_an_image_reaches_openai_as_image_url_and_anthropic_as_an_image_bl
     assert blocks[0]["source"]["type"] == "base64"
     assert blocks[0]["source"]["media_type"] == "image/png"
     assert base64.b64decode(blocks[0]["source"]["data"]) == data
-    assert blocks[1] == {"type": "text", "text": "What colour?"}
+    assert (blocks[1]["type"], blocks[1]["text"]) == ("text", "What colour?")
     assert await sync_to_async(Attachment.objects.filter(message__isnull=False).count)() == 2
 
 

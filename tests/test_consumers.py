@@ -56,7 +56,7 @@ async def test_it_streams_through_the_openai_sdk_exactly(alice, fake_provider):
     end = await ws.until("end")
     assert end["status"] == "complete"
     assert ws.text_of(start["message_id"]) == text == end["content"]
-    assert end["usage"] == {"input_tokens": 42, "output_tokens": 205}
+    assert end["usage"] == {"input_tokens": 42, "output_tokens": 205, "cached_input_tokens": 0, "cost": "0.000000"}
     reply = (await messages_of(conv))[-1]
     assert (reply.content, reply.input_tokens, reply.output_tokens) == (text, 42, 205)
     await ws.close()
@@ -73,7 +73,7 @@ async def test_it_streams_through_the_anthropic_sdk_exactly(alice, fake_provider
     start = await ws.until("start")
     end = await ws.until("end")
     assert ws.text_of(start["message_id"]) == text == end["content"]
-    assert end["usage"] == {"input_tokens": 17, "output_tokens": 101}
+    assert end["usage"] == {"input_tokens": 17, "output_tokens": 101, "cached_input_tokens": 0, "cost": "0.000000"}
     assert fake_provider.requests[-1].path == "/v1/messages"
     await ws.close()
 
@@ -294,9 +294,21 @@ async def test_resume_of_an_unknown_reply_is_not_found(alice):
     await ws.close()
 
 
-async def test_the_offline_demo_reply_is_deterministic(alice):
-    from conversations.llm import ChatRequest
+async def test_the_offline_demo_streams_the_same_reply_to_the_same_request():
+    from conversations.llm import ChatRequest, Usage
+    from conversations.llm.offline import OfflineProvider, words_of
 
-    request = ChatRequest(model="demo", system="", messages=[{"role": "user", "content": "same words"}])
-    assert demo_text(request) == demo_text(request)
-    assert "same words" in demo_text(request)
+    def request(text: str) -> ChatRequest:
+        return ChatRequest(model="demo", system="", messages=[{"role": "user", "content": text}])
+
+    async def streamed(text: str) -> tuple[str, list[Usage]]:
+        items = [item async for item in OfflineProvider().stream(request(text))]
+        return "".join(i for i in items if isinstance(i, str)), [i for i in items if isinstance(i, Usage)]
+
+    first, usage = await streamed("same words")
+    again, _ = await streamed("same words")
+    other, _ = await streamed("other words entirely")
+    assert first == again == demo_text(request("same words"))
+    assert "> same words" in first and "2 words" in first
+    assert other != first and "> other words entirely" in other
+    assert len(usage) == 1 and usage[0].output_tokens == len(words_of(first))

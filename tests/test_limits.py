@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import re
 import time
 
 import pytest
@@ -96,6 +97,22 @@ def test_it_parses_rates(rate, parsed):
     assert limits.parse_rate(rate) == parsed
 
 
+@pytest.mark.parametrize(
+    ("seconds", "words"),
+    [
+        (0.2, "1 s"),
+        (45, "45 s"),
+        (89, "89 s"),
+        (90, "2 min"),
+        (12 * 60, "12 min"),
+        (3600, "1 h"),
+        (38_683, "10 h 45 min"),
+    ],
+)
+def test_it_says_a_wait_in_words(seconds, words):
+    assert limits.in_words(seconds) == words
+
+
 @pytest.mark.parametrize("rate", ["", "20", "m/20", "20/x", "-1/m"])
 def test_it_rejects_nonsense_rates(rate):
     with pytest.raises(ValueError):
@@ -113,7 +130,8 @@ async def test_it_refuses_once_the_daily_quota_is_spent_and_says_when_it_resets(
     now = timezone.now()
     midnight = (now + dt.timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
     assert abs(refused["retry_after"] - (midnight - now).total_seconds()) < 5
-    assert "resets at midnight UTC" in refused["message"]
+    assert "resets at midnight UTC, in " in refused["message"]
+    assert re.search(r"in (\d+ h( \d+ min)?|\d+ min|\d+ s)\.$", refused["message"]), refused["message"]
     assert [m.content for m in await rows_of(conv) if m.role == "user"] == ["spend it"]
     assert len(fake_provider.requests) == 1
     await ws.close()

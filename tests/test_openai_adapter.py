@@ -39,7 +39,7 @@ async def test_it_streams_every_chunk_and_the_usage(fake_provider):
     texts, usage = await collect(request())
     assert "".join(texts) == text
     assert len(texts) == len(Reply(text=text).pieces())
-    assert usage == Usage(11, 55)
+    assert usage == Usage(11, 55, cached_input_tokens=0, cache_write_tokens=0)
 
 
 async def test_it_sends_the_history_as_the_requests_messages(fake_provider):

@@ -133,3 +133,87 @@ def test_it_reuses_earlier_renderings_from_the_cache(monkeypatch):
     again = render_many(texts + ["new"])
     assert again[:3] == first
     assert calls == ["new"]
+
+
+def test_it_bounds_the_process_cache_by_size_dropping_the_least_recently_used():
+    local = rendering._LocalRenderings(max_chars=10)
+    local.set_many({"a": "xxxx", "b": "yyyy"})
+    assert local.get_many(["a"]) == {"a": "xxxx"}  # "a" is now the most recently used
+    local.set_many({"c": "zzzz"})
+    assert local.get_many(["a", "b", "c"]) == {"a": "xxxx", "c": "zzzz"}
+    local.set_many({"huge": "h" * 11})  # larger than the whole cache: not kept, no error
+    assert local.get_many(["huge", "a", "c"]) == {"a": "xxxx", "c": "zzzz"}
+
+
+# -- the allow-list, one source for nh3 here and DOMPurify in the page -----------------------------------
+
+
+def _one(html: str, tag: str) -> dict[str, str | None]:
+    found = Elements(sanitize(html)).named(tag)
+    assert len(found) == 1, (html, sanitize(html))
+    return found[0]
+
+
+def test_it_keeps_exactly_the_tags_of_the_policy():
+    policy = rendering.browser_policy()
+    for tag in policy["tags"]:
+        html = f"<{tag}>x</{tag}>" if tag not in {"br", "hr", "input"} else f"<{tag}>"
+        if tag in {"td", "th", "tr", "tbody", "thead"}:
+            html = f"<table>{html}</table>"
+        assert Elements(sanitize(html)).named(tag), f"{tag} was dropped"
+    for tag in ("div", "span", "img", "iframe", "form", "button", "details", "svg", "font"):
+        assert not Elements(sanitize(f"<{tag}>x</{tag}>")).named(tag), f"{tag} was kept"
+    for tag in policy["clean_content_tags"]:
+        assert "gone" not in sanitize(f"<{tag}>gone</{tag}>")
+
+
+def test_it_keeps_exactly_the_attributes_and_values_of_the_policy():
+    policy = rendering.browser_policy()
+    for tag, names in policy["attributes"].items():
+        attrs = " ".join(f'{n}="1"' if n != "href" else 'href="https://example.com/"' for n in names)
+        kept = _one(f"<{tag} {attrs} id=x data-x=1 onclick=alert(1)>y</{tag}>", tag)
+        assert set(names) <= set(kept), (tag, kept)
+        assert not {"id", "data-x", "onclick"} & set(kept)
+    for tag, attrs in policy["values"].items():
+        wrap = (lambda h: f"<table><tr>{h}</tr></table>") if tag in {"td", "th"} else (lambda h: h)
+        for name, values in attrs.items():
+            for value in values:
+                assert _one(wrap(f'<{tag} {name}="{value}">y</{tag}>'), tag)[name] == value
+            assert _one(wrap(f'<{tag} {name}="bogus">y</{tag}>'), tag).get(name) in (
+                None,
+                *policy["forced"].get(tag, {}).values(),
+            )
+
+
+def test_it_keeps_exactly_the_classes_of_the_policy():
+    policy = rendering.browser_policy()
+    for tag, names in policy["classes"].items():
+        assert _one(f'<{tag} class="{" ".join(names)} evil">y</{tag}>', tag)["class"] == " ".join(names)
+    assert policy["class_patterns"] == {"code": r"language-[A-Za-z0-9-]+"}
+    assert _one('<code class="language-c-sharp evil language-">y</code>', "code")["class"] == "language-c-sharp"
+    assert "class" not in _one('<code class="language-&lt;x&gt; lang-py">y</code>', "code")
+    assert "class" not in _one('<p class="language-py">y</p>', "p")
+
+
+def test_it_forces_the_policys_values_and_allows_only_its_url_schemes():
+    policy = rendering.browser_policy()
+    for tag, forced in policy["forced"].items():
+        kept = _one(f"<{tag}>y</{tag}>" if tag != "input" else "<input type=text>", tag)
+        assert {k: kept[k] for k in forced} == forced
+    assert _one('<a href="https://example.com/">y</a>', "a")["rel"] == policy["link_rel"]
+    for scheme in policy["url_schemes"]:
+        assert _one(f'<a href="{scheme}:x">y</a>', "a")["href"] == f"{scheme}:x"
+    for scheme in ("javascript", "data", "vbscript", "ftp", "file"):
+        assert "href" not in _one(f'<a href="{scheme}:x">y</a>', "a")
+    assert _one('<a href="/relative">y</a>', "a")["href"] == "/relative"
+
+
+def test_it_hands_the_page_the_allow_list_it_sanitizes_with(client, alice):
+    import json
+    import re
+
+    client.force_login(alice)
+    html = client.get("/", follow=True).content.decode()
+    found = re.search(r'<script id="markdown-policy" type="application/json">(.*?)</script>', html, re.S)
+    assert found, "the chat page has no markdown-policy json_script"
+    assert json.loads(found.group(1)) == rendering.browser_policy()

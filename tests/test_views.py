@@ -15,7 +15,7 @@ from django.urls import reverse
 
 from conversations import rendering
 from conversations.models import Conversation, Message
-from tests.factories import default_persona, make_conversation, make_persona, make_turns
+from tests.factories import default_persona, make_conversation, make_persona, make_turns, make_user
 
 pytestmark = pytest.mark.django_db
 
@@ -92,6 +92,26 @@ def test_it_shows_the_offline_banner_only_when_the_demo_model_answers(as_alice, 
     online = thread(alice, persona=make_persona("real", model="openai:gpt-4o-mini"))
     assert 'id="offline-banner" role="note">' in as_alice.get(offline.get_absolute_url()).content.decode()
     assert 'id="offline-banner" role="note" hidden' in as_alice.get(online.get_absolute_url()).content.decode()
+
+
+def banner_of(html: str) -> str:
+    start = html.index('id="offline-banner"')
+    return html[start : html.index("</p>", start)]
+
+
+def test_it_tells_only_staff_how_to_set_an_api_key(client, alice):
+    demo = make_persona("demo", model="offline:demo")
+    staff = make_user("sam", is_staff=True)
+    for user in (alice, staff):
+        conversation = thread(user, persona=demo)
+        client.force_login(user)
+        banner = banner_of(client.get(conversation.get_absolute_url()).content.decode())
+        assert "demo text" in banner
+        if user.is_staff:
+            assert "OPENAI_API_KEY" in banner and ".env" in banner
+        else:
+            assert "OPENAI_API_KEY" not in banner and ".env" not in banner
+            assert "An admin of this site can connect a real model." in banner
 
 
 def test_it_marks_failed_and_stopped_replies_with_what_to_do_next(as_alice, alice):
@@ -218,8 +238,7 @@ def test_it_reports_the_time_to_render_a_thousand_message_thread(as_alice, alice
     """Not a timing assertion: prints the server time for docs/performance.md."""
     # Time templates as production renders them, without the test runner's per-template signal.
     monkeypatch.setattr(Template, "_render", test_utils._TestState.saved_data.template_render)
-    rendering._local.items.clear()
-    rendering._local.size = 0
+    rendering._local.clear()
     conversation = make_conversation(alice)
     reply = (
         "Here is **markdown** with code:\n\n```python\nprint('hello')\n```\n\n"

@@ -18,6 +18,7 @@ __all__ = [
     "complete_once",
     "configured_providers",
     "kinds_taken",
+    "list_models",
     "provider_for",
 ]
 
@@ -102,5 +103,14 @@ async def complete_once(spec: str, request: ChatRequest) -> tuple[str, Usage]:
     provider = _make(provider_name)
     try:
         return await provider.complete(dataclasses.replace(request, model=model))
+    finally:
+        await provider.aclose()
+
+
+async def list_models(provider_name: str) -> list[tuple[str, str]]:
+    """A configured provider's models as (`provider:model`, display name), from a fresh client."""
+    provider = _make(provider_name)
+    try:
+        return [(f"{provider_name}:{model}", label) for model, label in await provider.list_models()]
     finally:
         await provider.aclose()

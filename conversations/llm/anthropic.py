@@ -58,10 +58,10 @@ def anthropic_content(content: Content) -> list[dict[str, Any]]:
         if part["type"] == "image":
             source = {"type": "base64", "media_type": part["media_type"], "data": part["data"]}
             blocks.append({"type": "image", "source": source})
-        elif part["type"] == "document":
+        elif part["type"] == "document" and part.get("data"):
             source = {"type": "base64", "media_type": "application/pdf", "data": part["data"]}
             blocks.append({"type": "document", "source": source, "title": part.get("name") or "document.pdf"})
-        elif part["text"]:
+        elif part.get("text"):  # text, or a PDF for a model that does not read PDFs: its text
             blocks.append({"type": "text", "text": part["text"]})
     return blocks
 
@@ -90,6 +90,42 @@ def merged_turns(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return turns
 
 
+EPHEMERAL = {"type": "ephemeral"}
+
+
+def cached_turns(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The turns with a cache breakpoint on the last one: the whole request (system prompt included)
+    is written to the cache, and the next request (the same turns plus two) reads it back up to there
+    (Anthropic looks back up to 20 blocks from a breakpoint for an earlier cached prefix)."""
+    turns: list[dict[str, Any]] = list(merged_turns(messages))
+    if turns:
+        last = turns[-1]
+        content = last["content"]
+        if isinstance(content, str):
+            blocks = [{"type": "text", "text": content, "cache_control": EPHEMERAL}]
+        else:  # a turn with files: the breakpoint goes on its last block
+            blocks = [*content[:-1], {**content[-1], "cache_control": EPHEMERAL}]
+        turns[-1] = {"role": last["role"], "content": blocks}
+    return turns
+
+
+def add_usage(usage: Usage, counted: Any) -> None:
+    """Fold an event's usage into `usage`; `input_tokens` gets the cache's reads and writes added,
+    which Anthropic counts apart from it."""
+    fresh = getattr(counted, "input_tokens", None)
+    read = getattr(counted, "cache_read_input_tokens", None)
+    written = getattr(counted, "cache_creation_input_tokens", None)
+    if fresh is not None:
+        # message_delta may repeat the counts (cumulative), or carry input_tokens without the cache's.
+        if read is not None or usage.cached_input_tokens is None:
+            usage.cached_input_tokens = read or 0
+        if written is not None or usage.cache_write_tokens is None:
+            usage.cache_write_tokens = written or 0
+        usage.input_tokens = fresh + usage.cached_input_tokens + usage.cache_write_tokens
+    if getattr(counted, "output_tokens", None) is not None:
+        usage.output_tokens = counted.output_tokens
+
+
 class AnthropicProvider(Provider):
     """Streams raw message events: text deltas, input tokens at the start, output tokens at the end."""
 
@@ -106,6 +142,7 @@ class AnthropicProvider(Provider):
     async def stream(self, request: ChatRequest) -> AsyncIterator[str | Usage]:
         kwargs: dict[str, Any] = {}
         if request.system:
+            # A plain string: the breakpoint on the last turn caches the prefix it heads as well.
             kwargs["system"] = request.system
         if request.temperature is not None:
             kwargs["temperature"] = request.temperature
@@ -117,7 +154,7 @@ class AnthropicProvider(Provider):
                 "AsyncStream[RawMessageStreamEvent]",
                 await self.client.messages.create(
                     model=request.model,
-                    messages=merged_turns(request.messages),  # type: ignore[arg-type]
+                    messages=cached_turns(request.messages),  # type: ignore[arg-type]
                     max_tokens=request.max_output_tokens or DEFAULT_MAX_TOKENS,
                     stream=True,
                     **kwargs,
@@ -129,10 +166,9 @@ class AnthropicProvider(Provider):
                         if isinstance(event.delta, TextDelta) and event.delta.text:
                             yield event.delta.text
                     elif isinstance(event, RawMessageStartEvent):
-                        usage.input_tokens = event.message.usage.input_tokens
-                        usage.output_tokens = event.message.usage.output_tokens
+                        add_usage(usage, event.message.usage)
                     elif isinstance(event, RawMessageDeltaEvent):
-                        usage.output_tokens = event.usage.output_tokens
+                        add_usage(usage, event.usage)
                     elif isinstance(event, RawMessageStopEvent):
                         stopped = True
         except ProviderError:
@@ -143,6 +179,13 @@ class AnthropicProvider(Provider):
             # The body ended cleanly but before `message_stop`: a cut stream, not a whole reply.
             raise ProviderError("provider_unavailable", "The provider ended the reply early.", retryable=True)
         yield usage
+
+    async def list_models(self) -> list[tuple[str, str]]:
+        """Anthropic's models endpoint (`GET /v1/models`, paged by the SDK)."""
+        try:
+            return [(m.id, m.display_name or m.id) async for m in self.client.models.list()]
+        except Exception as exc:
+            raise map_error(exc) from exc
 
     async def aclose(self) -> None:
         await self.client.close()

@@ -25,6 +25,8 @@ class ChatRequest:
     max_output_tokens: int | None = None
     # What the request is for ("chat", "summary", "title"): only the offline demo model looks.
     purpose: str = "chat"
+    # One value per conversation: OpenAI routes requests with the same key to the same prompt cache.
+    cache_key: str | None = None
 
 
 # A user turn with files has a list of provider-neutral parts as its content, which each adapter
@@ -50,10 +52,16 @@ def text_of(content: Content) -> str:
 
 @dataclass
 class Usage:
-    """Tokens the provider says it counted; None where it said nothing."""
+    """Tokens the provider says it counted; None where it said nothing.
+
+    `input_tokens` is every input token of the request, those read from the prompt cache
+    (`cached_input_tokens`) and written to it (`cache_write_tokens`, Anthropic) included.
+    """
 
     input_tokens: int | None = None
     output_tokens: int | None = None
+    cached_input_tokens: int | None = None
+    cache_write_tokens: int | None = None
 
 
 class ProviderError(Exception):
@@ -89,6 +97,10 @@ class Provider(ABC):
             else:
                 parts.append(item)
         return "".join(parts), usage
+
+    async def list_models(self) -> list[tuple[str, str]]:
+        """The provider's models as (id, display name); raise ProviderError on failure."""
+        return []
 
     async def aclose(self) -> None:  # noqa: B027 - most providers hold nothing to release
         """Release network resources."""

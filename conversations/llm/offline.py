@@ -63,6 +63,9 @@ class OfflineProvider(Provider):
 
     name = "offline"
 
+    async def list_models(self) -> list[tuple[str, str]]:
+        return [("demo", "Offline demo")]
+
     async def stream(self, request: ChatRequest) -> AsyncIterator[str | Usage]:
         text = demo_text(request)
         delay = settings.CHAT_OFFLINE_WORD_DELAY if request.purpose == "chat" else 0

@@ -98,6 +98,10 @@ class OpenAIProvider(Provider):
             kwargs["temperature"] = request.temperature
         if request.max_output_tokens:
             kwargs["max_completion_tokens"] = request.max_output_tokens
+        body: dict[str, Any] = {"messages": messages}
+        if request.cache_key:
+            # Requests with the same key and prefix reach the same cache (one key per conversation).
+            body["prompt_cache_key"] = request.cache_key
         usage = Usage()
         finished = False  # a finish_reason or [DONE] seen: the reply is whole
         try:
@@ -110,7 +114,7 @@ class OpenAIProvider(Provider):
                 # TypedDict transform (a no-op for text messages) cost ~0.2 ms a message, every
                 # request, a third of a reply's fixed CPU. The JSON on the wire is the same.
                 messages=[],
-                extra_body={"messages": messages},
+                extra_body=body,
                 stream=True,
                 stream_options={"include_usage": True},
                 **kwargs,
@@ -125,8 +129,7 @@ class OpenAIProvider(Provider):
                     if chunk.get("error"):
                         raise _stream_error(chunk["error"], response.http_response.request)
                     if chunk.get("usage"):
-                        counted = chunk["usage"]
-                        usage = Usage(counted.get("prompt_tokens"), counted.get("completion_tokens"))
+                        usage = parse_usage(chunk["usage"])
                     for choice in chunk.get("choices") or ():
                         content = (choice.get("delta") or {}).get("content")
                         if content:
@@ -143,8 +146,27 @@ class OpenAIProvider(Provider):
             raise map_error(exc) from exc
         yield usage
 
+    async def list_models(self) -> list[tuple[str, str]]:
+        """`GET /v1/models` (OpenAI's, or any OpenAI-compatible server's)."""
+        try:
+            return [(m.id, m.id) async for m in self.client.models.list()]
+        except Exception as exc:
+            raise map_error(exc) from exc
+
     async def aclose(self) -> None:
         await self.client.close()
+
+
+def parse_usage(counted: dict[str, Any]) -> Usage:
+    """Chat Completions usage: `prompt_tokens` include the cached ones (`prompt_tokens_details.cached_tokens`)."""
+    details = counted.get("prompt_tokens_details") or {}
+    cached = details.get("cached_tokens") if isinstance(details, dict) else None
+    return Usage(
+        input_tokens=counted.get("prompt_tokens"),
+        output_tokens=counted.get("completion_tokens"),
+        cached_input_tokens=cached if isinstance(cached, int) else 0 if counted.get("prompt_tokens") else None,
+        cache_write_tokens=0 if counted.get("prompt_tokens") is not None else None,
+    )
 
 
 async def _sse_data(response: httpx2.Response) -> AsyncIterator[bytes]:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import re
 
 from django import template
-from django.utils.html import escape
+from django.utils.html import escape, json_script
 from django.utils.safestring import SafeString, mark_safe
 
-from ..rendering import render_markdown
+from ..rendering import browser_policy, render_markdown
 from ..selectors import MARK_END, MARK_START, SNIPPET_CHARS, search_terms
 
 register = template.Library()
@@ -20,6 +20,12 @@ PROVIDER_NAMES = {"openai": "OpenAI", "anthropic": "Anthropic", "offline": "offl
 def markdown_filter(text: str) -> SafeString:
     """A reply's markdown, rendered and sanitized."""
     return render_markdown(text or "")
+
+
+@register.simple_tag
+def markdown_policy() -> SafeString:
+    """The sanitizer's allow-list for static/js/markdown.js, as `<script id="markdown-policy" type="application/json">`."""
+    return json_script(browser_policy(), "markdown-policy")
 
 
 @register.filter

@@ -32,6 +32,7 @@
   let retryDelay = 500;
   let pending = null; // {client_id, content, edit_of}: sent, not yet acknowledged by a `message` event
   let stopping = false;
+  let stopTimer = null;
 
   // -- text by code points (the protocol's offsets count code points, not UTF-16 units) -------------
   function codePoints(text) {
@@ -142,6 +143,33 @@
     return el;
   }
 
+  // The model picker (where the persona allows a choice): each send carries the model chosen.
+  const picker = document.getElementById("model-picker");
+  function modelField(p) {
+    return p && p.model ? { model: p.model } : {};
+  }
+  const PROVIDERS = { openai: "OpenAI", anthropic: "Anthropic" };
+  function modelLabel(spec) {
+    const i = spec.indexOf(":");
+    if (spec.startsWith("offline:")) return "offline demo model";
+    return i < 0 ? spec : `${spec.slice(i + 1)} (${PROVIDERS[spec.slice(0, i)] || spec.slice(0, i)})`;
+  }
+  function showModel(el, spec) {
+    if (!spec) return;
+    let details = el.querySelector(".msg-usage");
+    if (!details) {
+      details = document.createElement("details");
+      details.className = "msg-usage";
+      const summary = document.createElement("summary");
+      const name = document.createElement("span");
+      name.className = "msg-model";
+      summary.append(name);
+      details.append(summary);
+      el.querySelector(".msg-actions").before(details);
+    }
+    details.querySelector(".msg-model").textContent = modelLabel(spec);
+  }
+
   function replyFor(id) {
     let r = replies.get(id);
     if (!r) {
@@ -198,7 +226,10 @@
     const busy = id !== null;
     stopBtn.hidden = !busy;
     stopBtn.disabled = false;
-    if (!busy) stopping = false;
+    if (!busy) {
+      stopping = false;
+      clearTimeout(stopTimer);
+    }
     main.classList.toggle("generating", busy);
     updateSendState();
   }
@@ -234,6 +265,22 @@
     messagesEl.querySelectorAll(".inline-error.refusal").forEach((e) => e.remove());
   }
 
+  // A wait in words: "45 s", "12 min", "10 h 44 min".
+  function inWords(seconds) {
+    const s = Math.max(1, Math.round(seconds));
+    if (s < 90) return `${s} s`;
+    const m = Math.round(s / 60);
+    if (m < 60) return `${m} min`;
+    return m % 60 ? `${Math.floor(m / 60)} h ${m % 60} min` : `${m / 60} h`;
+  }
+  // When a daily quota resets, in the reader's own time zone: "It resets tomorrow at 09:00 (in 10 h 44 min)."
+  function resetsAt(seconds) {
+    const at = new Date(Date.now() + seconds * 1000);
+    const time = at.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+    const day = at.toDateString() === new Date().toDateString() ? "today" : "tomorrow";
+    return `It resets ${day} at ${time}, your time (in ${inWords(seconds)}).`;
+  }
+
   // A countdown for "try again in N s", then the retry button.
   function countdown(box, seconds, button) {
     const span = document.createElement("span");
@@ -248,7 +295,7 @@
         if (button) button.disabled = false;
         return;
       }
-      span.textContent = `Try again in ${left} s.`;
+      span.textContent = `Try again in ${inWords(left)}.`;
       left -= 1;
       setTimeout(tick, 1000);
     };
@@ -258,7 +305,7 @@
   function showError(frame) {
     const hint = hints[frame.code];
     const text = hint || frame.message || "Something went wrong.";
-    const retryable = !["provider_auth", "invalid", "not_found", "context_too_long", "busy"].includes(frame.code);
+    const retryable = !["provider_auth", "invalid", "not_found", "context_too_long", "busy", "quota_exceeded"].includes(frame.code);
     let box;
     let retry = null;
     const reply = frame.message_id && replies.get(frame.message_id);
@@ -305,7 +352,8 @@
       box.append(a);
     }
     if (retry) box.append(retry);
-    if (frame.retry_after) countdown(box, frame.retry_after, retry);
+    if (frame.code === "quota_exceeded" && frame.retry_after) box.querySelector("p").append(" ", resetsAt(frame.retry_after));
+    else if (frame.retry_after) countdown(box, frame.retry_after, retry);
     box.setAttribute("role", "alert");
     followContent();
   }
@@ -319,14 +367,25 @@
     return false;
   }
 
+  // One `resume` in flight per reply: a gap shows on every delta until the answer arrives, and asking
+  // again each time would flood the server. After RESUME_WAIT ms without an answer, ask again.
+  const RESUME_WAIT = 5000;
+  const resumesAsked = new Map();
+  function askResume(id, offset) {
+    const asked = resumesAsked.get(id);
+    if (asked !== undefined && performance.now() - asked < RESUME_WAIT) return;
+    if (send({ type: "resume", message_id: id, offset })) resumesAsked.set(id, performance.now());
+  }
+
   function applyDelta(frame) {
     const r = replyFor(frame.message_id);
     const have = r.length;
     if (frame.offset > have) {
       // A gap (we missed text): ask for everything from what we have.
-      send({ type: "resume", message_id: frame.message_id, offset: have });
+      askResume(frame.message_id, have);
       return;
     }
+    resumesAsked.delete(frame.message_id);
     const chars = codePoints(frame.text);
     if (frame.offset + chars <= have) return; // a repeat
     r.text += frame.offset === have ? frame.text : sliceCodePoints(frame.text, have - frame.offset);
@@ -381,11 +440,11 @@
         messagesEl.querySelectorAll('article[data-status="streaming"]').forEach((el) => {
           const id = parseInt(el.dataset.messageId, 10);
           const r = replies.get(id);
-          send({ type: "resume", message_id: id, offset: r ? r.length : 0 });
+          askResume(id, r ? r.length : 0);
         });
       }
       if (pending) {
-        send({ type: "send", client_id: pending.client_id, content: pending.content, ...(pending.edit_of ? { edit_of: pending.edit_of } : {}), ...(pending.attachments ? { attachments: pending.attachments } : {}) });
+        send({ type: "send", client_id: pending.client_id, content: pending.content, ...(pending.edit_of ? { edit_of: pending.edit_of } : {}), ...modelField(pending), ...(pending.attachments ? { attachments: pending.attachments } : {}) });
       } else if (!g) {
         sendFirstMessage();
       }
@@ -433,6 +492,7 @@
       setStatus(r, "streaming");
       clearNote(r.el);
       r.el.querySelector(".msg-content").replaceChildren();
+      showModel(r.el, frame.model);
       setGenerating(frame.message_id);
       announce("Assistant is replying.");
       followContent();
@@ -443,8 +503,16 @@
       const what = frame.code === "provider_rate_limited" ? "The provider is rate limiting" : "The provider did not answer";
       setNote(r.el, `${what}; trying again in ${Math.ceil(frame.retry_in)} s (attempt ${frame.attempt})…`, false);
     },
+    stopping(frame) {
+      // The server stored the stop; `end` follows. No reply running there: nothing to wait for.
+      if (frame.message_id === null && stopping) {
+        stopping = false;
+        stopBtn.disabled = false;
+      }
+    },
     end(frame) {
       const r = replyFor(frame.message_id);
+      resumesAsked.delete(frame.message_id);
       // What the deltas added up to, kept for tests: it must be exactly the stored reply.
       assembled.set(frame.message_id, r.text);
       if (r.text !== frame.content && r.length > 0) mismatches.push(frame.message_id);
@@ -598,11 +666,11 @@
     const files = window.chatFiles ? window.chatFiles.ids() : [];
     if (files === null) return; // an upload is still running
     if ((!content.trim() && !files.length) || generatingId !== null || pending || content.length > maxChars) return;
-    pending = { client_id: crypto.randomUUID(), content, edit_of: null, attachments: files.length ? files : null };
+    pending = { client_id: crypto.randomUUID(), content, edit_of: null, model: picker ? picker.value : null, attachments: files.length ? files : null };
     updateSendState();
     followAgain();
     stick = true;
-    if (!send({ type: "send", client_id: pending.client_id, content, ...(pending.attachments ? { attachments: pending.attachments } : {}) })) {
+    if (!send({ type: "send", client_id: pending.client_id, content, ...modelField(pending), ...(pending.attachments ? { attachments: pending.attachments } : {}) })) {
       setConnection("Not connected: your message will be sent as soon as the connection is back.", "lost");
     }
   }
@@ -621,11 +689,20 @@
   form.addEventListener("submit", (event) => { event.preventDefault(); submit(); });
   if (window.chatFiles) window.chatFiles.onChange(updateSendState);
   if (ui.wireComposer) ui.wireComposer(input, submit, maxChars, document.getElementById("char-count"), updateSendState);
+  // A stop can be lost (the socket dropped as it went out): when no `end` follows within
+  // STOP_WAIT ms, Stop works again, so the user can ask once more.
+  const STOP_WAIT = 4000;
   stopBtn.addEventListener("click", () => {
     if (stopping) return;
     stopping = true;
     stopBtn.disabled = true;
     send({ type: "stop" });
+    clearTimeout(stopTimer);
+    stopTimer = setTimeout(() => {
+      if (generatingId === null) return;
+      stopping = false;
+      stopBtn.disabled = false;
+    }, STOP_WAIT);
   });
 
   // -- message actions ----------------------------------------------------------------------------------
@@ -667,10 +744,10 @@
     const resend = () => {
       const text = area.value;
       if (!text.trim() || text.length > maxChars || generatingId !== null || pending) return;
-      pending = { client_id: crypto.randomUUID(), content: text, edit_of: parseInt(el.dataset.messageId, 10) };
+      pending = { client_id: crypto.randomUUID(), content: text, edit_of: parseInt(el.dataset.messageId, 10), model: picker ? picker.value : null };
       updateSendState();
       stick = true;
-      send({ type: "send", client_id: pending.client_id, content: text, edit_of: pending.edit_of });
+      send({ type: "send", client_id: pending.client_id, content: text, edit_of: pending.edit_of, ...modelField(pending) });
     };
     editForm.addEventListener("submit", (event) => { event.preventDefault(); resend(); });
     area.addEventListener("keydown", (event) => {

@@ -7,6 +7,13 @@ thread serves every connection, so hundreds of slow streams cost only sockets an
     with FakeProvider(Reply(text="hi there")) as p:
         client = openai.AsyncOpenAI(api_key="x", base_url=p.openai_base_url)
 
+Prompt caching follows the providers' published rules, counting a word as a token: OpenAI caches
+automatically, per `prompt_cache_key`, prompts of 1,024 tokens and more, and reports the longest
+prefix seen before in 128-token steps (`prompt_tokens_details.cached_tokens`); Anthropic caches the
+prefix up to each `cache_control` breakpoint (at least 1,024 tokens), reporting a later request's hit
+as `cache_read_input_tokens` and what it wrote as `cache_creation_input_tokens`. `GET /v1/models`
+lists `openai_models` or (with an `anthropic-version` header) `anthropic_models`.
+
 Standalone: ``python -m tests.fakes.provider --port 8765 [--text T] [--token-delay S] [--stamp N]``.
 """
 
@@ -14,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import re
 import threading
@@ -63,6 +71,11 @@ _OPENAI_ERROR = {
 
 # Seconds between the last chunk before a drop and the drop itself.
 DROP_GRACE = 0.2
+# The providers' prompt-cache rules: the shortest prefix cached, and OpenAI's step above it.
+CACHE_MIN_TOKENS = 1024
+OPENAI_CACHE_STEP = 128
+# Anthropic looks this many blocks back from a breakpoint for an earlier cached prefix.
+ANTHROPIC_LOOKBACK = 20
 
 
 @dataclass
@@ -84,6 +97,8 @@ class Reply:
     input_tokens: int | None = None  # default: words in the request's messages and system
     output_tokens: int | None = None  # default: chunks sent
     stamp: int | None = None  # send N chunks "<i@ms-since-epoch> ", stamped as each is written
+    cached_input_tokens: int | None = None  # default: by the provider's cache rules (see the module doc)
+    cache_write_tokens: int | None = None  # Anthropic only; default: by its cache rules
 
     def pieces(self) -> list[str]:
         """The content chunks (stamp mode aside): explicit chunks, or words keeping leading whitespace."""
@@ -125,6 +140,9 @@ class FakeProvider:
         self.default = default or Reply()
         self.host, self.port = host, port
         self.requests: list[RecordedRequest] = []
+        self.openai_models = ["gpt-4o-mini", "gpt-4.1"]
+        self.anthropic_models = [("claude-haiku-4-5", "Claude Haiku 4.5"), ("claude-sonnet-4-5", "Claude Sonnet 4.5")]
+        self.cache = PromptCache()
         self._script: deque[Reply] = deque()
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -153,6 +171,7 @@ class FakeProvider:
         with self._lock:
             self._script.clear()
             self.requests.clear()
+            self.cache = PromptCache()
 
     def start(self) -> FakeProvider:
         ready = threading.Event()
@@ -219,6 +238,8 @@ class FakeProvider:
         with self._lock:
             self.requests.append(RecordedRequest(request.path, headers, body if isinstance(body, dict) else {}))
         anthropic = request.path == "/v1/messages"
+        if request.method == "GET" and request.path == "/v1/models":
+            return self._models("anthropic-version" in headers)
         if request.method != "POST" or not (anthropic or request.path == "/v1/chat/completions"):
             style = "anthropic-version" in headers
             return _error(style, 404, "not_found_error", f"Invalid URL ({request.method} {request.path})")
@@ -233,23 +254,42 @@ class FakeProvider:
         tokens_in = reply.input_tokens
         if tokens_in is None:
             tokens_in = max(1, _word_count(body.get("messages")) + _word_count(body.get("system")))
+        with self._lock:
+            cached, written = self.cache.lookup(body, anthropic)
+        if reply.cached_input_tokens is not None:
+            cached = reply.cached_input_tokens
+        if reply.cache_write_tokens is not None:
+            written = reply.cache_write_tokens
+        usage_in = (tokens_in, min(cached, tokens_in), min(written, max(0, tokens_in - cached)) if anthropic else 0)
         if not body.get("stream"):
-            return await self._complete(request, reply, body, anthropic, tokens_in)
+            return await self._complete(request, reply, body, anthropic, usage_in)
         resp = web.StreamResponse(headers={"content-type": "text/event-stream; charset=utf-8"})
         resp.headers["cache-control"] = "no-cache"
         resp.headers["request-id" if anthropic else "x-request-id"] = _req_id()
         await resp.prepare(request)  # headers go out now, before any first_token_delay
         try:
             if anthropic:
-                await self._stream_anthropic(request, resp, reply, body, tokens_in)
+                await self._stream_anthropic(request, resp, reply, body, usage_in)
             else:
-                await self._stream_openai(request, resp, reply, body, tokens_in)
+                await self._stream_openai(request, resp, reply, body, usage_in)
         except ConnectionError:  # the client went away mid-stream: nothing left to send to
             pass
         return resp
 
+    def _models(self, anthropic: bool) -> web.Response:
+        """The model list, in the provider's own format."""
+        if anthropic:
+            data = [
+                {"type": "model", "id": m, "display_name": label, "created_at": "2025-10-01T00:00:00Z"}
+                for m, label in self.anthropic_models
+            ]
+            first, last = (data[0]["id"], data[-1]["id"]) if data else (None, None)
+            return _json(True, {"data": data, "has_more": False, "first_id": first, "last_id": last})
+        data = [{"id": m, "object": "model", "created": 1700000000, "owned_by": "fake"} for m in self.openai_models]
+        return _json(False, {"object": "list", "data": data})
+
     async def _complete(
-        self, request: web.BaseRequest, reply: Reply, body: dict, anthropic: bool, tokens_in: int
+        self, request: web.BaseRequest, reply: Reply, body: dict, anthropic: bool, tokens_in: tuple[int, int, int]
     ) -> web.StreamResponse:
         """Non-streaming: the same delays in total, then one JSON body; a cut becomes its HTTP analogue."""
         n = reply.count()
@@ -290,7 +330,7 @@ class FakeProvider:
         return (cut[0] if cut else None), sent
 
     async def _stream_openai(
-        self, request: web.BaseRequest, resp: web.StreamResponse, reply: Reply, body: dict, tokens_in: int
+        self, request: web.BaseRequest, resp: web.StreamResponse, reply: Reply, body: dict, tokens_in: tuple
     ) -> None:
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         base = _completion_base(body, "chat.completion.chunk")
@@ -315,7 +355,7 @@ class FakeProvider:
             await resp.write(tail + b"data: [DONE]\n\n")
 
     async def _stream_anthropic(
-        self, request: web.BaseRequest, resp: web.StreamResponse, reply: Reply, body: dict, tokens_in: int
+        self, request: web.BaseRequest, resp: web.StreamResponse, reply: Reply, body: dict, tokens_in: tuple
     ) -> None:
         def event(name: str, **data: Any) -> bytes:
             return f"event: {name}\ndata: {_dumps({'type': name, **data})}\n\n".encode()
@@ -371,6 +411,86 @@ class FakeProvider:
         await self._drop(request)
 
 
+class PromptCache:
+    """The providers' prompt caches, by their published rules, counting a word as a token."""
+
+    def __init__(self) -> None:
+        self.openai: dict[str, list[list[str]]] = {}  # prompt_cache_key -> token sequences seen
+        self.anthropic: set[str] = set()  # hashes of cached prefixes (through a breakpoint)
+
+    def lookup(self, body: dict, anthropic: bool) -> tuple[int, int]:
+        """(tokens read from the cache, tokens written to it) for this request; remembers it."""
+        return self._anthropic(body) if anthropic else self._openai(body)
+
+    def _openai(self, body: dict) -> tuple[int, int]:
+        tokens: list[str] = []
+        for m in body.get("messages") or []:
+            if isinstance(m, dict):
+                tokens.append(f"\x00{m.get('role')}")  # a message boundary: part of the prefix, not a token
+                tokens.extend(_words(m.get("content")))
+        seen = self.openai.setdefault(str(body.get("prompt_cache_key") or ""), [])
+        total = sum(1 for t in tokens if not t.startswith("\x00"))
+        matched = 0
+        for old in seen:
+            common = 0
+            for a, b in zip(old, tokens, strict=False):
+                if a != b:
+                    break
+                common += 1
+            matched = max(matched, sum(1 for t in tokens[:common] if not t.startswith("\x00")))
+        seen.append(tokens)
+        del seen[:-64]
+        if total < CACHE_MIN_TOKENS or matched < CACHE_MIN_TOKENS:
+            return 0, 0
+        return CACHE_MIN_TOKENS + (matched - CACHE_MIN_TOKENS) // OPENAI_CACHE_STEP * OPENAI_CACHE_STEP, 0
+
+    def _anthropic(self, body: dict) -> tuple[int, int]:
+        blocks: list[tuple[str, int, bool]] = []  # (prefix hash through the block, tokens through it, breakpoint)
+        digest = hashlib.sha256(str(body.get("model")).encode())
+        count = 0
+
+        def add(role: str, block: Any) -> None:
+            nonlocal count
+            text = block.get("text") if isinstance(block, dict) else block
+            digest.update(json.dumps([role, text]).encode())
+            count += len(_words(text))
+            marked = isinstance(block, dict) and bool(block.get("cache_control"))
+            blocks.append((digest.hexdigest(), count, marked))
+
+        system = body.get("system")
+        for block in [system] if isinstance(system, str) else system or []:
+            add("system", block)
+        for m in body.get("messages") or []:
+            content = m.get("content") if isinstance(m, dict) else None
+            for block in [content] if isinstance(content, str) else content or []:
+                add(str(m.get("role")), block)
+        marks = [i for i, (_, _, marked) in enumerate(blocks) if marked]
+        if not marks:
+            return 0, 0
+        read = 0
+        for mark in marks:
+            for i in range(mark, max(-1, mark - ANTHROPIC_LOOKBACK), -1):
+                if blocks[i][0] in self.anthropic:
+                    read = max(read, blocks[i][1])
+                    break
+        written = 0
+        for mark in marks:
+            key, through, _ = blocks[mark]
+            if through >= CACHE_MIN_TOKENS and key not in self.anthropic:
+                self.anthropic.add(key)
+                written = max(written, through - read)
+        return read, written
+
+
+def _words(value: Any) -> list[str]:
+    """The words of a message's content (a string or a list of text blocks)."""
+    if isinstance(value, str):
+        return value.split()
+    if isinstance(value, list):
+        return [w for v in value for w in _words(v.get("text") if isinstance(v, dict) else v)]
+    return []
+
+
 def _word_count(value: Any) -> int:
     """Rough token count of messages/system: words in every text part (str or [{"text": ...}])."""
     if isinstance(value, str):
@@ -414,10 +534,11 @@ def _json(anthropic: bool, payload: dict, status: int = 200, headers: dict | Non
     return web.Response(text=_dumps(payload), status=status, content_type="application/json", headers=headers)
 
 
-def _message(body: dict, content: list, stop: str | None, tokens_in: int, tokens_out: int) -> dict:
-    """An Anthropic Message object (complete, or empty for message_start)."""
-    usage = {"input_tokens": tokens_in, "output_tokens": tokens_out}
-    usage |= {"cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
+def _message(body: dict, content: list, stop: str | None, tokens_in: tuple[int, int, int], tokens_out: int) -> dict:
+    """An Anthropic Message object (complete, or empty for message_start); `tokens_in`: (all, read, written)."""
+    total, read, written = tokens_in
+    usage = {"input_tokens": total - read - written, "output_tokens": tokens_out}
+    usage |= {"cache_creation_input_tokens": written, "cache_read_input_tokens": read}
     return {
         **{"id": f"msg_{uuid.uuid4().hex[:24]}", "type": "message", "role": "assistant", "content": content},
         **{"model": body.get("model", "fake-model"), "stop_reason": stop, "stop_sequence": None, "usage": usage},
@@ -432,11 +553,12 @@ def _completion_base(body: dict, obj: str) -> dict:
     }
 
 
-def _openai_usage(prompt: int, completion: int) -> dict:
+def _openai_usage(prompt_in: tuple[int, int, int], completion: int) -> dict:
+    prompt, cached, _ = prompt_in
     details = {"accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0}
     return {
         **{"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion},
-        "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+        "prompt_tokens_details": {"cached_tokens": cached, "audio_tokens": 0},
         "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0, **details},
     }
 

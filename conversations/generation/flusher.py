@@ -1,0 +1,102 @@
+"""One batched database write a second for every reply running in the process (and a heartbeat,
+so other processes can tell a live reply from an abandoned one); the same tick reads the durable
+`stop` flag of every running reply, so a stop whose pub/sub message was lost still lands."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import weakref
+from typing import TYPE_CHECKING
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.db import close_old_connections, transaction
+from django.utils import timezone
+
+from ..models import Message
+from .registry import spawn
+
+if TYPE_CHECKING:
+    from .reply import Generation
+
+log = logging.getLogger(__package__)
+
+
+class _Flusher:
+    def __init__(self) -> None:
+        self.generations: set[Generation] = set()
+        self.task: asyncio.Task[None] | None = None
+
+    async def run(self) -> None:
+        interval = settings.CHAT_FLUSH_INTERVAL
+        heartbeat = max(interval, settings.CHAT_STALE_AFTER / 3)
+        loop = asyncio.get_running_loop()
+        while self.generations:
+            await asyncio.sleep(interval)
+            now = loop.time()
+            watched = list(self.generations)
+            if not watched:
+                break
+            batch = [g for g in watched if g.length != g.flushed_length or now - g.touched_at >= heartbeat]
+            rows = [(g.reply_id, g.text()) for g in batch]
+            try:
+                gone, stop = await sync_to_async(_flush_rows, thread_sensitive=False)(
+                    rows, [g.reply_id for g in watched]
+                )
+            except Exception:
+                log.exception("flush of %s replies failed; retrying next interval", len(rows))
+                continue
+            for g, (_, text) in zip(batch, rows, strict=True):
+                g.flushed_length = len(text)
+                g.touched_at = now
+            for g in watched:
+                if g.reply_id in gone or g.reply_id in stop:
+                    g.stop()
+
+
+_flushers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Flusher] = weakref.WeakKeyDictionary()
+
+
+def flusher(generation: Generation) -> None:
+    """Have this event loop's flusher write `generation`'s text until `unflush`."""
+    f = _flushers.setdefault(asyncio.get_running_loop(), _Flusher())
+    f.generations.add(generation)
+    generation.touched_at = asyncio.get_running_loop().time()
+    if f.task is None or f.task.done():
+        f.task = spawn(f.run())
+
+
+def unflush(generation: Generation) -> None:
+    """The reply is over: its final write is its own."""
+    f = _flushers.get(asyncio.get_running_loop())
+    if f is not None:
+        f.generations.discard(generation)
+
+
+def _flush_rows(rows: list[tuple[int, str]], watched: list[int]) -> tuple[set[int], set[int]]:
+    """Write every reply's text in one transaction; then, of the `watched` replies, (the ids no longer
+    streaming or gone, the ids someone asked to stop from any process)."""
+    close_old_connections()
+    now = timezone.now()
+    if rows:
+        with transaction.atomic():
+            for reply_id, text in rows:
+                Message.objects.filter(pk=reply_id, status=Message.Status.STREAMING).update(
+                    content=text, updated_at=now
+                )
+    streaming = set()
+    stop = set()
+    for reply_id, stop_requested in Message.objects.filter(pk__in=watched, status=Message.Status.STREAMING).values_list(
+        "pk", "stop_requested"
+    ):
+        streaming.add(reply_id)
+        if stop_requested:
+            stop.add(reply_id)
+    return set(watched) - streaming, stop
+
+
+def stop_requested(reply_id: int) -> bool:
+    """Whether `stop` was asked for this reply from any process (the durable flag)."""
+    close_old_connections()
+    return Message.objects.filter(pk=reply_id, stop_requested=True).exists()

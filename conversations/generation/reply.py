@@ -1,0 +1,275 @@
+"""One reply being written (`Generation`): from `start`, through the provider's stream (retried before
+the first token), to its stored end and the `end` event every socket gets."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from channels.layers import get_channel_layer
+from django.conf import settings
+from django.db import close_old_connections
+
+from .. import services
+from ..context import estimate_tokens
+from ..history import Followups, build_for_reply, trimmed
+from ..llm import ChatRequest, ProviderError, Usage, provider_for
+from ..llm.base import within_gap
+from ..models import Message
+from ..pricing import usage_payload
+from . import control, registry
+from .flusher import flusher, stop_requested, unflush
+from .groups import group_name
+from .janitor import ensure_janitor
+from .registry import spawn
+from .retry import backoff
+
+log = logging.getLogger(__package__)
+
+
+def start(reply: Message, *, replaces: list[int] | None = None) -> Generation:
+    """Start generating `reply` (a streaming row just created) in this process."""
+    generation = Generation(reply, replaces=replaces or [])
+    registry.running[reply.conversation_id] = generation
+    spawn(generation.run())
+    ensure_janitor()
+    return generation
+
+
+class Generation:
+    """One reply being written: its text so far, its status, and how to stop it."""
+
+    def __init__(self, reply: Message, *, replaces: list[int]) -> None:
+        self.reply_id: int = reply.pk
+        self.conversation_id: uuid.UUID = reply.conversation_id
+        self.model = reply.model
+        # The owner, for the quota counter, when the reply came with its conversation (it does from
+        # the services); else the row is looked up at the end.
+        conversation = reply._state.fields_cache.get("conversation")
+        self.owner_id: int | None = conversation.owner_id if conversation is not None else None
+        self.replaces = replaces
+        self.group = group_name(self.conversation_id)
+        self.chunks: list[str] = []
+        self.length = 0
+        self._joined = ""
+        self.usage = Usage()
+        self.flushed_length = 0
+        self.touched_at = 0.0
+        self.request: ChatRequest | None = None
+        self.followups: Followups | None = None
+        self._stopping = False
+        self.over = False  # set once the outcome is decided: other processes' requests go unanswered
+        self._stream_task: asyncio.Task[None] | None = None
+        self.layer = get_channel_layer()
+
+    # -- reading ------------------------------------------------------------------------
+    def text(self) -> str:
+        """The reply's text so far (joined lazily: only flushes and late joiners need it)."""
+        if len(self._joined) != self.length:
+            self._joined = "".join(self.chunks)
+            self.chunks = [self._joined]
+        return self._joined
+
+    def snapshot(self, offset: int = 0) -> dict[str, Any]:
+        """The text from `offset` on, as the protocol's `generating`/`delta` payload."""
+        return {"message_id": self.reply_id, "offset": offset, "text": self.text()[offset:]}
+
+    # -- control --------------------------------------------------------------------------
+    def stop(self) -> None:
+        """Stop the reply; what was streamed is kept with status `stopped`."""
+        self._stopping = True
+        if self._stream_task is not None and not self._stream_task.done():
+            self._stream_task.cancel()
+            # redis-py can swallow a cancellation that lands inside a command (a delta's
+            # group_send): insist until the stream has really ended.
+            asyncio.get_running_loop().call_later(0.1, self.stop)
+
+    async def send(self, event: dict[str, Any]) -> None:
+        """An event to every socket of the conversation; a layer failure never stops the reply."""
+        try:
+            await self.layer.group_send(self.group, event)
+        except Exception:
+            log.exception("could not send %s for reply %s", event["type"], self.reply_id)
+
+    # -- running --------------------------------------------------------------------------
+    async def run(self) -> None:
+        """Generate, then store the outcome and tell every socket."""
+        listener = control.listen(self)
+        flusher(self)
+        status, error = Message.Status.COMPLETE, None
+        try:
+            await self.send(
+                {"type": "chat.start", "message_id": self.reply_id, "model": self.model, "replaces": self.replaces}
+            )
+            self.request, self.followups, stop_asked = await sync_to_async(_build_request, thread_sensitive=False)(
+                self.reply_id
+            )
+            if stop_asked:  # a `stop` that came before this reply's process could hear it
+                self._stopping = True
+            if not self._stopping:
+                self._stream_task = asyncio.ensure_future(self._stream(self.request))
+                await self._stream_task
+            else:
+                status = Message.Status.STOPPED
+        except asyncio.CancelledError:
+            # Cancelled without `stop`: the server is shutting down under us.
+            status = Message.Status.STOPPED if self._stopping else Message.Status.INTERRUPTED
+        except ProviderError as exc:
+            status, error = Message.Status.ERROR, exc
+            log.warning("reply %s failed: %r", self.reply_id, exc)
+        except Exception as exc:
+            log.exception("reply %s crashed", self.reply_id)
+            status = Message.Status.ERROR
+            error = ProviderError("provider_unavailable", f"The reply failed ({type(exc).__name__}).")
+        finally:
+            unflush(self)
+            self.over = True
+            if listener is not None:
+                listener.cancel()
+            await self._finish(status, error)
+
+    async def _stream(self, request: ChatRequest) -> None:
+        """Read the provider's stream into the buffer; retry before the first token."""
+        provider, _ = provider_for(self.model)
+        attempt = 0
+        trimmed_once = False
+        while True:
+            try:
+                async for item in within_gap(provider.stream(request), settings.CHAT_READ_TIMEOUT):
+                    if isinstance(item, Usage):
+                        self.usage = item
+                        continue
+                    offset = self.length
+                    self.chunks.append(item)
+                    self.length += len(item)
+                    await self.send({"type": "chat.delta", "message_id": self.reply_id, "offset": offset, "text": item})
+                    if self._stopping:  # stopped, though the cancellation itself got lost
+                        raise asyncio.CancelledError
+                return
+            except ProviderError as exc:
+                if self.length:
+                    raise
+                if exc.code == "context_too_long" and not trimmed_once and len(request.messages) > 1:
+                    trimmed_once = True
+                    request = trimmed(request)
+                    continue
+                if not exc.retryable or attempt >= settings.CHAT_PROVIDER_RETRIES:
+                    raise
+                if exc.retry_after is not None and exc.retry_after > settings.CHAT_RETRY_MAX_DELAY:
+                    raise  # longer than we hold a reply open: the error tells the user when to try again
+                attempt += 1
+                delay = backoff(attempt, exc.retry_after)
+                log.info("reply %s: %s, retry %s in %.1fs", self.reply_id, exc.code, attempt, delay)
+                await self.send(
+                    {
+                        "type": "chat.retrying",
+                        "message_id": self.reply_id,
+                        "attempt": attempt,
+                        "retry_in": round(delay, 2),
+                        "code": exc.code,
+                    }
+                )
+                await asyncio.sleep(delay)
+
+    async def _finish(self, status: str, error: ProviderError | None) -> None:
+        text = self.text()
+        usage = self.usage
+        estimates = (_estimate_input(self.request), estimate_tokens(text))
+        quota_tokens = (usage.input_tokens or estimates[0]) + (usage.output_tokens or estimates[1])
+        stored = None
+        for attempt in range(3):
+            try:
+                stored = await sync_to_async(_finish_row, thread_sensitive=False)(
+                    self.reply_id,
+                    self.owner_id,
+                    text,
+                    status,
+                    usage,
+                    error.code if error else "",
+                    quota_tokens,
+                    estimates,
+                )
+                break
+            except Exception:
+                log.exception("could not store reply %s (attempt %s)", self.reply_id, attempt + 1)
+                await asyncio.sleep(0.5 * (attempt + 1))
+        if registry.running.get(self.conversation_id) is self:
+            del registry.running[self.conversation_id]
+        if stored is None:
+            # Another process closed it (it judged this one dead); its `end` went out already.
+            return
+        await self.send(
+            {
+                "type": "chat.end",
+                "message_id": self.reply_id,
+                "status": status,
+                "content": text,
+                "usage": usage_payload(stored),
+            }
+        )
+        if error is not None:
+            await self.send(
+                {
+                    "type": "chat.error",
+                    "code": error.code,
+                    "message": error.message,
+                    "retry_after": error.retry_after,
+                    "message_id": self.reply_id,
+                }
+            )
+        reply_tokens = usage.output_tokens or estimate_tokens(text)
+        if status in (Message.Status.COMPLETE, Message.Status.STOPPED) and (
+            self.followups is None or self.followups.may_need_work(reply_tokens)
+        ):
+            try:
+                await sync_to_async(_after_reply, thread_sensitive=False)(self.conversation_id)
+            except Exception:
+                log.exception("could not schedule background work for %s", self.conversation_id)
+
+
+def _estimate_input(request: ChatRequest | None) -> int:
+    if request is None:
+        return 0
+    return estimate_tokens(request.system) + sum(estimate_tokens(m["content"]) for m in request.messages)
+
+
+def _build_request(reply_id: int) -> tuple[ChatRequest, Followups, bool]:
+    close_old_connections()
+    request, followups = build_for_reply(reply_id)
+    return request, followups, stop_requested(reply_id)
+
+
+def _finish_row(
+    reply_id: int,
+    owner_id: int | None,
+    text: str,
+    status: str,
+    usage: Usage,
+    error_code: str,
+    quota_tokens: int,
+    estimates: tuple[int, int],
+) -> Message | None:
+    close_old_connections()
+    return services.reply_finish(
+        reply_id=reply_id,
+        owner_id=owner_id,
+        content=text,
+        status=status,
+        input_tokens=usage.input_tokens,
+        output_tokens=usage.output_tokens,
+        cached_input_tokens=usage.cached_input_tokens,
+        cache_write_tokens=usage.cache_write_tokens,
+        estimated_input_tokens=estimates[0],
+        estimated_output_tokens=estimates[1],
+        error_code=error_code,
+        quota_tokens=quota_tokens,
+    )
+
+
+def _after_reply(conversation_id: uuid.UUID) -> None:
+    from ..tasks import after_reply
+
+    after_reply(conversation_id)

@@ -1,0 +1,94 @@
+"""The model registry's answers: which models a user may use, which model a thread talks to, what a call costs."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import TYPE_CHECKING
+
+from django.db.models import Q, QuerySet
+
+from .llm.base import Usage
+from .models import ChatModel, Conversation, Message, Persona
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import AbstractBaseUser
+
+MILLION = Decimal(1_000_000)
+# Costs are stored to the hundred-millionth of a dollar, shown to the millionth.
+COST_PLACES = Decimal("0.00000001")
+
+
+def models_for_user(user: AbstractBaseUser | int) -> QuerySet[ChatModel]:
+    """Active registry models the user may use (a model with no groups is for everyone)."""
+    user_id = user if isinstance(user, int) else user.pk
+    return (
+        ChatModel.objects.filter(is_active=True)
+        .filter(Q(groups__isnull=True) | Q(groups__user=user_id))
+        .distinct()
+        .order_by("name")
+    )
+
+
+def may_use(user_id: int, spec: str, *, listed_only: bool = False) -> bool:
+    """May the user talk to `provider:model`?
+
+    A model in the registry: if it is active and the user is in one of its groups (or it has none).
+    A model not in the registry: only as a persona's own model (`listed_only=False`), so that
+    setups from before the registry keep running.
+    """
+    entry = ChatModel.objects.filter(name=spec).first()
+    if entry is None:
+        return not listed_only
+    if not entry.is_active:
+        return False
+    return not entry.groups.exists() or entry.groups.filter(user=user_id).exists()
+
+
+def thread_model(conversation: Conversation, persona: Persona) -> str:
+    """The model a new reply in this thread uses: the one picked for it, where the persona allows a pick."""
+    if conversation.model and persona.allow_model_choice:
+        return conversation.model
+    return persona.resolved_model()
+
+
+def cost_of(spec: str, usage: Usage, *, entry: ChatModel | None = None) -> Decimal:
+    """What a call cost in USD at the registry's prices now (zero for a model not in the registry).
+
+    Input tokens not read from the cache at `input_price`, cached ones at `cached_input_price`,
+    tokens written to the cache at `cache_write_price` (blank: `input_price`), output at `output_price`.
+    """
+    if entry is None:
+        entry = ChatModel.objects.filter(name=spec).first()
+    if entry is None:
+        return Decimal(0)
+    total_in = usage.input_tokens or 0
+    cached = min(usage.cached_input_tokens or 0, total_in)
+    written = min(usage.cache_write_tokens or 0, total_in - cached)
+    fresh = total_in - cached - written
+    write_price = entry.cache_write_price if entry.cache_write_price is not None else entry.input_price
+    dollars = (
+        fresh * entry.input_price
+        + cached * entry.cached_input_price
+        + written * write_price
+        + (usage.output_tokens or 0) * entry.output_price
+    ) / MILLION
+    return dollars.quantize(COST_PLACES)
+
+
+def cost_text(cost: Decimal | None) -> str | None:
+    """A cost as the protocol's decimal string in US dollars (six places), or None."""
+    if cost is None:
+        return None
+    return str(cost.quantize(Decimal("0.000001")))
+
+
+def usage_payload(reply: Message | None) -> dict[str, object]:
+    """The `end` frame's `usage`: the provider's counts (None where it said nothing) and the cost."""
+    if reply is None:
+        return {"input_tokens": None, "output_tokens": None, "cached_input_tokens": None, "cost": None}
+    return {
+        "input_tokens": reply.input_tokens,
+        "output_tokens": reply.output_tokens,
+        "cached_input_tokens": reply.cached_input_tokens,
+        "cost": cost_text(reply.cost),
+    }
