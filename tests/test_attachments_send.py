@@ -201,3 +201,27 @@ async def test_files_count_against_the_budget(alice, fake_provider, settings):
     frames = await send(alice, conv, "both", [str(big.pk), str(text.pk)])
     assert frames[-1]["code"] == "invalid" and "budget is 1,000" in frames[-1]["message"]
     assert (await send(alice, conv, "one", [str(big.pk)]))[-1]["type"] == "end"
+
+
+async def test_the_model_registry_decides_what_a_model_takes(alice, fake_provider):
+    from conversations.models import ChatModel
+
+    await sync_to_async(ChatModel.objects.create)(
+        name="anthropic:claude-text", supports_images=False, supports_pdf=False
+    )
+    await sync_to_async(ChatModel.objects.create)(name="anthropic:claude-pdf", supports_images=True, supports_pdf=True)
+    # No images for a model the registry says cannot see.
+    conv = await conversation_on(alice, "openai:gpt-test")
+    image = await upload(alice, conv, "a.png", png())
+    await sync_to_async(Persona.objects.filter(pk=conv.persona_id).update)(model="anthropic:claude-text")
+    frames = await send(alice, conv, "Look", [str(image.pk)])
+    assert frames[-1]["code"] == "invalid" and "does not take images" in frames[-1]["message"]
+    # A PDF still goes, as its text, to a model that does not read PDFs; as a document to one that does.
+    data = pdf("Registry says text.")
+    for model in ("anthropic:claude-text", "anthropic:claude-pdf"):
+        conv = await conversation_on(alice, model)
+        document = await upload(alice, conv, "r.pdf", data)
+        assert (await send(alice, conv, "Read", [str(document.pk)]))[-1]["type"] == "end"
+    as_text, as_document = (last_user_content(r.json) for r in fake_provider.requests)
+    assert as_text[0]["type"] == "text" and "Registry says text." in as_text[0]["text"]
+    assert as_document[0]["type"] == "document"
