@@ -1,4 +1,4 @@
-"""The same attachments on an S3-compatible store: moto's server, started here on a loopback port, through django-storages."""
+"""Attachments on an S3-compatible store: moto's server, started here on a loopback port, via django-storages."""
 
 from __future__ import annotations
 
