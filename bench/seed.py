@@ -90,7 +90,7 @@ def main() -> None:
         for n in [int(x) for x in args.threads.split(",") if x]:
             [info] = make_users(f"thread{n}_", 1)
             conv = Conversation.objects.get(pk=info["conversation"])
-            Message.objects.bulk_create(
+            rows = Message.objects.bulk_create(
                 [
                     Message(
                         conversation=conv,
@@ -104,6 +104,11 @@ def main() -> None:
                     for i in range(n)
                 ]
             )
+            # One path, root to leaf: each message answers the one before it.
+            for above, below in zip(rows, rows[1:], strict=False):
+                below.parent_id, above.active_child_id = above.pk, below.pk
+            Message.objects.bulk_update(rows, ["parent_id", "active_child_id"], batch_size=500)
+            Conversation.objects.filter(pk=conv.pk).update(active_leaf_id=rows[-1].pk if rows else None)
             threads[str(n)] = info
         out["threads"] = threads
         with connection.cursor() as cursor:

@@ -6,6 +6,7 @@ import os
 import tempfile
 import warnings
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import environ
 from django.core.exceptions import ImproperlyConfigured
@@ -43,10 +44,14 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "allauth",
     "allauth.account",
+    "allauth.socialaccount",
+    "allauth.socialaccount.providers.openid_connect",
     "django_tasks",
     "django_tasks_db",
     "conversations",
     "usage",
+    "api",
+    "accounts",
     "attachments",
 ]
 
@@ -77,6 +82,7 @@ TEMPLATES = [
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
                 "conversations.context_processors.chat",
+                "accounts.context_processors.account",
             ],
         },
     },
@@ -136,6 +142,12 @@ else:
     }
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 
+# --- Your data (accounts/): import limits ----------------------------------------------
+ACCOUNT_IMPORT_MAX_MB = env.int("ACCOUNT_IMPORT_MAX_MB", default=100)
+ACCOUNT_IMPORT_MAX_CONVERSATIONS = env.int("ACCOUNT_IMPORT_MAX_CONVERSATIONS", default=5000)
+ACCOUNT_IMPORT_MAX_MESSAGES = env.int("ACCOUNT_IMPORT_MAX_MESSAGES", default=200_000)
+ACCOUNT_IMPORT_INLINE_KB = env.int("ACCOUNT_IMPORT_INLINE_KB", default=1024)  # larger files: the worker
+
 # --- Background tasks (Django's tasks API, database backend) ---------------------------
 TASKS = {"default": {"BACKEND": "django_tasks_db.DatabaseBackend"}}
 
@@ -151,7 +163,38 @@ ACCOUNT_LOGIN_METHODS = {"email", "username"}
 ACCOUNT_SIGNUP_FIELDS = ["email*", "username*", "password1*", "password2*"]
 ACCOUNT_EMAIL_VERIFICATION = env.str("ACCOUNT_EMAIL_VERIFICATION", default="optional")
 ACCOUNT_LOGOUT_ON_GET = False
+# Failed logins: per client address, and per account (`key`: api.sso.AccountAdapter makes "alice",
+# "ALICE" and alice's email one counter).
 ACCOUNT_RATE_LIMITS = {"login_failed": env.str("LOGIN_RATE_LIMIT", default="10/m/ip,5/5m/key")}
+# Sign-up never says an email is registered: with verification optional, allauth's "strict" lets the
+# sign-up through with the address unverified on the new account (the owner's account is untouched).
+ACCOUNT_PREVENT_ENUMERATION = "strict"
+# Local sign-up (the form at /accounts/signup/); false leaves SSO as the only way in.
+ACCOUNT_ALLOW_SIGNUP = env.bool("ACCOUNT_ALLOW_SIGNUP", default=True)
+ACCOUNT_ADAPTER = "api.sso.AccountAdapter"
+SOCIALACCOUNT_ADAPTER = "api.sso.SocialAccountAdapter"
+# Single sign-on (OpenID Connect): configured from the environment, or as a SocialApp in the admin.
+OIDC_SERVER_URL = env.str("OIDC_SERVER_URL", default="")
+OIDC_CLIENT_ID = env.str("OIDC_CLIENT_ID", default="")
+OIDC_CLIENT_SECRET = env.str("OIDC_CLIENT_SECRET", default="")
+OIDC_PROVIDER_NAME = env.str("OIDC_PROVIDER_NAME", default="") or "single sign-on"
+OIDC_GROUPS_CLAIM = env.str("OIDC_GROUPS_CLAIM", default="")
+SOCIALACCOUNT_PROVIDERS: dict[str, dict[str, object]] = {"openid_connect": {"OAUTH_PKCE_ENABLED": True}}
+if OIDC_SERVER_URL and OIDC_CLIENT_ID and OIDC_CLIENT_SECRET:
+    SOCIALACCOUNT_PROVIDERS["openid_connect"]["APPS"] = [
+        {
+            "provider_id": "sso",  # the callback: /accounts/oidc/sso/login/callback/
+            "name": OIDC_PROVIDER_NAME,
+            "client_id": OIDC_CLIENT_ID,
+            "secret": OIDC_CLIENT_SECRET,
+            "settings": {"server_url": OIDC_SERVER_URL},
+        }
+    ]
+SOCIALACCOUNT_LOGIN_ON_GET = False  # the button POSTs (with CSRF) to start the sign-in
+SOCIALACCOUNT_STORE_TOKENS = False
+# An identity provider's user joins an existing account only through an email the IdP says is verified.
+SOCIALACCOUNT_EMAIL_AUTHENTICATION = True
+SOCIALACCOUNT_EMAIL_AUTHENTICATION_AUTO_CONNECT = True
 EMAIL_CONFIG = env.email_url("EMAIL_URL", default="consolemail://")
 vars().update(EMAIL_CONFIG)
 DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="chat@localhost")
@@ -231,6 +274,13 @@ if not DEBUG:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
     SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
 
+# The identity provider's origin (and any listed for SocialApps made in the admin).
+_sso_origins = [
+    f"{u.scheme}://{u.netloc}"
+    for u in map(urlsplit, [OIDC_SERVER_URL, *env.list("SSO_FORM_ACTION_ORIGINS", default=[])])
+    if u.netloc
+]
+
 # No inline script anywhere: every script is a static file.
 CONTENT_SECURITY_POLICY = {
     "DIRECTIVES": {
@@ -243,7 +293,8 @@ CONTENT_SECURITY_POLICY = {
         "object-src": ["'none'"],
         "base-uri": ["'self'"],
         "frame-ancestors": ["'none'"],
-        "form-action": ["'self'"],
+        # The SSO button's form redirects to the identity provider: browsers hold redirects to form-action.
+        "form-action": ["'self'", *_sso_origins],
     }
 }
 

@@ -9,6 +9,8 @@ urlpatterns = [
     path("accounts/", include("allauth.urls")),
     path("admin/usage/", include("usage.urls")),
     path("admin/", admin.site.urls),
+    path("", include("api.urls")),
+    path("", include("accounts.urls")),
     path("", include("attachments.urls")),
     path("", include("conversations.urls")),
 ]

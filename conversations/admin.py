@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -25,7 +26,7 @@ from django.utils.safestring import mark_safe
 
 from . import pricing
 from .llm import ChatRequest, ProviderError, Usage, complete_once, configured_providers, provider_for, split_model
-from .models import Conversation, Message, Persona, UserQuota
+from .models import Conversation, ConversationRead, Message, Persona, UserQuota
 from .rendering import render_markdown
 
 STATS_DAYS = 30
@@ -350,11 +351,16 @@ class MessageInline(admin.TabularInline):
         "model",
         "input_tokens",
         "output_tokens",
-        "hidden",
+        "parent_message",
         "created_at",
     )
     extra = 0
     can_delete = False
+
+    @admin.display(description="Parent")
+    def parent_message(self, message: Message) -> int | None:
+        """The message it answers (or edits a sibling of): its id, without a query per row."""
+        return message.parent_id
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
@@ -363,12 +369,40 @@ class MessageInline(admin.TabularInline):
         return False
 
     def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return request.user.is_active and request.user.is_staff
+        return may_read_others(request)
+
+
+READ_OTHERS = "conversations.read_others_conversations"
+audit_log = logging.getLogger("conversations.audit")
+
+
+def may_read_others(request: HttpRequest) -> bool:
+    """Staff given the permission (superusers have every permission); is_staff alone is not enough."""
+    user = request.user
+    return user.is_active and user.is_staff and user.has_perm(READ_OTHERS)
+
+
+def record_read(request: HttpRequest, conversation: Conversation) -> None:
+    """Log a reading of someone else's conversation, and keep it as a ConversationRead."""
+    reader = request.user
+    if conversation.owner_id == reader.pk:
+        return
+    owner_name = conversation.owner.get_username()
+    ConversationRead.objects.create(
+        reader=reader,
+        reader_name=reader.get_username(),
+        owner_id=conversation.owner_id,
+        owner_name=owner_name,
+        conversation=conversation,
+        conversation_ref=conversation.pk,
+    )
+    audit_log.info("%s read %s's conversation %s in the admin", reader.get_username(), owner_name, conversation.pk)
 
 
 @admin.register(Conversation)
 class ConversationAdmin(admin.ModelAdmin):
-    """Every thread, readable by any staff member for moderation; nobody edits or deletes it here."""
+    """Threads, readable only with the read_others_conversations permission, each reading recorded;
+    nobody edits or deletes them here."""
 
     list_display = ["__str__", "owner", "persona", "message_count", "updated_at"]
     list_select_related = ["owner", "persona"]
@@ -381,8 +415,7 @@ class ConversationAdmin(admin.ModelAdmin):
         "title",
         "created_at",
         "updated_at",
-        "summary",
-        "summary_through",
+        "active_leaf",
     )
     inlines = [MessageInline]
 
@@ -394,10 +427,44 @@ class ConversationAdmin(admin.ModelAdmin):
         return conversation.n_messages  # type: ignore[attr-defined]
 
     def has_module_permission(self, request: HttpRequest) -> bool:
-        return request.user.is_active and request.user.is_staff
+        return may_read_others(request)
 
     def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return request.user.is_active and request.user.is_staff
+        return may_read_others(request)
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def change_view(
+        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: dict[str, Any] | None = None
+    ) -> HttpResponseBase:
+        response = super().change_view(request, object_id, form_url, extra_context)
+        conversation = getattr(response, "context_data", {}).get("original") if response.status_code == 200 else None
+        if isinstance(conversation, Conversation):
+            record_read(request, conversation)
+        return response
+
+
+@admin.register(ConversationRead)
+class ConversationReadAdmin(admin.ModelAdmin):
+    """The audit trail of readings: visible to whoever may read conversations; nobody edits it."""
+
+    list_display = ["read_at", "reader_name", "owner_name", "conversation_ref"]
+    list_filter = ["read_at"]
+    search_fields = ["reader_name", "owner_name", "=conversation_ref"]
+    fields = readonly_fields = ["read_at", "reader_name", "owner_name", "conversation_ref", "conversation"]
+
+    def has_module_permission(self, request: HttpRequest) -> bool:
+        return may_read_others(request)
+
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return may_read_others(request)
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False

@@ -22,7 +22,7 @@ from django.http import Http404
 from . import generation, services
 from .models import Conversation, Message
 from .pricing import usage_payload
-from .selectors import conversation_for_user, streaming_reply
+from .selectors import active_path, conversation_for_user, streaming_reply
 from .services import ChatError
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,7 @@ def _send(
     conversation: Conversation,
     client_id: uuid.UUID,
     content: object,
+    parent_id: int | None | str,
     edit_of: int | None,
     model: object = None,
     attachments: object = None,
@@ -57,6 +58,7 @@ def _send(
         conversation=conversation,
         client_id=client_id,
         content=content,
+        parent_id=parent_id,
         edit_of=edit_of,
         model=model,
         attachments=attachments,
@@ -64,8 +66,14 @@ def _send(
 
 
 @database_sync_to_async
-def _regenerate(conversation: Conversation) -> tuple[Message, list[int]]:
-    return services.reply_regenerate(conversation=conversation)
+def _regenerate(conversation: Conversation, message_id: int | None) -> tuple[Message, tuple[int, ...]]:
+    return services.reply_regenerate(conversation=conversation, message_id=message_id)
+
+
+@database_sync_to_async
+def _switch(conversation: Conversation, message_id: object) -> list[dict[str, Any]]:
+    services.conversation_switch(conversation=conversation, message_id=message_id)
+    return [m.as_event() for m in active_path(conversation)]
 
 
 @database_sync_to_async
@@ -251,6 +259,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             "stop": self.on_stop,
             "regenerate": self.on_regenerate,
             "resume": self.on_resume,
+            "switch": self.on_switch,
         }.get(_frame_type(frame))
         if handler is None:
             await self.send_error("invalid", "Unknown frame type.")
@@ -268,17 +277,31 @@ class ChatConsumer(AsyncWebsocketConsumer):
         edit_of = frame.get("edit_of")
         if edit_of is not None and not _is_id(edit_of):
             raise ChatError("invalid", "`edit_of` must be a message id.")
+        parent_id: int | None | str = services.FOLLOW_LEAF
+        if "parent_id" in frame:
+            parent_id = frame["parent_id"]
+            if parent_id is not None and not _is_id(parent_id):
+                raise ChatError("invalid", "`parent_id` must be a message id or null.")
         sent = await _send(
-            self.conversation, client_id, frame.get("content"), edit_of, frame.get("model"), frame.get("attachments")
+            self.conversation,
+            client_id,
+            frame.get("content"),
+            parent_id,
+            edit_of,
+            frame.get("model"),
+            frame.get("attachments"),
         )
-        event: dict[str, Any] = {"type": "message", "message": sent.message.as_event()}
-        if sent.replaces:
-            event["replaces"] = list(sent.replaces)
+        event: dict[str, Any] = {
+            "type": "message",
+            "message": sent.message.as_event(),
+            "parent_id": sent.message.parent_id,
+            "siblings": list(sent.siblings),
+        }
         if sent.reply is None:  # a resend: answer it, start nothing
             await self.answer(event)
             return
         await self.channel_layer.group_send(self.group, {**event, "type": "chat.message"})
-        generation.start(sent.reply)
+        generation.start(sent.reply, siblings=(sent.reply.pk,))
 
     async def on_stop(self, frame: dict[str, Any]) -> None:
         """Stop the running reply, wherever it runs, and acknowledge with `stopping`.
@@ -303,8 +326,19 @@ class ChatConsumer(AsyncWebsocketConsumer):
         await self.answer({"type": "stopping", "message_id": reply_id})
 
     async def on_regenerate(self, frame: dict[str, Any]) -> None:
-        reply, replaced = await _regenerate(self.conversation)
-        generation.start(reply, replaces=replaced)
+        message_id = frame.get("message_id")
+        if message_id is not None and not _is_id(message_id):
+            raise ChatError("invalid", "`message_id` must be a reply's id.")
+        reply, siblings = await _regenerate(self.conversation, message_id)
+        generation.start(reply, siblings=siblings)
+
+    async def on_switch(self, frame: dict[str, Any]) -> None:
+        """Make the path through a message active; every socket of the conversation gets the new path."""
+        message_id = frame.get("message_id")
+        if not _is_id(message_id):
+            raise ChatError("invalid", "`switch` needs an integer `message_id`.")
+        messages = await _switch(self.conversation, message_id)
+        await self.channel_layer.group_send(self.group, {"type": "chat.path", "messages": messages})
 
     async def on_resume(self, frame: dict[str, Any]) -> None:
         message_id, offset = frame.get("message_id"), frame.get("offset")
@@ -343,16 +377,16 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     # -- events from the group (and from the process running the reply) -------------------------
     async def chat_message(self, event: dict[str, Any]) -> None:
-        frame = {"type": "message", "message": event["message"]}
-        if event.get("replaces"):
-            frame["replaces"] = event["replaces"]
-        await self.relay(frame)
+        await self.relay({k: event[k] for k in ("message", "parent_id", "siblings")} | {"type": "message"})
 
     async def chat_start(self, event: dict[str, Any]) -> None:
         frame = {"type": "start", "message_id": event["message_id"], "model": event["model"]}
-        if event.get("replaces"):
-            frame["replaces"] = event["replaces"]
+        frame["parent_id"] = event.get("parent_id")
+        frame["siblings"] = event.get("siblings") or [event["message_id"]]
         await self.relay(frame)
+
+    async def chat_path(self, event: dict[str, Any]) -> None:
+        await self.relay({"type": "path", "messages": event["messages"]})
 
     async def chat_delta(self, event: dict[str, Any]) -> None:
         await self.relay(

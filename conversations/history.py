@@ -1,4 +1,4 @@
-"""The provider request for a reply: the persona's prompt, the summary, and the turns within budget."""
+"""The provider request for a reply: the persona's prompt, its path's summary, and the path's turns within budget."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from .context import (
 from .llm import ChatRequest
 from .llm import split_model as _split_model
 from .models import Attachment, Message
-from .selectors import recent_turns
+from .selectors import path_history, recent_turns
 from .services import effective_persona
 
 
@@ -51,13 +51,15 @@ def build_for_reply(reply_id: int) -> tuple[ChatRequest, Followups]:
     reply = Message.objects.select_related("conversation__persona").get(pk=reply_id)
     conversation = reply.conversation
     persona = effective_persona(conversation)
-    system = system_text(persona.system_prompt, conversation.summary)
+    # The path above the reply only: a branch never sees another branch's messages or summary.
+    history = path_history(conversation, leaf_id=reply_id, include_leaf=False)
+    system = system_text(persona.system_prompt, history.summary_text)
     budget = persona.budget_tokens()
     # Only the newest turns that can fit are read: fit_turns over them keeps what it would keep
     # over the whole history (it stops at the first turn that does not fit).
     room = budget - estimate_tokens(system) - MESSAGE_OVERHEAD
     provider, model = _split_model(reply.model)
-    recent = recent_turns(conversation, before_id=reply_id, tokens=room, provider=provider)
+    recent = recent_turns(history, tokens=room, provider=provider)
     turns = fit_turns(system, recent, budget)
     room_after = None
     if len(turns) == len(recent) and sum(t.cost() for t in recent) <= room:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from django.conf import settings
 from django.core.cache import cache
-from django.db.models import F, Sum
+from django.db.models import F, Q, Sum
 from django.db.models.functions import Coalesce, Length
 from django.utils import timezone
 
@@ -95,10 +95,13 @@ def tokens_used_today(user_id: int) -> int:
         used = Message.objects.filter(
             conversation__owner_id=user_id, role=Message.Role.ASSISTANT, created_at__gte=_day_start()
         ).aggregate(total=Coalesce(Sum(Coalesce(F("input_tokens"), 0) + output), 0))["total"]
-        # Summaries and titles are the user's too (replies are counted above, from their rows).
-        used += UsageRecord.objects.filter(
-            user_id=user_id, created_at__gte=_day_start(), kind__in=[UsageRecord.Kind.SUMMARY, UsageRecord.Kind.TITLE]
-        ).aggregate(total=Coalesce(Sum(F("input_tokens") + F("output_tokens")), 0))["total"]
+        # Summaries and titles are the user's too (replies are counted above, from their rows), and so
+        # are calls with no stored reply (the API's stateless requests).
+        used += (
+            UsageRecord.objects.filter(user_id=user_id, created_at__gte=_day_start())
+            .filter(Q(kind__in=[UsageRecord.Kind.SUMMARY, UsageRecord.Kind.TITLE]) | Q(message__isnull=True))
+            .aggregate(total=Coalesce(Sum(F("input_tokens") + F("output_tokens")), 0))["total"]
+        )
         cache.add(key, used, timeout=86400 + 60)
     return int(used)
 

@@ -112,16 +112,15 @@ class Conversation(models.Model):
     pinned = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now_add=True, db_index=True)
-    # The rolling summary of older turns: what the summarizer returned, and the last
-    # message id it covers (messages after it are sent verbatim).
-    summary = models.TextField(blank=True)
-    summary_through = models.BigIntegerField(null=True, blank=True)
-    summary_updated_at = models.DateTimeField(null=True, blank=True)
+    # The end of the active path (root to leaf): what the page shows and what a request is built from.
+    active_leaf = models.ForeignKey("Message", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     # Set while a worker summarizes: the claim that keeps two workers from doing it twice.
     summarizing_since = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         indexes = [models.Index(fields=["owner", "-updated_at"])]
+        # Not implied by is_staff: only people given it (and superusers) read others' threads in the admin.
+        permissions = [("read_others_conversations", "Can read other people's conversations (admin)")]
 
     def __str__(self) -> str:
         return self.title or "New chat"
@@ -150,6 +149,11 @@ class Message(models.Model):
         INTERRUPTED = "interrupted"
 
     conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="messages")
+    # The tree: a user message's parent is the reply it answers (None for a first message); a reply's
+    # parent is the user message it answers. Siblings are versions (edits, regenerations).
+    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.CASCADE, related_name="children")
+    # The child last on the active path below this message: switching to this message continues there.
+    active_child = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     role = models.CharField(max_length=16, choices=Role.choices)
     content = models.TextField(blank=True)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.COMPLETE)
@@ -164,8 +168,6 @@ class Message(models.Model):
     error_code = models.CharField(max_length=32, blank=True)
     # Set by `stop` from any socket in any process; the reply's own process reads it (durable stop).
     stop_requested = models.BooleanField(default=False)
-    # A regenerated reply (or an edited message) stays for usage accounting, out of sight.
-    hidden = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
     # Touched by every flush: a streaming row that stops being touched has lost its process.
     updated_at = models.DateTimeField(auto_now=True)
@@ -180,7 +182,7 @@ class Message(models.Model):
             ),
         ]
         indexes = [
-            models.Index(fields=["conversation", "hidden", "id"]),
+            models.Index(fields=["conversation", "parent"], name="message_children"),
             models.Index(fields=["status"], condition=Q(status="streaming"), name="streaming_messages"),
         ]
 
@@ -194,11 +196,31 @@ class Message(models.Model):
             "role": self.role,
             "content": self.content,
             "client_id": str(self.client_id) if self.client_id else None,
+            "parent_id": self.parent_id,
         }
         files = getattr(self, "files", None)
         if files:
             event["attachments"] = [f.as_json() for f in files]
         return event
+
+
+class Summary(models.Model):
+    """What the summarizer wrote about a path from its root through `through` (inclusive).
+
+    A branch uses a summary only when `through` is on its own path: a fork made at or before
+    `through` never carries it.
+    """
+
+    conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="summaries")
+    through = models.OneToOneField(Message, on_delete=models.CASCADE, related_name="summary")
+    text = models.TextField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        verbose_name_plural = "summaries"
+
+    def __str__(self) -> str:
+        return f"summary through #{self.through_id}"
 
 
 class UserQuota(models.Model):
@@ -244,6 +266,27 @@ class UsageRecord(models.Model):
         return f"{self.kind} {self.model} {self.created_at:%Y-%m-%d}"
 
 
+class ConversationRead(models.Model):
+    """One reading of another person's conversation in the admin: who, whose, when (the audit trail).
+
+    Names are copied, and the links set to null when a user or thread is deleted: the record outlives them.
+    """
+
+    reader = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+")
+    reader_name = models.CharField(max_length=150)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+")
+    owner_name = models.CharField(max_length=150)
+    conversation = models.ForeignKey(Conversation, on_delete=models.SET_NULL, null=True, related_name="+")
+    conversation_ref = models.UUIDField()
+    read_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        ordering = ["-read_at"]
+
+    def __str__(self) -> str:
+        return f"{self.reader_name} read {self.owner_name}'s {self.conversation_ref}"
+
+
 from .attachment import Attachment  # noqa: E402 - the model lives in its own module
 
-__all__ = ["Attachment", "Conversation", "Message", "Persona", "UsageRecord", "UserQuota"]
+__all__ = ["Attachment", "Conversation", "Message", "ConversationRead", "Persona", "UsageRecord", "UserQuota"]

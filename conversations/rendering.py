@@ -214,9 +214,20 @@ def render_many(texts: Iterable[str]) -> list[SafeString]:
 @functools.cache
 def _message_template() -> tuple[Template, str]:
     """The message template, and a digest of its source (a changed template is a new cache key)."""
-    names = ["conversations/_message.html", "conversations/_message_actions.html"]
+    names = ["conversations/_message.html", "conversations/_message_actions.html", "conversations/_versions.html"]
     sources = [get_template(n).template.source for n in names]  # type: ignore[attr-defined]
     return get_template(names[0]).template, _digest(*sources)  # type: ignore[attr-defined]
+
+
+def versions(siblings: Sequence[int], pk: int) -> dict[str, int | None]:
+    """Where a message stands among its versions: `‹ index / count ›` and the ids either side."""
+    at = list(siblings).index(pk) if pk in siblings else 0
+    return {
+        "index": at + 1,
+        "count": len(siblings),
+        "prev": siblings[at - 1] if at > 0 else None,
+        "next": siblings[at + 1] if at + 1 < len(siblings) else None,
+    }
 
 
 # A reply shows its model, tokens and cost: the page loads these fields, and they key its cached HTML.
@@ -238,6 +249,8 @@ def render_messages(messages: Sequence[Message], hints: dict[str, str]) -> list[
 
     def make(indexes: list[int]) -> list[str]:
         chosen = [messages[i] for i in indexes]
+        for m in chosen:
+            m.versions = versions(getattr(m, "siblings", None) or [m.pk], m.pk)  # type: ignore[attr-defined]
         replies = [m for m in chosen if m.role == m.Role.ASSISTANT]
         for m, html in zip(replies, render_many(m.content for m in replies), strict=True):
             m.html = html  # type: ignore[attr-defined]
@@ -246,7 +259,8 @@ def render_messages(messages: Sequence[Message], hints: dict[str, str]) -> list[
     streaming = [i for i, m in enumerate(messages) if m.status == m.Status.STREAMING]
     done = [i for i, m in enumerate(messages) if m.status != m.Status.STREAMING]
     keys = [f"msg:{_VERSION}:{version}:" + _digest(m.pk, m.role, m.status, m.error_code, m.client_id, m.content,
-                                                    *_file_ids(m), *(getattr(m, f) for f in USAGE_FIELDS))
+                                                   *(getattr(m, f) for f in USAGE_FIELDS), getattr(m, "siblings", None),
+                                                   *_file_ids(m))
             for m in (messages[i] for i in done)]  # fmt: skip
     out: list[SafeString] = [mark_safe("")] * len(messages)  # noqa: S308 - placeholders, all replaced below
     for i, html in zip(done, _cached(keys, lambda js: make([done[j] for j in js])), strict=True):

@@ -15,7 +15,7 @@ from django.db.models.functions import Greatest, Lower, StrIndex, Substr
 from django.http import Http404
 
 from .context import AttachmentRef, Turn
-from .models import Attachment, Conversation, Message, Persona
+from .models import Attachment, Conversation, Message, Persona, Summary
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
@@ -33,7 +33,7 @@ def conversation_for_user(user: AbstractBaseUser | AnonymousUser, conversation_i
 
 def conversations_for_user(user: AbstractBaseUser) -> QuerySet[Conversation]:
     """The user's threads that have at least one message: pinned first, then newest first."""
-    has_messages = Message.objects.filter(conversation=OuterRef("pk"), hidden=False)
+    has_messages = Message.objects.filter(conversation=OuterRef("pk"))
     return (
         Conversation.objects.filter(owner=user)
         .filter(Exists(has_messages))
@@ -61,22 +61,155 @@ def persona_for_user(user: AbstractBaseUser, slug: str | None) -> Persona | None
     return personas.filter(is_default=True).first() or personas.first()
 
 
-def visible_messages(conversation: Conversation) -> QuerySet[Message]:
-    """The messages the page shows, in order."""
-    return conversation.messages.filter(hidden=False).order_by("id")
-
-
 def streaming_reply(conversation_id: uuid.UUID) -> Message | None:
     """The reply being generated in this conversation, if any."""
     return Message.objects.filter(conversation_id=conversation_id, status=Message.Status.STREAMING).first()
 
 
-def _history(conversation: Conversation, before_id: int) -> QuerySet[Message]:
-    qs = conversation.messages.filter(hidden=False, id__lt=before_id).exclude(status=Message.Status.STREAMING)
-    if conversation.summary_through is not None:
-        qs = qs.filter(id__gt=conversation.summary_through)
-    # `conversation` too: the related manager sets it on every row, and a deferred one is a query each.
-    return qs.only("id", "conversation", "role", "content", "output_tokens")
+# -- the tree: the active path, versions, and the history of a request ---------------------------------
+_TABLE = Message._meta.db_table
+# The path from message %s up to its root, one row per message, `depth` 0 at the start: a recursive
+# query over the primary key, so it reads the path's rows only, whatever the branches around it.
+_PATH_CTE = (
+    f"WITH RECURSIVE path(id, parent_id, depth) AS ("
+    f" SELECT id, parent_id, 0 FROM {_TABLE} WHERE id = %s AND conversation_id = %s"
+    f" UNION ALL SELECT m.id, m.parent_id, p.depth + 1 FROM {_TABLE} m JOIN path p ON m.id = p.parent_id)"
+)  # noqa: S608 - the table name from the model, values as parameters
+PAGE_FIELDS = ("id", "conversation_id", "parent_id", "role", "content", "status", "client_id", "error_code")
+
+
+def path_ids(conversation_id: uuid.UUID, leaf_id: int | None) -> list[int]:
+    """The ids from the root to `leaf_id`, in order (one query)."""
+    if leaf_id is None:
+        return []
+    with connection.cursor() as cursor:
+        cursor.execute(f"{_PATH_CTE} SELECT id FROM path ORDER BY depth DESC", [leaf_id, _db_id(conversation_id)])
+        return [row[0] for row in cursor.fetchall()]
+
+
+def descend(conversation_id: uuid.UUID, message_id: int) -> int:
+    """The most recently active descendant of `message_id` (following each message's active child),
+    or the message itself: one query."""
+    sql = (
+        f"WITH RECURSIVE down(id, active_child_id, depth) AS ("
+        f" SELECT id, active_child_id, 0 FROM {_TABLE} WHERE id = %s AND conversation_id = %s"
+        f" UNION ALL SELECT m.id, m.active_child_id, d.depth + 1"
+        f" FROM {_TABLE} m JOIN down d ON m.id = d.active_child_id)"
+        f" SELECT id FROM down ORDER BY depth DESC LIMIT 1"
+    )  # noqa: S608
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [message_id, _db_id(conversation_id)])
+        row = cursor.fetchone()
+    return row[0] if row else message_id
+
+
+def _db_id(conversation_id: uuid.UUID | str) -> object:
+    """The conversation id as the database stores it (SQLite keeps UUIDs as hex text)."""
+    return Conversation._meta.pk.get_db_prep_value(uuid.UUID(str(conversation_id)), connection)  # type: ignore[union-attr]
+
+
+# Rows read per query by id: far below SQLite's limit of bound parameters (32,766).
+ID_CHUNK = 10_000
+
+
+def _by_ids(ids: list[int], fields: tuple[str, ...]) -> list[Message]:
+    """The rows of `ids`, in that order: one primary-key lookup per ID_CHUNK ids."""
+    rows: dict[int, Message] = {}
+    for start in range(0, len(ids), ID_CHUNK):
+        chunk = ids[start : start + ID_CHUNK]
+        rows.update((m.pk, m) for m in Message.objects.filter(pk__in=chunk).only(*fields))
+    return [rows[i] for i in ids if i in rows]
+
+
+def path_messages(
+    conversation: Conversation, *, leaf_id: int | None = None, fields: tuple[str, ...] = PAGE_FIELDS
+) -> list[Message]:
+    """The messages of the path from the root to `leaf_id` (default: the active leaf), in order: the
+    path's ids (one recursive query over the primary key), then its rows by id (one query)."""
+    leaf = conversation.active_leaf_id if leaf_id is None else leaf_id
+    return _by_ids(path_ids(conversation.pk, leaf), fields)
+
+
+def sibling_ids(conversation: Conversation, path: list[Message]) -> dict[int, list[int]]:
+    """For each message of `path`, the ids of it and its siblings, oldest first: one query, whatever
+    the number of branches (the children of the path's messages, and the roots)."""
+    if not path:
+        return {}
+    by_parent: dict[int | None, list[int]] = {}
+    ids = [m.pk for m in path]
+    rows = Message.objects.filter(conversation_id=conversation.pk).filter(
+        Q(parent_id__isnull=True) | Q(parent_id__in=ids[:-1])
+    )
+    for sid, parent in rows.order_by("id").values_list("id", "parent_id"):
+        by_parent.setdefault(parent, []).append(sid)
+    return {m.pk: by_parent.get(m.parent_id, [m.pk]) for m in path}
+
+
+@dataclass(frozen=True)
+class PathMessage:
+    """A message of the active path as the `path` frame carries it."""
+
+    message: Message
+    siblings: list[int]
+
+    def as_event(self) -> dict[str, object]:
+        return {**self.message.as_event(), "status": self.message.status, "siblings": self.siblings}
+
+
+def active_path(
+    conversation: Conversation, *, leaf_id: int | None = None, fields: tuple[str, ...] = PAGE_FIELDS
+) -> list[PathMessage]:
+    """The active path (or the path to `leaf_id`) with each message's versions: two queries, however
+    many branches there are."""
+    path = path_messages(conversation, leaf_id=leaf_id, fields=fields)
+    siblings = sibling_ids(conversation, path)
+    return [PathMessage(m, siblings[m.pk]) for m in path]
+
+
+def summary_for_path(conversation_id: uuid.UUID, ids: list[int]) -> Summary | None:
+    """The summary reaching furthest along this path (its `through` on the path), or None."""
+    position = {pk: i for i, pk in enumerate(ids)}
+    best: Summary | None = None
+    for summary in Summary.objects.filter(conversation_id=conversation_id).only("id", "through_id", "text"):
+        at = position.get(summary.through_id)
+        if at is not None and (best is None or at > position[best.through_id]):
+            best = summary
+    return best
+
+
+@dataclass
+class PathHistory:
+    """The path a request is built from: its ids (root first), and the summary it may use."""
+
+    conversation_id: uuid.UUID
+    ids: list[int]
+    summary: Summary | None
+
+    @property
+    def summary_text(self) -> str:
+        return self.summary.text if self.summary else ""
+
+    def unsummarized(self) -> list[int]:
+        """The ids after the summary's `through`."""
+        if self.summary is None:
+            return self.ids
+        return self.ids[self.ids.index(self.summary.through_id) + 1 :]
+
+
+def path_history(conversation: Conversation, *, leaf_id: int | None = None, include_leaf: bool = True) -> PathHistory:
+    """The path from the root to `leaf_id` (default: the active leaf), without the leaf itself when
+    `include_leaf` is false, with the summary it may use: two queries."""
+    leaf = conversation.active_leaf_id if leaf_id is None else leaf_id
+    ids = path_ids(conversation.pk, leaf)
+    if not include_leaf:
+        ids = ids[:-1]
+    return PathHistory(conversation.pk, ids, summary_for_path(conversation.pk, ids))
+
+
+def _rows(ids: list[int]) -> list[Message]:
+    rows = Message.objects.filter(pk__in=ids).exclude(status=Message.Status.STREAMING)
+    by_id = {m.pk: m for m in rows.only("id", "role", "content", "output_tokens")}
+    return [by_id[i] for i in ids if i in by_id]
 
 
 def _turn(m: Message, files: tuple[AttachmentRef, ...] = (), provider: str = "") -> Turn | None:
@@ -101,9 +234,9 @@ def attachments_by_message(messages: list[Message]) -> dict[int, list[Attachment
     return found
 
 
-def history_turns(conversation: Conversation, *, before_id: int, provider: str = "") -> list[Turn]:
-    """The turns after the summary and before message `before_id`, as request history."""
-    messages = list(_history(conversation, before_id).order_by("id"))
+def history_turns(history: PathHistory, *, provider: str = "") -> list[Turn]:
+    """The path's turns after its summary, as request history."""
+    messages = _rows(history.unsummarized())
     files = attachment_refs(messages)
     return [t for m in messages if (t := _turn(m, files.get(m.pk, ()), provider)) is not None]
 
@@ -111,26 +244,24 @@ def history_turns(conversation: Conversation, *, before_id: int, provider: str =
 RECENT_PAGE = 50
 
 
-def recent_turns(
-    conversation: Conversation, *, before_id: int, tokens: int, at_least: int = 1, provider: str = ""
-) -> list[Turn]:
+def recent_turns(history: PathHistory, *, tokens: int, at_least: int = 1, provider: str = "") -> list[Turn]:
     """The newest of `history_turns`, oldest first: enough to cost more than `tokens` (and at least
     `at_least` turns), or all of them. Read newest first a page at a time, so a request for a thread
     of thousands of messages reads about as many rows as its budget holds, not the whole thread.
     """
     turns: list[Turn] = []
     total = 0
-    cursor = before_id
-    while True:
-        page = list(_history(conversation, cursor).order_by("-id")[:RECENT_PAGE])
-        files = attachment_refs(page)
-        for m in page:
-            cursor = m.pk
+    remaining = history.unsummarized()
+    while remaining:
+        page, remaining = remaining[-RECENT_PAGE:], remaining[:-RECENT_PAGE]
+        rows = _rows(page)
+        files = attachment_refs(rows)
+        for m in reversed(rows):
             turn = _turn(m, files.get(m.pk, ()), provider)
             if turn is not None:
                 turns.append(turn)
                 total += turn.cost()
-        if len(page) < RECENT_PAGE or (total > tokens and len(turns) >= at_least):
+        if total > tokens and len(turns) >= at_least:
             break
     turns.reverse()
     return turns
@@ -174,7 +305,7 @@ def _search(qs: QuerySet[Conversation], query: str) -> QuerySet[Conversation]:
     needle = query.strip()
     if not needle:
         return qs.none()
-    messages = Message.objects.filter(conversation=OuterRef("pk"), hidden=False)
+    messages = Message.objects.filter(conversation=OuterRef("pk"))
     if connection.vendor == "postgresql" and search_terms(query):
         tsquery = SearchQuery(" & ".join(f"'{t}':*" for t in search_terms(query)), search_type="raw", config="simple")
         matching = messages.annotate(doc=SearchVector("content", config="simple")).filter(
@@ -197,11 +328,14 @@ def _search(qs: QuerySet[Conversation], query: str) -> QuerySet[Conversation]:
             qs.annotate(title_doc=SearchVector("title", config="simple"))
             .filter(Q(title_doc=tsquery) | Q(title__icontains=needle) | Exists(matching))
             .annotate(snippet=Subquery(matching.order_by("id").annotate(s=snippet).values("s")[:1]))
+            .annotate(hit=Subquery(matching.order_by("id").values("id")[:1]))
         )
     containing = messages.filter(content__icontains=needle)
     # Only the text around the match leaves the database.
     return qs.filter(Q(title__icontains=needle) | Exists(containing)).annotate(
-        snippet=Subquery(containing.order_by("id").annotate(s=_around_match(needle)).values("s")[:1])
+        snippet=Subquery(containing.order_by("id").annotate(s=_around_match(needle)).values("s")[:1]),
+        # The first matching message, on whichever branch: the link opens the path through it.
+        hit=Subquery(containing.order_by("id").values("id")[:1]),
     )
 
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Q
+from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
 from . import limits, pricing
@@ -45,13 +45,41 @@ class Sent:
 
     message: Message
     reply: Message | None
-    # Messages an edit took out of sight (the edited message and the replies after it).
-    replaces: tuple[int, ...] = ()
+    # The ids of the message and its siblings (its other versions), oldest first.
+    siblings: tuple[int, ...] = ()
+
+
+# `parent_id` of a send that names none: the new message follows the active leaf.
+FOLLOW_LEAF = "leaf"
 
 
 def conversation_create(*, owner: AbstractBaseUser, persona: Persona) -> Conversation:
     """A new, empty thread."""
     return Conversation.objects.create(owner=owner, persona=persona)
+
+
+# Empty conversations (no message yet: a first message refused, a tab closed before it was sent)
+# a user may hold. They are never listed; beyond this many, "new chat" reuses one.
+MAX_EMPTY_CONVERSATIONS = 10
+
+
+@transaction.atomic
+def conversation_start(*, owner: AbstractBaseUser, persona: Persona) -> Conversation:
+    """The conversation behind "New chat": a new one, or, when the user already holds
+    MAX_EMPTY_CONVERSATIONS empty ones, the oldest of those, made new again with this persona.
+    So POST /conversations/new/ cannot pile up empty rows, however often it is sent.
+    """
+    has_messages = Exists(Message.objects.filter(conversation=OuterRef("pk")))
+    empty = Conversation.objects.filter(owner=owner).exclude(has_messages)
+    oldest = list(empty.order_by("created_at", "id").values_list("pk", flat=True)[:MAX_EMPTY_CONVERSATIONS])
+    if len(oldest) < MAX_EMPTY_CONVERSATIONS:
+        return conversation_create(owner=owner, persona=persona)
+    conversation = Conversation.objects.select_for_update().get(pk=oldest[0])
+    conversation.persona = persona
+    conversation.title, conversation.title_is_auto, conversation.pinned = "", True, False
+    conversation.updated_at = timezone.now()
+    conversation.save(update_fields=["persona", "title", "title_is_auto", "pinned", "updated_at"])
+    return conversation
 
 
 def _default_persona() -> Persona:
@@ -125,13 +153,14 @@ def _check_limits(user_id: int, quota: int | None = None) -> None:
 BUSY = "A reply is still being written. Stop it or wait for it to finish."
 
 
-def _open_reply(conversation: Conversation, model: str) -> Message:
+def _open_reply(conversation: Conversation, model: str, *, parent_id: int) -> Message:
     """Insert the streaming reply row (the caller checked for one); the partial unique index turns
     a race into `busy`."""
     try:
         with transaction.atomic():
             return Message.objects.create(
                 conversation=conversation,
+                parent_id=parent_id,
                 role=Message.Role.ASSISTANT,
                 status=Message.Status.STREAMING,
                 model=model,
@@ -227,19 +256,56 @@ def _check_attachments(conv: Conversation, ids: list[uuid.UUID], text: str, mode
     return sorted(files, key=lambda f: order[f.pk])
 
 
+def _point_path_to(conv: Conversation, leaf_id: int) -> None:
+    """Make the path from the root to `leaf_id` the active one: every message on it points at its
+    child on it (what switching back to it continues to), and the conversation at the leaf."""
+    from .selectors import path_messages
+
+    path = path_messages(conv, leaf_id=leaf_id, fields=("id", "active_child_id"))
+    for above, below in zip(path, path[1:], strict=False):
+        if above.active_child_id != below.pk:
+            Message.objects.filter(pk=above.pk).update(active_child_id=below.pk)
+    conv.active_leaf_id = leaf_id
+    Conversation.objects.filter(pk=conv.pk).update(active_leaf_id=leaf_id)
+
+
+def _children(conv: Conversation, parent_id: int | None) -> tuple[int, ...]:
+    return tuple(
+        Message.objects.filter(conversation=conv, parent_id=parent_id).order_by("id").values_list("id", flat=True)
+    )
+
+
+def _parent_for_send(conv: Conversation, parent_id: int | None | str, edit_of: int | None) -> int | None:
+    """The parent the new user message gets: a reply of this conversation, or None for a first message."""
+    if edit_of is not None:
+        edited = Message.objects.filter(conversation=conv, pk=edit_of, role=Message.Role.USER).first()
+        if edited is None:
+            raise ChatError("invalid", "`edit_of` must be one of your messages in this conversation.")
+        return edited.parent_id
+    if parent_id == FOLLOW_LEAF:
+        return conv.active_leaf_id
+    if parent_id is None:
+        return None
+    if not Message.objects.filter(conversation=conv, pk=parent_id, role=Message.Role.ASSISTANT).exists():
+        raise ChatError("invalid", "`parent_id` must be a reply in this conversation, or null.")
+    return int(parent_id)
+
+
 def message_send(
     *,
     conversation: Conversation,
     client_id: uuid.UUID,
     content: object,
+    parent_id: int | None | str = FOLLOW_LEAF,
     edit_of: int | None = None,
     model: object = None,
     attachments: object = None,
 ) -> Sent:
     """Store the user's message and open the reply; a resent `client_id` changes nothing.
 
-    `edit_of` (the last user message's id) sends an edited version of it instead: that message and
-    the replies after it are hidden, kept for usage accounting.
+    The message becomes a child of `parent_id` (a reply, or None for a new first message), by default
+    of the active leaf. `edit_of` (any user message's id) stores a new version of that message: a
+    sibling of it. Nothing is hidden or deleted: the old version stays, one switch away.
     `model` (`provider:model`), where the persona allows a choice, becomes the thread's model.
     `attachments`: ids of the user's unsent uploads to this thread, bound to the message.
     Refusals (`invalid`, `busy`, `rate_limited`, `quota_exceeded`) store nothing.
@@ -258,25 +324,21 @@ def message_send(
             existing = next((m for m in found if m.client_id == client_id), None)
             if existing:
                 existing.files = list(existing.attachments.all())  # type: ignore[attr-defined]
-                return Sent(existing, None)
+                return Sent(existing, None, _children(conv, existing.parent_id))
             if found:
                 raise ChatError("busy", BUSY)
-            replaces: list[int] = []
-            if edit_of is not None:
-                last_user = conv.messages.filter(hidden=False, role=Message.Role.USER).order_by("-id").first()
-                if last_user is None or last_user.pk != edit_of:
-                    raise ChatError("invalid", "Only your last message can be edited.")
+            parent = _parent_for_send(conv, parent_id, edit_of)
             _check_persona(conv)
             spec = _check_model(conv, model)
             files = _check_attachments(conv, ids, text, spec)
             _check_limits(conv.owner_id, _quota(conv))
-            if edit_of is not None:
-                replaces = list(conv.messages.filter(hidden=False, id__gte=edit_of).values_list("id", flat=True))
-                conv.messages.filter(id__in=replaces).update(hidden=True)
+            follows_leaf = parent is not None and parent == conv.active_leaf_id
             # The message and its reply in one INSERT; the partial unique index turns a race into `busy`.
             message, reply = Message.objects.bulk_create(
                 [
-                    Message(conversation=conv, role=Message.Role.USER, content=text, client_id=client_id),
+                    Message(
+                        conversation=conv, parent_id=parent, role=Message.Role.USER, content=text, client_id=client_id
+                    ),
                     Message(
                         conversation=conv,
                         role=Message.Role.ASSISTANT,
@@ -285,6 +347,19 @@ def message_send(
                     ),
                 ]
             )
+            # bulk_create cannot point the reply at a row of the same INSERT: link them now.
+            Message.objects.filter(pk=reply.pk).update(parent_id=message.pk)
+            Message.objects.filter(pk=message.pk).update(active_child_id=reply.pk)
+            reply.parent_id = message.pk
+            message.active_child_id = reply.pk
+            if follows_leaf:
+                # The common case: the new message continues the active path.
+                Message.objects.filter(pk=parent).update(active_child_id=message.pk)
+                Conversation.objects.filter(pk=conv.pk).update(active_leaf_id=reply.pk)
+                siblings: tuple[int, ...] = (message.pk,)
+            else:
+                _point_path_to(conv, reply.pk)
+                siblings = _children(conv, parent)
             if files:
                 Attachment.objects.filter(pk__in=[f.pk for f in files]).update(message=message)
             message.files = files  # type: ignore[attr-defined]
@@ -302,32 +377,55 @@ def message_send(
         existing = Message.objects.filter(conversation=conversation, client_id=client_id).first()
         if existing:
             existing.files = list(existing.attachments.all())  # type: ignore[attr-defined]
-            return Sent(existing, None)
+            return Sent(existing, None, _children(conversation, existing.parent_id))
         raise ChatError("busy", BUSY) from None
-    return Sent(message, reply, tuple(replaces))
+    return Sent(message, reply, siblings)
 
 
-def reply_regenerate(*, conversation: Conversation) -> tuple[Message, list[int]]:
-    """A new reply to the last user message; the replies it replaces are hidden. Returns (reply, hidden ids)."""
+def reply_regenerate(*, conversation: Conversation, message_id: int | None = None) -> tuple[Message, tuple[int, ...]]:
+    """A new version of reply `message_id` (default: the active leaf's reply), a sibling of it, made
+    the active path. Returns (the new reply, the ids of it and its siblings)."""
     with transaction.atomic():
         conv = _lock(conversation)
-        last_user = conv.messages.filter(hidden=False, role=Message.Role.USER).order_by("-id").first()
-        if last_user is None:
-            raise ChatError("invalid", "There is no message to answer yet.")
+        if message_id is not None:
+            old = Message.objects.filter(conversation=conv, pk=message_id, role=Message.Role.ASSISTANT).first()
+            if old is None or old.parent_id is None:
+                raise ChatError("invalid", "`message_id` must be a reply in this conversation.")
+            asked = old.parent_id
+        else:
+            leaf = Message.objects.filter(pk=conv.active_leaf_id).only("id", "role", "parent_id").first()
+            if leaf is None:
+                raise ChatError("invalid", "There is no message to answer yet.")
+            asked = leaf.pk if leaf.role == Message.Role.USER else leaf.parent_id
+            if asked is None:
+                raise ChatError("invalid", "There is no message to answer yet.")
         # Busy before the limits: a refused regenerate must not count against the user's rate.
         if Message.objects.filter(conversation=conv, status=Message.Status.STREAMING).exists():
             raise ChatError("busy", BUSY)
         _check_persona(conv)
         spec = _check_model(conv)
         _check_limits(conv.owner_id, _quota(conv))
-        replaced = list(
-            conv.messages.filter(hidden=False, role=Message.Role.ASSISTANT, id__gt=last_user.pk).values_list(
-                "id", flat=True
-            )
-        )
-        conv.messages.filter(id__in=replaced).update(hidden=True)
-        reply = _open_reply(conv, spec)
-    return reply, replaced
+        reply = _open_reply(conv, spec, parent_id=asked)
+        _point_path_to(conv, reply.pk)
+        siblings = _children(conv, asked)
+    return reply, siblings
+
+
+def conversation_switch(*, conversation: Conversation, message_id: object) -> int:
+    """Make the path through message `message_id` active, continuing to its most recently active
+    descendant. Returns the new active leaf's id. Works while a reply streams on any branch."""
+    from .selectors import descend
+
+    if not isinstance(message_id, int) or isinstance(message_id, bool):
+        raise ChatError("invalid", "`switch` needs an integer `message_id`.")
+    with transaction.atomic():
+        conv = Conversation.objects.select_for_update(of=("self",)).get(pk=conversation.pk)
+        if not Message.objects.filter(conversation=conv, pk=message_id).exists():
+            raise ChatError("not_found", "No such message in this conversation.")
+        leaf = descend(conv.pk, message_id)
+        _point_path_to(conv, leaf)
+    conversation.active_leaf_id = leaf
+    return leaf
 
 
 def reply_stop_request(*, conversation_id: uuid.UUID) -> int | None:

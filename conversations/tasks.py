@@ -26,14 +26,15 @@ SUMMARY_RETRY_DELAYS = (dt.timedelta(seconds=30), dt.timedelta(minutes=5))
 
 
 @task()
-def summarize_conversation(conversation_id: str, attempt: int = 1) -> bool:
-    """Summarize a conversation's older turns if its history is near its budget."""
+def summarize_conversation(conversation_id: str, attempt: int = 1, leaf_id: int | None = None) -> bool:
+    """Summarize the older turns of a conversation's path (to `leaf_id`, default the active path) if
+    that path's history is near its budget."""
     try:
-        return summaries.summarize(conversation_id)
+        return summaries.summarize(conversation_id, leaf_id)
     except ProviderError as exc:
         if attempt <= len(SUMMARY_RETRY_DELAYS):
             run_after = timezone.now() + SUMMARY_RETRY_DELAYS[attempt - 1]
-            summarize_conversation.using(run_after=run_after).enqueue(conversation_id, attempt + 1)
+            summarize_conversation.using(run_after=run_after).enqueue(conversation_id, attempt + 1, leaf_id)
             log.warning("summary of %s failed (%r); retry %s at %s", conversation_id, exc, attempt, run_after)
         else:
             log.warning(
@@ -53,11 +54,12 @@ def _queued(task_path: str, conversation_id: str) -> bool:
     return DBTaskResult.objects.ready().filter(task_path=task_path, args_kwargs__args__0=conversation_id).exists()
 
 
-def after_reply(conversation_id: uuid.UUID) -> None:
-    """Queue what a finished reply calls for: a title for a new thread, a summary near the budget."""
+def after_reply(conversation_id: uuid.UUID, leaf_id: int | None = None) -> None:
+    """Queue what a finished reply calls for: a title for a new thread, a summary of the reply's path
+    (`leaf_id`, default the active path) near the budget: a new branch gets its own."""
     conversation = Conversation.objects.select_related("persona").get(pk=conversation_id)
     cid = str(conversation_id)
     if conversation.title_is_auto and not _queued(title_conversation.module_path, cid):
         title_conversation.enqueue(cid)
-    if summaries.needs_summary(conversation) and not _queued(summarize_conversation.module_path, cid):
-        summarize_conversation.enqueue(cid)
+    if summaries.needs_summary(conversation, leaf_id) and not _queued(summarize_conversation.module_path, cid):
+        summarize_conversation.enqueue(cid, 1, leaf_id)

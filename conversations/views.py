@@ -68,17 +68,28 @@ def _page(request: HttpRequest, conversation: Conversation | None) -> HttpRespon
     context: dict[str, Any] = {"conversation": conversation, "error_hints": ERROR_HINTS, **_sidebar(request)}
     if conversation is not None:
         persona = services.effective_persona(conversation)
+        # The active path only, with each message's versions: two queries, however many branches.
         # Only what the page shows: 1,000 rows' timestamps alone cost more than rendering them.
-        fields = ("id", "conversation_id", "role", "content", "status", "client_id", "error_code")
-        fields += rendering.USAGE_FIELDS
-        messages = list(selectors.visible_messages(conversation).only(*fields))
+        fields = selectors.PAGE_FIELDS + rendering.USAGE_FIELDS
+        path = selectors.active_path(conversation, leaf_id=_opened_leaf(request, conversation), fields=fields)
+        messages = [p.message for p in path]
+        for p in path:
+            p.message.siblings = p.siblings  # type: ignore[attr-defined]
         files = selectors.attachments_by_message(messages)
         for m in messages:
             m.files = files.get(m.pk, [])  # type: ignore[attr-defined]
         for m, article in zip(messages, rendering.render_messages(messages, ERROR_HINTS), strict=True):
             m.article = article  # type: ignore[attr-defined]
         model = pricing.thread_model(conversation, persona)
-        context.update(persona=persona, model=model, messages_list=messages, offline_demo=model.startswith("offline:"))
+        summary = selectors.summary_for_path(conversation.pk, [m.pk for m in messages])
+        context.update(
+            persona=persona,
+            model=model,
+            messages_list=messages,
+            summary=summary,
+            offline_demo=model.startswith("offline:"),
+            opened_leaf=path[-1].message.pk if path else None,
+        )
         if persona.allow_model_choice:
             choices = list(pricing.models_for_user(request.user))  # type: ignore[arg-type]
             if choices and model not in {c.name for c in choices} and pricing.may_use(request.user.pk, model):
@@ -90,6 +101,17 @@ def _page(request: HttpRequest, conversation: Conversation | None) -> HttpRespon
         context.update(personas=personas, chosen=chosen, messages_list=[])
         context["offline_demo"] = bool(chosen and chosen.resolved_model().startswith("offline:"))
     return render(request, "conversations/chat.html", context)
+
+
+def _opened_leaf(request: HttpRequest, conversation: Conversation) -> int | None:
+    """`?m=N` (a search hit on another branch): the path through message N, down to its most recently
+    active descendant. The page shows it and its script makes it the active path (a GET changes nothing)."""
+    raw = request.GET.get("m", "")
+    if not raw.isdigit() or len(raw) > 18:
+        return None
+    if not conversation.messages.filter(pk=int(raw)).exists():
+        return None
+    return selectors.descend(conversation.pk, int(raw))
 
 
 @login_required
@@ -117,7 +139,7 @@ def conversation_new(request: HttpRequest) -> HttpResponse:
     persona = selectors.persona_for_user(request.user, request.POST.get("persona") or None)  # type: ignore[arg-type]
     if persona is None:
         raise Http404("No such persona.")
-    conversation = services.conversation_create(owner=request.user, persona=persona)  # type: ignore[arg-type]
+    conversation = services.conversation_start(owner=request.user, persona=persona)  # type: ignore[arg-type]
     return redirect(conversation)
 
 
@@ -197,9 +219,9 @@ def conversation_delete(request: HttpRequest, conversation_id: str) -> HttpRespo
 @login_required
 @require_GET
 def message_detail(request: HttpRequest, conversation_id: str, message_id: int) -> HttpResponse:
-    """One visible message as the page renders it (?format=text: its raw text, for copying)."""
+    """One message, any version of it, as the page renders it (?format=text: its raw text, for copying)."""
     conversation = selectors.conversation_for_user(request.user, conversation_id)
-    message = selectors.visible_messages(conversation).filter(pk=message_id).first()
+    message = conversation.messages.filter(pk=message_id).first()
     if message is None:
         raise Http404
     if request.GET.get("format") == "text":

@@ -41,5 +41,33 @@ def make_turns(conversation: Conversation, n: int, words: int = 5) -> list[Messa
     for i in range(n):
         role = Message.Role.USER if i % 2 == 0 else Message.Role.ASSISTANT
         text = " ".join(f"{role}{i}w{j}" for j in range(words))
-        out.append(Message.objects.create(conversation=conversation, role=role, content=text))
+        out.append(add_message(conversation, role, text))
     return out
+
+
+def add_message(conversation: Conversation, role: str, content: str = "", **fields) -> Message:
+    """A message appended to the active path (a child of the active leaf), which it then ends."""
+    parent_id = conversation.active_leaf_id
+    message = Message.objects.create(
+        conversation=conversation, role=role, content=content, parent_id=parent_id, **fields
+    )
+    if parent_id is not None:
+        Message.objects.filter(pk=parent_id).update(active_child_id=message.pk)
+    Conversation.objects.filter(pk=conversation.pk).update(active_leaf_id=message.pk)
+    conversation.active_leaf_id = message.pk
+    return message
+
+
+def link_path(conversation: Conversation, messages: list[Message]) -> list[Message]:
+    """Chain `messages` (stored, in order) into one path from the root, and make it the active one."""
+    previous = None
+    for m in messages:
+        m.parent_id = previous.pk if previous else None
+        if previous is not None:
+            previous.active_child_id = m.pk
+        previous = m
+    Message.objects.bulk_update(messages, ["parent_id", "active_child_id"], batch_size=500)
+    leaf = messages[-1].pk if messages else None
+    Conversation.objects.filter(pk=conversation.pk).update(active_leaf_id=leaf)
+    conversation.active_leaf_id = leaf
+    return messages

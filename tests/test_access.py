@@ -16,10 +16,12 @@ from django.contrib import admin
 from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 
+from accounts import urls as account_urls
+from accounts.models import ImportJob, ShareLink
 from conversations import urls as chat_urls
 from conversations.models import Conversation, Message, Persona
 from tests.conftest import open_socket
-from tests.factories import make_conversation, make_user
+from tests.factories import add_message, make_conversation, make_user
 
 pytestmark = pytest.mark.django_db
 
@@ -30,7 +32,7 @@ def _fast_password_hashing(settings):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
-PUBLIC = {"healthz"}
+PUBLIC = {"healthz", "share_view"}  # a share link is for anyone who has it
 VISITORS = ["anonymous", "bob", "charlie", "alice"]  # the owner last: her POSTs may delete the thread
 LOGIN = "/accounts/login/"
 
@@ -39,6 +41,13 @@ def chat_routes() -> list[URLPattern]:
     """Every route of the chat app, as the URLconf has it now."""
     routes = [p for p in chat_urls.urlpatterns if isinstance(p, URLPattern)]
     assert all(p.name for p in routes), "every chat route needs a name (the table refers to it)"
+    return routes
+
+
+def account_routes() -> list[URLPattern]:
+    """Every route of the accounts app (settings, export, import, share links)."""
+    routes = [p for p in account_urls.urlpatterns if isinstance(p, URLPattern)]
+    assert all(p.name for p in routes)
     return routes
 
 
@@ -70,11 +79,15 @@ def world(db):
     bob = make_user("bob")
     charlie = make_user("charlie", is_staff=True, is_superuser=True)
     conv = make_conversation(alice, title="Alice's secret plans")
-    Message.objects.create(conversation=conv, role="user", content="my secret", client_id=uuid.uuid4())
-    reply = Message.objects.create(conversation=conv, role="assistant", content="a secret answer")
+    add_message(conv, role="user", content="my secret", client_id=uuid.uuid4())
+    reply = add_message(conv, role="assistant", content="a secret answer")
     bobs = make_conversation(bob, title="Bob's thread")
-    bobs_message = Message.objects.create(conversation=bobs, role="user", content="bob's words")
+    bobs_message = add_message(bobs, role="user", content="bob's words")
+    link = ShareLink.objects.create(owner=alice, conversation=conv, title=conv.title, messages=[])
+    job = ImportJob.objects.create(owner=alice, filename="secret.json", status="done")
     return {
+        "token": link.token,
+        "job_id": job.pk,
         "users": {"anonymous": None, "alice": alice, "bob": bob, "charlie": charlie},
         "conv": conv,
         "reply": reply,
@@ -89,13 +102,17 @@ def client_for(user) -> Client:
     return client
 
 
-def url_for(route: URLPattern, *, conversation_id, message_id) -> str:
+def url_for(route: URLPattern, *, conversation_id, message_id, token="x" * 43, job_id=None) -> str:
     kwargs = {}
     for name, converter in route.pattern.converters.items():
         if name == "conversation_id":
             kwargs[name] = conversation_id
         elif name == "message_id":
             kwargs[name] = message_id
+        elif name == "token":
+            kwargs[name] = token
+        elif name == "job_id":
+            kwargs[name] = job_id or uuid.uuid4()
         else:
             raise AssertionError(f"{route.name}: no value for <{name}>; teach test_access about it")
         assert converter.regex  # a converter the URL can be reversed with
@@ -105,16 +122,17 @@ def url_for(route: URLPattern, *, conversation_id, message_id) -> str:
 def snapshot(conv_id):
     """What another visitor must never be able to change."""
     conv = Conversation.objects.filter(pk=conv_id).values("title", "pinned", "persona_id").first()
-    messages = list(Message.objects.filter(conversation_id=conv_id).values_list("id", "content", "hidden"))
+    fields = ("id", "content", "parent_id", "active_child_id")
+    messages = list(Message.objects.filter(conversation_id=conv_id).values_list(*fields))
     return conv, messages
 
 
-@pytest.mark.parametrize("route", chat_routes(), ids=lambda r: r.name)
+@pytest.mark.parametrize("route", chat_routes() + account_routes(), ids=lambda r: r.name)
 def test_every_chat_route_is_the_owners_alone(world, route):
     conv, reply = world["conv"], world["reply"]
-    url = url_for(route, conversation_id=conv.pk, message_id=reply.pk)
+    url = url_for(route, conversation_id=conv.pk, message_id=reply.pk, token=world["token"], job_id=world["job_id"])
     nowhere = url_for(route, conversation_id=uuid.uuid4(), message_id=reply.pk)
-    owned = "conversation_id" in route.pattern.converters
+    owned = bool({"conversation_id", "job_id"} & set(route.pattern.converters))
     before = snapshot(conv.pk)
     data = {"title": "hacked", "pinned": "1", "persona": "", "q": "secret"}
     for who in VISITORS:
@@ -247,3 +265,58 @@ async def test_the_websocket_admits_only_the_owner(who, target, accepted):
         # Refused at the handshake, with no event: nothing learned, nothing sent.
         assert await ws.c.receive_nothing(timeout=0.2)
     await ws.close()
+
+
+# -- the API and its keys -------------------------------------------------------------------------------
+def test_the_api_answers_only_to_a_key_never_to_a_session(world):
+    from api import keys
+    from api import urls as api_urls
+
+    routes = {p.name for p in api_urls.urlpatterns}
+    assert routes == {"api_keys", "api_key_revoke", "api_models", "api_model", "api_chat_completions"}
+    _, key = keys.api_key_create(user=world["users"]["alice"], name="k")
+    body = '{"model": "assistant", "messages": [{"role": "user", "content": "hi"}]}'
+    for who in VISITORS:
+        client = client_for(world["users"][who])
+        for url in (reverse("api_models"), reverse("api_model", args=["assistant"])):
+            response = client.get(url)
+            assert response.status_code == 401, (who, url)
+            assert response.json()["error"]["code"] == "invalid_api_key"
+        response = client.post(reverse("api_chat_completions"), body, content_type="application/json")
+        assert response.status_code == 401, who
+    # A key with a session's CSRF-less POST would be the same: the API never looks at cookies.
+    assert Client().get(reverse("api_models"), HTTP_AUTHORIZATION=f"Bearer {key}").status_code == 200
+
+
+@pytest.mark.parametrize("route", chat_routes(), ids=lambda r: r.name)
+def test_a_key_opens_no_web_page(world, route):
+    from api import keys
+
+    _, key = keys.api_key_create(user=world["users"]["alice"], name="k")
+    url = url_for(route, conversation_id=world["conv"].pk, message_id=world["reply"].pk)
+    for method in ("get", "post"):
+        response = getattr(Client(), method)(url, HTTP_AUTHORIZATION=f"Bearer {key}")
+        if route.name in PUBLIC:
+            continue
+        assert response.status_code == 405 or (
+            response.status_code == 302 and response["Location"].startswith(LOGIN)
+        ), (method, url, response.status_code)
+
+
+def test_api_keys_page_is_each_users_own(world):
+    from api import keys
+    from api.models import ApiKey
+
+    alices, _ = keys.api_key_create(user=world["users"]["alice"], name="alice's laptop")
+    page = reverse("api_keys")
+    revoke = reverse("api_key_revoke", args=[alices.pk])
+    anonymous = client_for(None)
+    for response in (anonymous.get(page), anonymous.post(page, {"name": "x"}), anonymous.post(revoke)):
+        assert response.status_code == 302 and response["Location"].startswith(LOGIN)
+    for who in ("bob", "charlie"):  # staff revoke in the admin, not through alice's page
+        client = client_for(world["users"][who])
+        assert b"alice's laptop" not in client.get(page).content
+        assert client.post(revoke).status_code == 404
+    assert ApiKey.objects.get(pk=alices.pk).revoked_at is None
+    assert client_for(world["users"]["alice"]).post(revoke).status_code == 302
+    assert ApiKey.objects.get(pk=alices.pk).revoked_at is not None

@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 
 import pytest
 from asgiref.sync import sync_to_async
-from django.contrib.auth.models import Group
+from django.contrib.auth.models import Group, Permission
 from django.db import connection
 from django.test import AsyncClient, Client
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
-from conversations.models import Conversation, Message, Persona
+from conversations.models import Conversation, ConversationRead, Message, Persona
 from tests.conftest import open_socket
-from tests.factories import default_persona, make_conversation, make_persona, make_turns, make_user
+from tests.factories import add_message, default_persona, make_conversation, make_persona, make_turns, make_user
 from tests.fakes.provider import Reply
 
 pytestmark = pytest.mark.django_db
@@ -62,32 +63,75 @@ def test_it_keeps_non_staff_out_of_the_admin(alice):
         assert response.status_code == 302 and response["Location"].startswith("/admin/login/"), url
 
 
-def test_it_lets_any_staff_member_read_any_thread_but_change_nothing(alice):
-    moderator = make_user("dave", is_staff=True)  # staff, no model permissions
+def test_staff_alone_cannot_read_other_peoples_threads(alice):
+    moderator = make_user("dave", is_staff=True)  # staff, no permission to read threads
     conv = make_conversation(alice, title="Alice's private thread")
-    Message.objects.create(conversation=conv, role="user", content="<b>a message to moderate</b>")
+    Message.objects.create(conversation=conv, role="user", content="a private message")
+    client = client_for(moderator)
+    index = client.get("/admin/").content.decode()
+    assert "/admin/conversations/conversation/" not in index
+    for url in [
+        reverse("admin:conversations_conversation_changelist"),
+        reverse("admin:conversations_conversation_change", args=[conv.pk]),
+        reverse("admin:conversations_conversationread_changelist"),
+    ]:
+        response = client.get(url)
+        assert response.status_code == 403, url
+        assert b"private" not in response.content
+    assert not ConversationRead.objects.exists()
+
+
+def test_staff_with_the_permission_read_threads_change_nothing_and_each_read_is_recorded(alice, caplog):
+    moderator = make_user("dave", is_staff=True)
+    moderator.user_permissions.add(Permission.objects.get(codename="read_others_conversations"))
+    conv = make_conversation(alice, title="Alice's private thread")
+    add_message(conv, role="user", content="<b>a message to moderate</b>")
     client = client_for(moderator)
     listing = client.get(reverse("admin:conversations_conversation_changelist"))
     assert listing.status_code == 200 and "Alice&#x27;s private thread" in listing.content.decode()
     url = reverse("admin:conversations_conversation_change", args=[conv.pk])
-    page = client.get(url)
+    with caplog.at_level(logging.INFO, logger="conversations.audit"):
+        page = client.get(url)
     assert page.status_code == 200
     assert "&lt;b&gt;a message to moderate&lt;/b&gt;" in page.content.decode()
+    assert f"dave read alice's conversation {conv.pk} in the admin" in caplog.text
+    read = ConversationRead.objects.get()
+    assert (read.reader, read.owner, read.conversation, read.reader_name, read.owner_name) == (
+        moderator,
+        alice,
+        conv,
+        "dave",
+        "alice",
+    )
+    # The trail is in the admin, read-only, and outlives the thread.
+    trail = client.get(reverse("admin:conversations_conversationread_changelist"))
+    assert trail.status_code == 200 and str(conv.pk) in trail.content.decode()
     assert client.post(url, {"title": "renamed"}).status_code == 403
     assert client.post(reverse("admin:conversations_conversation_delete", args=[conv.pk])).status_code == 403
     assert client.get(reverse("admin:conversations_conversation_add")).status_code == 403
     conv.refresh_from_db()
     assert conv.title == "Alice's private thread" and conv.messages.count() == 1
+    conv.delete()
+    assert ConversationRead.objects.get().conversation_ref == read.conversation_ref
     # Personas are curated by staff with permissions only.
     assert client.get(reverse("admin:conversations_persona_changelist")).status_code == 403
+
+
+def test_superusers_read_threads_and_their_reads_are_recorded_too(alice, charlie):
+    conv = make_conversation(alice, title="Alice's private thread")
+    own = make_conversation(charlie, title="Charlie's own")
+    client = client_for(charlie)
+    assert client.get(reverse("admin:conversations_conversation_change", args=[conv.pk])).status_code == 200
+    assert client.get(reverse("admin:conversations_conversation_change", args=[own.pk])).status_code == 200
+    assert list(ConversationRead.objects.values_list("conversation_ref", flat=True)) == [conv.pk]  # not their own
 
 
 # -- usage per persona ------------------------------------------------------------------------
 def add_usage(persona: Persona, owner, *, threads: int, days_ago: int = 0) -> None:
     for _ in range(threads):
         conv = make_conversation(owner, persona)
-        Message.objects.create(conversation=conv, role="user", content="q")
-        Message.objects.create(conversation=conv, role="assistant", content="a", input_tokens=100, output_tokens=10)
+        add_message(conv, role="user", content="q")
+        add_message(conv, role="assistant", content="a", input_tokens=100, output_tokens=10)
         if days_ago:
             conv.messages.update(created_at=timezone.now() - dt.timedelta(days=days_ago))
 
@@ -293,8 +337,7 @@ async def test_it_refuses_messages_to_a_persona_the_user_may_no_longer_use(alice
     assert error["code"] == "not_found" and "no longer available" in error["message"]
     await ws.send({"type": "regenerate"})
     assert (await ws.until("error"))["code"] == "not_found"
-    assert await Message.objects.filter(conversation=alice_conv).acount() == 2  # nothing stored, nothing hidden
-    assert not await Message.objects.filter(conversation=alice_conv, hidden=True).aexists()
+    assert await Message.objects.filter(conversation=alice_conv).acount() == 2  # nothing stored
     await ws.close()
 
     ok, ws = await open_socket(bob, bob_conv.pk)

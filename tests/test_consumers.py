@@ -9,7 +9,7 @@ import pytest
 from asgiref.sync import sync_to_async
 
 from conversations.llm.offline import demo_text
-from conversations.models import Message
+from conversations.models import Conversation, Message
 from tests.conftest import open_socket
 from tests.factories import make_conversation, make_turns
 from tests.fakes.provider import Reply
@@ -225,7 +225,7 @@ async def test_a_second_socket_gets_the_same_events(alice, fake_provider):
     await two.close()
 
 
-async def test_regenerate_replaces_the_last_reply(alice, fake_provider):
+async def test_regenerate_shows_the_new_reply_and_keeps_the_old_as_a_version(alice, fake_provider):
     fake_provider.script(Reply(text="first answer"), Reply(text="second answer"))
     conv = await sync_to_async(make_conversation)(alice)
     ok, ws = await open_socket(alice, conv.pk)
@@ -234,12 +234,13 @@ async def test_regenerate_replaces_the_last_reply(alice, fake_provider):
     first = await ws.until("end")
     await ws.send({"type": "regenerate"})
     start = await ws.until("start")
-    assert start["replaces"] == [first["message_id"]]
+    assert start["siblings"] == [first["message_id"], start["message_id"]]
     second = await ws.until("end")
     assert second["content"] == "second answer"
-    from conversations.selectors import visible_messages
+    from conversations.selectors import active_path
 
-    shown = await sync_to_async(lambda: [m.content for m in visible_messages(conv)])()
+    conv = await sync_to_async(Conversation.objects.get)(pk=conv.pk)
+    shown = await sync_to_async(lambda: [p.message.content for p in active_path(conv)])()
     assert shown == ["q", "second answer"]
     # Both requests answered the same question.
     assert [r.json["messages"][-1]["content"] for r in fake_provider.requests] == ["q", "q"]
@@ -255,6 +256,11 @@ async def test_regenerate_replaces_the_last_reply(alice, fake_provider):
         {"type": "send", "client_id": str(uuid.uuid4())},
         {"type": "resume", "message_id": "1", "offset": 0},
         {"type": "resume", "message_id": 1, "offset": -1},
+        {"type": "switch", "message_id": "1"},
+        {"type": "switch"},
+        {"type": "regenerate", "message_id": True},
+        {"type": "send", "client_id": str(uuid.uuid4()), "content": "x", "parent_id": "1"},
+        {"type": "send", "client_id": str(uuid.uuid4()), "content": "x", "parent_id": 99999},
         {"type": "explode"},
         ["not", "an", "object"],
         {"no": "type"},

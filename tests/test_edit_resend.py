@@ -1,4 +1,4 @@
-"""Editing the last user message and resending it: `send` with `edit_of` (docs/protocol.md)."""
+"""Editing a user message and resending it: `send` with `edit_of`, a new version beside the old (docs/protocol.md)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 async def rows(conversation):
     return await sync_to_async(
         lambda: [
-            (m.role, m.content, m.hidden) for m in Message.objects.filter(conversation=conversation).order_by("id")
+            (m.role, m.content, m.parent_id) for m in Message.objects.filter(conversation=conversation).order_by("id")
         ]
     )()
 
@@ -29,7 +29,7 @@ async def first_turn(ws, fake_provider, text="First answer."):
     return user, end
 
 
-async def test_it_resends_an_edited_last_message_in_place_of_the_old_turn(alice, fake_provider):
+async def test_it_resends_an_edited_message_as_a_new_version_beside_the_old(alice, fake_provider):
     conversation = await sync_to_async(make_conversation)(alice)
     ok, ws = await open_socket(alice, conversation.pk)
     _, other = await open_socket(alice, conversation.pk)
@@ -42,17 +42,21 @@ async def test_it_resends_an_edited_last_message_in_place_of_the_old_turn(alice,
                    "edit_of": user["id"]})  # fmt: skip
     message = await ws.until("message")
     assert message["message"]["content"] == "Question two"
-    assert message["replaces"] == [user["id"], end["message_id"]]
+    assert message["parent_id"] is None and message["message"]["parent_id"] is None
+    assert message["siblings"] == [user["id"], message["message"]["id"]]
     seen = await other.until("message")
     while seen["message"]["content"] != "Question two":
         seen = await other.until("message")
-    assert seen["replaces"] == [user["id"], end["message_id"]]  # every tab drops the old turn
+    assert seen["siblings"] == [user["id"], message["message"]["id"]]  # every tab shows "2 / 2"
+    start = await ws.until("start")
+    assert start["parent_id"] == message["message"]["id"]
     await ws.until("end")
-    assert await rows(conversation) == [
-        ("user", "Question one", True),
-        ("assistant", "First answer.", True),
-        ("user", "Question two", False),
-        ("assistant", "Answer to the edit.", False),
+    new = message["message"]["id"]
+    assert await rows(conversation) == [  # nothing hidden, nothing lost: the old turn is a version away
+        ("user", "Question one", None),
+        ("assistant", "First answer.", user["id"]),
+        ("user", "Question two", None),
+        ("assistant", "Answer to the edit.", new),
     ]
     sent = fake_provider.requests[-1].json["messages"]
     assert [m["content"] for m in sent if m["role"] == "user"] == ["Question two"]
@@ -60,7 +64,7 @@ async def test_it_resends_an_edited_last_message_in_place_of_the_old_turn(alice,
     await other.close()
 
 
-async def test_it_edits_only_the_last_user_message(alice, fake_provider):
+async def test_it_edits_an_earlier_message_and_refuses_bad_edits(alice, fake_provider):
     conversation = await sync_to_async(make_conversation)(alice)
     ok, ws = await open_socket(alice, conversation.pk)
     await ws.recv()
@@ -69,15 +73,26 @@ async def test_it_edits_only_the_last_user_message(alice, fake_provider):
     await ws.send_message("Question two")
     await ws.until("end")
     before = await rows(conversation)
-    await ws.send({"type": "send", "client_id": "6b0d7c1e-8f1a-4a51-9d07-1b1f9f6a0002", "content": "x",
-                   "edit_of": user["id"]})  # fmt: skip
-    error = await ws.until("error")
-    assert error["code"] == "invalid"
-    for bad in ["12", True, 1.5, 2**70, -1]:
+    reply_id = [i for i, r in enumerate(before) if r[0] == "assistant"]
+    for bad in ["12", True, 1.5, 2**70, -1, 10**9]:
         await ws.send({"type": "send", "client_id": "6b0d7c1e-8f1a-4a51-9d07-1b1f9f6a0003", "content": "x",
                        "edit_of": bad})  # fmt: skip
         assert (await ws.until("error"))["code"] == "invalid"
-    assert await rows(conversation) == before  # nothing stored, nothing hidden
+    # A reply is not a user message: regenerate it instead.
+    first_reply = await sync_to_async(Message.objects.filter(conversation=conversation, role="assistant").first)()
+    await ws.send({"type": "send", "client_id": "6b0d7c1e-8f1a-4a51-9d07-1b1f9f6a0004", "content": "x",
+                   "edit_of": first_reply.pk})  # fmt: skip
+    assert (await ws.until("error"))["code"] == "invalid"
+    assert await rows(conversation) == before  # nothing stored on a refusal
+    assert reply_id
+    # The first message, not only the last, can be edited: a sibling of it, the new path's root.
+    fake_provider.script(Reply(text="Answer to the edited first."))
+    await ws.send({"type": "send", "client_id": "6b0d7c1e-8f1a-4a51-9d07-1b1f9f6a0002", "content": "Edited one",
+                   "edit_of": user["id"]})  # fmt: skip
+    message = await ws.until("message")
+    assert message["message"]["parent_id"] is None and message["siblings"][0] == user["id"]
+    await ws.until("end")
+    assert len(await rows(conversation)) == len(before) + 2
     await ws.close()
 
 
@@ -94,7 +109,7 @@ async def test_an_edit_during_a_reply_is_busy_and_changes_nothing(alice, fake_pr
     assert (await ws.until("error"))["code"] == "busy"
     await ws.send({"type": "stop"})
     await ws.until("end")
-    assert [(r, h) for r, _, h in await rows(conversation)] == [("user", False), ("assistant", False)]
+    assert [r for r, _, _ in await rows(conversation)] == ["user", "assistant"]
     await ws.close()
 
 

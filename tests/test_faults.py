@@ -239,11 +239,11 @@ async def test_a_drop_after_some_tokens_keeps_the_partial_text_with_status_error
     reply = (await rows_of(conv))[-1]
     assert (reply.status, reply.content) == ("error", partial)
 
-    # Regenerate replaces it with a whole reply.
+    # Regenerate makes a whole reply, a new version beside the failed one.
     fake_provider.script(Reply(text="a whole reply"))
     await ws.send({"type": "regenerate"})
     again = await ws.until("start")
-    assert again["replaces"] == [start["message_id"]]
+    assert again["siblings"] == [start["message_id"], again["message_id"]]
     end = await ws.until("end")
     assert (end["status"], end["content"]) == ("complete", "a whole reply")
     await ws.close()

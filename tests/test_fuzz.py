@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from conversations.models import Message
 from conversations.rendering import ALLOWED_TAGS, render_markdown
 from tests.conftest import open_socket
-from tests.factories import make_conversation
+from tests.factories import add_message, make_conversation
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -354,8 +354,8 @@ def test_the_conversation_page_runs_nothing_from_a_message(alice, user_text, rep
     conv = make_conversation(alice)
     user_text = user_text.replace("\x00", "") or "x"
     reply_text = reply_text.replace("\x00", "")
-    Message.objects.create(conversation=conv, role="user", content=user_text)
-    Message.objects.create(conversation=conv, role="assistant", content=reply_text)
+    add_message(conv, role="user", content=user_text)
+    add_message(conv, role="assistant", content=reply_text)
     client = Client()
     client.force_login(alice)
     response = client.get(conv.get_absolute_url())

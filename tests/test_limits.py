@@ -137,6 +137,24 @@ async def test_it_refuses_once_the_daily_quota_is_spent_and_says_when_it_resets(
     await ws.close()
 
 
+async def test_a_refused_first_message_leaves_no_empty_chat_in_the_list(alice, fake_provider, settings):
+    settings.CHAT_DAILY_TOKEN_QUOTA = 100
+    fake_provider.script(Reply(text="costly", input_tokens=60, output_tokens=50))
+    _, ws = await opened(alice)
+    assert (await exchange(ws, "spend it"))["status"] == "complete"
+    await ws.close()
+    client = Client()
+    await sync_to_async(client.force_login)(alice)
+    new = await sync_to_async(client.post)("/conversations/new/")
+    ok, ws = await open_socket(alice, new["Location"].split("/")[-2])
+    assert ok and (await ws.recv())["type"] == "state"
+    assert (await exchange(ws, "first words"))["code"] == "quota_exceeded"
+    await ws.close()
+    sidebar = (await sync_to_async(client.get)("/conversations/sidebar/")).content.decode()
+    assert sidebar.count('<li class="thread"') == 1 and new["Location"] not in sidebar  # the old thread only
+    assert (await sync_to_async(client.get)("/"))["Location"] != new["Location"]
+
+
 async def test_the_quota_holds_when_the_cache_is_lost(alice, fake_provider, settings):
     """The counter is rebuilt from stored usage: a restart, or another process's empty cache, changes nothing."""
     settings.CHAT_DAILY_TOKEN_QUOTA = 100
@@ -239,3 +257,49 @@ def test_login_attempts_are_rate_limited(db, settings):
     response = client.post("/accounts/login/", {"login": "dave", "password": "pw-" + "dave" * 3})
     assert b"Too many failed login attempts" in response.content
     assert "_auth_user_id" not in client.session  # not even the right password gets in now
+
+
+def test_failed_logins_count_per_account_whatever_login_string_names_it(db, settings):
+    """5 failures in 5 minutes per account: "erin", "ERIN" and erin's email are one counter."""
+    make_user("erin")
+    logins = ["erin", "ERIN", "erin@example.com", "Erin@Example.com", "erin"]
+    for i, login in enumerate(logins):  # each from another address: the per-address limit is not what stops it
+        response = Client(REMOTE_ADDR=f"10.0.0.{i}").post("/accounts/login/", {"login": login, "password": "wrong"})
+        assert b"Too many failed login attempts" not in response.content
+    client = Client(REMOTE_ADDR="10.0.0.99")
+    response = client.post("/accounts/login/", {"login": "erin@example.com", "password": "pw-" + "erin" * 3})
+    assert b"Too many failed login attempts" in response.content
+    assert "_auth_user_id" not in client.session
+    # Another account is not affected.
+    make_user("frank")
+    client = Client(REMOTE_ADDR="10.0.0.99")
+    client.post("/accounts/login/", {"login": "frank", "password": "pw-" + "frank" * 3})
+    assert "_auth_user_id" in client.session
+
+
+def test_the_per_account_key_hooks_into_allauth():
+    """The adapter overrides a private allauth method: an upgrade that renames it must fail here."""
+    from allauth.account.adapter import DefaultAccountAdapter
+
+    from api.sso import AccountAdapter
+
+    assert "_get_login_attempts_cache_key" in vars(DefaultAccountAdapter)
+    assert "_get_login_attempts_cache_key" in vars(AccountAdapter)
+
+
+def test_sign_up_does_not_say_whether_an_email_is_registered(db):
+    make_user("gina")
+
+    def sign_up(username, email):
+        client = Client()
+        form = {"username": username, "email": email, "password1": "a-long-Passw0rd!", "password2": "a-long-Passw0rd!"}
+        response = client.post("/accounts/signup/", form)
+        return response.status_code, response.get("Location"), "_auth_user_id" in client.session
+
+    taken = sign_up("gina2", "gina@example.com")
+    fresh = sign_up("hank", "hank@example.com")
+    assert taken == fresh == (302, "/", True)
+    # The newcomer's copy of the address is unverified: it opens nothing of the owner's.
+    from allauth.account.models import EmailAddress
+
+    assert not EmailAddress.objects.get(user__username="gina2").verified

@@ -189,3 +189,44 @@ async def test_the_message_rate_is_counted_across_processes(fake_provider, live_
     assert [m.content for m in await rows_of(conv) if m.role == "user"] == ["message 0", "message 1", "message 2"]
     for ws in sockets:
         await ws.close()
+
+
+async def test_a_switch_on_one_process_reaches_the_socket_on_the_other_while_a_branch_streams(
+    alice, fake_provider, two_servers
+):
+    a, b = two_servers
+    conv = await sync_to_async(make_conversation)(alice)
+    on_a = await connect_live(a, alice, conv.pk)
+    on_b = await connect_live(b, alice, conv.pk)
+    for ws in (on_a, on_b):
+        await ws.recv()
+    fake_provider.script(Reply(text="first answer"), Reply(text="edited answer"))
+    await on_a.send_message("first question")
+    first = (await on_b.until("message"))["message"]
+    await on_b.until("end", timeout=20)
+    await on_a.send(
+        {"type": "send", "client_id": str(uuid.uuid4()), "content": "edited question", "edit_of": first["id"]}
+    )
+    edited = await on_b.until("message")
+    assert edited["siblings"] == [first["id"], edited["message"]["id"]]
+    await on_b.until("end", timeout=20)
+
+    # A reply streams on the edited branch (run by process B) while process A's socket switches away.
+    fake_provider.script(Reply(text=TEXT, token_delay=0.01))
+    await on_b.send_message("go on")
+    start = await on_a.until("start", timeout=10)
+    await on_a.until("delta")
+    await on_a.send({"type": "switch", "message_id": first["id"]})
+    for ws in (on_a, on_b):
+        path = await ws.until("path", timeout=10)
+        assert [m["content"] for m in path["messages"]] == ["first question", "first answer"]
+        assert path["messages"][0]["siblings"] == [first["id"], edited["message"]["id"]]
+    # Switching back shows the running reply where it was, and it ends whole on both sockets.
+    await on_b.send({"type": "switch", "message_id": edited["message"]["id"]})
+    path = await on_a.until("path", timeout=10)
+    assert path["messages"][-1]["id"] == start["message_id"]
+    for ws in (on_a, on_b):
+        end = await ws.until("end", timeout=30)
+        assert end["content"] == TEXT and ws.text_of(start["message_id"]) == TEXT
+    await on_a.close()
+    await on_b.close()

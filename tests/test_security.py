@@ -20,7 +20,7 @@ from django.urls import URLPattern, reverse
 from conversations import urls as chat_urls
 from conversations.models import Conversation, Message
 from tests.conftest import open_socket
-from tests.factories import make_conversation
+from tests.factories import add_message, make_conversation
 from tests.fakes.provider import Reply
 
 pytestmark = pytest.mark.django_db
@@ -117,7 +117,7 @@ def test_the_healthcheck_is_reachable_over_plain_http_in_production():
 # -- CSRF ---------------------------------------------------------------------------------------------
 def test_every_chat_post_needs_the_csrf_token(alice):
     conv = make_conversation(alice)
-    reply = Message.objects.create(conversation=conv, role="assistant", content="x")
+    reply = add_message(conv, role="assistant", content="x")
     client = Client(enforce_csrf_checks=True, raise_request_exception=False)
     client.force_login(alice)
     posted = []
@@ -136,7 +136,7 @@ def test_every_chat_post_needs_the_csrf_token(alice):
 
 def test_htmx_requests_carry_the_token_and_are_accepted_with_it(alice):
     conv = make_conversation(alice, title="before")
-    Message.objects.create(conversation=conv, role="user", content="hello")
+    add_message(conv, role="user", content="hello")
     client = Client(enforce_csrf_checks=True)
     client.force_login(alice)
     page = client.get(conv.get_absolute_url()).content.decode()
@@ -166,7 +166,7 @@ class _Forms(HTMLParser):
 
 def pages(user):
     conv = make_conversation(user, title="t")
-    Message.objects.create(conversation=conv, role="user", content="hello")
+    add_message(conv, role="user", content="hello")
     return [
         "/",
         conv.get_absolute_url(),

@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from conversations import selectors
 from conversations.models import Conversation, Message
-from tests.factories import default_persona, make_conversation
+from tests.factories import add_message, default_persona, make_conversation
 
 pytestmark = pytest.mark.django_db
 
@@ -24,7 +24,7 @@ UTC = dt.UTC
 def thread(owner, title="", *texts, at=None, **fields):
     conversation = make_conversation(owner, title=title, **fields)
     for i, text in enumerate(texts or ["hello"]):
-        Message.objects.create(conversation=conversation, role="user" if i % 2 == 0 else "assistant", content=text)
+        add_message(conversation, role="user" if i % 2 == 0 else "assistant", content=text)
     if at is not None:
         Conversation.objects.filter(pk=conversation.pk).update(updated_at=at)
     return conversation
@@ -83,8 +83,6 @@ def test_it_groups_by_the_persons_time_zone(client, alice):
 def test_it_lists_only_the_owners_threads_that_have_messages(alice, bob):
     thread(alice, "mine")
     make_conversation(alice, title="empty")
-    hidden_only = make_conversation(alice, title="only hidden")
-    Message.objects.create(conversation=hidden_only, role="user", content="x", hidden=True)
     thread(bob, "bob's")
     page = selectors.sidebar_page(alice, now=timezone.now(), tz=UTC)
     assert titles(page) == ["mine"]
@@ -119,11 +117,13 @@ def test_it_continues_a_group_across_pages_in_the_html(client, alice):
     assert f"<h2>{last_heading}</h2>" not in second
 
 
-def test_it_searches_titles_and_message_text_but_not_hidden_or_others_messages(alice, bob):
+def test_it_searches_titles_and_message_text_on_every_branch_but_not_others_messages(alice, bob):
     thread(alice, "Trip to Lisbon", "Where can I eat pastéis de nata?", "Try Belém.")
     thread(alice, "Baking", "How long for banana bread?", "About an hour at 180C.")
     old = thread(alice, "Regenerated", "question", "first answer about zebras")
-    Message.objects.filter(conversation=old, content__contains="zebras").update(hidden=True)
+    first_answer = Message.objects.get(conversation=old, content__contains="zebras")
+    # Regenerated: the zebras are on a version no longer on the active path.
+    Message.objects.create(conversation=old, role="assistant", content="second answer", parent=first_answer.parent)
     thread(bob, "Bob's banana", "banana banana")
 
     def found(query):
@@ -132,7 +132,10 @@ def test_it_searches_titles_and_message_text_but_not_hidden_or_others_messages(a
     assert found("lisbon") == ["Trip to Lisbon"]
     assert found("banana") == ["Baking"]
     assert found("Belém") == ["Trip to Lisbon"]
-    assert found("zebras") == []
+    assert found("zebras") == ["Regenerated"]
+    [(_, hit)] = selectors.sidebar_page(alice, query="zebras", now=timezone.now(), tz=UTC).rows
+    assert hit.hit == first_answer.pk  # the link opens the branch where the text is
+    assert found("bob's") == []
     assert found("nothing like this") == []
     if connection.vendor == "postgresql":
         # Full-text search: words in any order, each a prefix.
@@ -155,6 +158,22 @@ def test_it_shows_where_a_search_matched_escaped_and_marked(client, alice):
     assert "<script>" not in html and "&lt;<mark>script</mark>&gt;" in html
     empty = client.get("/conversations/sidebar/", {"q": "nope"}).content.decode()
     assert "No conversations match “nope”" in empty
+
+
+def test_search_snippets_are_plain_text_not_markdown(client, alice):
+    reply = (
+        "## Storing **tomatoes**\n\nKeep `tomatoes` at room_temp, out of the [fridge](https://example.com/fridge): *always*.\n\n"
+        "| fruit | where |\n|:--|--:|\n| tomatoes | counter |\n\n```python\nkeep(tomatoes, at='room_temp')\n```"
+    )
+    thread(alice, "Kitchen", "where do tomatoes go?", reply)
+    client.force_login(alice)
+    html = client.get("/conversations/sidebar/", {"q": "fridge"}).content.decode()
+    snippet = re.search(r'<span class="thread-snippet">(.*?)</span>', html, re.S).group(1)
+    assert "<mark>fridge</mark>" in snippet
+    for syntax in ["**", "`", "](", "##", "|", ":--", "```", "*always*"]:
+        assert syntax not in snippet, (syntax, snippet)
+    assert "Keep tomatoes at room_temp, out of the <mark>fridge</mark>: always. fruit where tomatoes" in snippet
+    assert snippet.endswith("…")  # cut off: the window was longer than what is left of it
 
 
 def _queries(client, url, **params):

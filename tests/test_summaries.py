@@ -17,10 +17,11 @@ from django_tasks_db.models import DBTaskResult
 from conversations import summaries
 from conversations.context import SUMMARY_HEADING, SUMMARY_SYSTEM, estimate_tokens
 from conversations.history import build_chat_request, build_for_reply
-from conversations.models import Conversation, Message
+from conversations.models import Conversation, Message, Summary
+from conversations.selectors import history_turns, path_history
 from conversations.tasks import after_reply, summarize_conversation, title_conversation
 from tests.conftest import open_socket
-from tests.factories import make_conversation, make_persona, make_turns
+from tests.factories import add_message, make_conversation, make_persona, make_turns
 from tests.fakes.provider import Reply
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -64,6 +65,11 @@ def tiny_conversation(owner, budget: int = 300, turns: int = 0, words: int = 5, 
     return conv
 
 
+def summary_now(conv) -> Summary | None:
+    """The summary the active path uses now (None before the first)."""
+    return path_history(Conversation.objects.get(pk=conv.pk)).summary
+
+
 def question(i: int) -> str:
     return f"Question q{i}marker: tell me more about item number {i} and why it matters to the whole project here."
 
@@ -93,21 +99,21 @@ async def test_it_summarizes_in_the_worker_and_the_next_request_carries_the_summ
         fake_provider.script(Reply(text=f"Answer a{i}marker: " + "a short and plain answer " * 4))
         await chat(ws, question(i))
     await wait_for(lambda: summary_tasks(conv.pk, status="READY").exists())
-    assert not (await sync_to_async(Conversation.objects.get)(pk=conv.pk)).summary  # nothing before the worker
+    assert await sync_to_async(summary_now)(conv) is None  # nothing before the worker
 
     fake_provider.script(Reply(text=SUMMARY_TEXT))
     await sync_to_async(run_worker)()
 
-    conv = await sync_to_async(Conversation.objects.get)(pk=conv.pk)
-    assert conv.summary == SUMMARY_TEXT
+    summary = await sync_to_async(summary_now)(conv)
+    assert summary.text == SUMMARY_TEXT
     # Replies finishing close together may each queue a run; the runs after the first find nothing to do.
     results = await sync_to_async(lambda: list(summary_tasks(conv.pk).values_list("status", "return_value")))()
     assert sorted(results, key=str)[-1] == ("SUCCESSFUL", True), results
     assert {status for status, _ in results} == {"SUCCESSFUL"} and [r for _, r in results].count(True) == 1
     [summary_request] = summary_requests(fake_provider)
     rows = await sync_to_async(lambda: list(conv.messages.order_by("id")))()
-    summarized = [m for m in rows if m.pk <= conv.summary_through]
-    verbatim = [m for m in rows if m.pk > conv.summary_through]
+    summarized = [m for m in rows if m.pk <= summary.through_id]
+    verbatim = [m for m in rows if m.pk > summary.through_id]
     assert summarized and verbatim and verbatim[0].role == "user"
     asked = summary_request.json["messages"][1]["content"]
     assert all(m.content.strip() in asked for m in summarized)
@@ -144,10 +150,10 @@ async def test_it_keeps_chatting_when_a_summary_fails_and_retries_later(alice, f
 
     assert await sync_to_async(lambda: summary_tasks(conv.pk, status="FAILED").count())() == 1
     retry = await sync_to_async(lambda: summary_tasks(conv.pk, status="READY").get())()
-    assert retry.args_kwargs["args"] == [str(conv.pk), 2]
+    assert retry.args_kwargs["args"] == [str(conv.pk), 2, None]
     assert retry.run_after > timezone.now() + dt.timedelta(seconds=20)
     conv = await sync_to_async(Conversation.objects.get)(pk=conv.pk)
-    assert (conv.summary, conv.summary_through, conv.summarizing_since) == ("", None, None)
+    assert (await sync_to_async(summary_now)(conv), conv.summarizing_since) == (None, None)
 
     # Chatting goes on: the request is trimmed to the budget meanwhile, the new message kept.
     ok, ws = await open_socket(alice, conv.pk)
@@ -164,8 +170,7 @@ async def test_it_keeps_chatting_when_a_summary_fails_and_retries_later(alice, f
     await wait_for(lambda: summary_tasks(conv.pk, status="READY").count() == 2)
     fake_provider.script(Reply(text=SUMMARY_TEXT))
     await sync_to_async(run_worker)()
-    conv = await sync_to_async(Conversation.objects.get)(pk=conv.pk)
-    assert conv.summary == SUMMARY_TEXT
+    assert (await sync_to_async(summary_now)(conv)).text == SUMMARY_TEXT
 
     # The deferred retry, once due, finds nothing left to do and calls no model.
     await sync_to_async(lambda: summary_tasks(conv.pk, status="READY").update(run_after=timezone.now()))()
@@ -205,7 +210,7 @@ def test_it_writes_one_summary_when_two_workers_run_the_task_at_once(alice, fake
     assert sorted(results, key=str) == [False, True]
     assert len(summary_requests(fake_provider)) == 1
     conv.refresh_from_db()
-    assert conv.summary == SUMMARY_TEXT and conv.summarizing_since is None
+    assert summary_now(conv).text == SUMMARY_TEXT and conv.summarizing_since is None
 
 
 def test_it_drops_a_summary_overtaken_by_a_newer_run(alice, fake_provider):
@@ -230,8 +235,8 @@ def test_it_drops_a_summary_overtaken_by_a_newer_run(alice, fake_provider):
     assert summaries.summarize(conv.pk) is True
     thread.join(timeout=10)
     assert results == [False]
-    conv.refresh_from_db()
-    assert conv.summary == SUMMARY_TEXT
+    assert summary_now(conv).text == SUMMARY_TEXT
+    assert Summary.objects.filter(conversation=conv).count() == 1
 
 
 def test_it_refuses_while_another_run_holds_a_fresh_claim(alice, fake_provider):
@@ -245,39 +250,34 @@ def test_it_is_idempotent(alice, fake_provider):
     conv = tiny_conversation(alice, budget=200, turns=12)
     fake_provider.script(Reply(text=SUMMARY_TEXT))
     assert summaries.summarize(conv.pk) is True
-    conv.refresh_from_db()
-    through = conv.summary_through
+    through = summary_now(conv).through_id
     assert summaries.summarize(conv.pk) is False  # within budget now: nothing to do
-    conv.refresh_from_db()
-    assert (conv.summary, conv.summary_through) == (SUMMARY_TEXT, through)
+    assert (summary_now(conv).text, summary_now(conv).through_id) == (SUMMARY_TEXT, through)
     assert len(fake_provider.requests) == 1
 
 
 def test_it_never_summarizes_a_reply_still_streaming_or_its_question(alice, fake_provider):
     conv = tiny_conversation(alice, budget=200, turns=12)
-    asked = Message.objects.create(conversation=conv, role="user", content="The question being answered")
-    streaming = Message.objects.create(
-        conversation=conv, role="assistant", status="streaming", content="PARTIAL streaming text"
-    )
+    asked = add_message(conv, role="user", content="The question being answered")
+    streaming = add_message(conv, role="assistant", status="streaming", content="PARTIAL streaming text")
     fake_provider.script(Reply(text=SUMMARY_TEXT))
     assert summaries.summarize(conv.pk) is True
-    conv.refresh_from_db()
-    assert conv.summary_through < asked.pk < streaming.pk
+    assert summary_now(conv).through_id < asked.pk < streaming.pk
     sent = summary_requests(fake_provider)[0].json["messages"][1]["content"]
     assert "PARTIAL" not in sent and "being answered" not in sent
 
 
 def test_it_folds_the_previous_summary_into_the_next(alice, fake_provider):
     conv = tiny_conversation(alice, budget=200, turns=4)
-    conv.summary, conv.summary_through = "OLD SUMMARY of the first turns.", conv.messages.order_by("id")[3].pk
-    conv.save()
+    Summary.objects.create(
+        conversation=conv, through=conv.messages.order_by("id")[3], text="OLD SUMMARY of the first turns."
+    )
     make_turns(conv, 12)
     fake_provider.script(Reply(text="NEW SUMMARY"))
     assert summaries.summarize(conv.pk) is True
     asked = summary_requests(fake_provider)[0].json["messages"][1]["content"]
     assert asked.startswith("Summary so far:\nOLD SUMMARY of the first turns.")
-    conv.refresh_from_db()
-    assert conv.summary == "NEW SUMMARY" and conv.summary_through > conv.messages.order_by("id")[3].pk
+    assert summary_now(conv).text == "NEW SUMMARY" and summary_now(conv).through_id > conv.messages.order_by("id")[3].pk
 
 
 def test_it_folds_a_long_backlog_in_requests_that_each_fit_the_budget(alice, fake_provider):
@@ -300,8 +300,8 @@ def test_it_folds_a_long_backlog_in_requests_that_each_fit_the_budget(alice, fak
 
 def test_it_trims_the_oldest_turns_before_a_summary_exists_never_the_latest_message(alice):
     conv = tiny_conversation(alice, budget=200, turns=12)
-    latest = Message.objects.create(conversation=conv, role="user", content="newest question " * 150)
-    reply = Message.objects.create(conversation=conv, role="assistant", status="streaming", model="offline:demo")
+    latest = add_message(conv, role="user", content="newest question " * 150)
+    reply = add_message(conv, role="assistant", status="streaming", model="offline:demo")
     request = build_chat_request(reply.pk)
     assert request.messages == [{"role": "user", "content": latest.content}]  # over budget alone, still sent
     latest.content = "newest question"
@@ -339,7 +339,6 @@ def test_requests_and_summary_checks_read_only_the_newest_turns_yet_decide_as_th
 
     from conversations import selectors
     from conversations.context import due_for_summary, fit_turns, system_text
-    from conversations.selectors import history_turns
 
     monkeypatch.setattr(selectors, "RECENT_PAGE", page)  # small pages: the stopping point is exact
     skipped, needed = set(), set()
@@ -350,19 +349,20 @@ def test_requests_and_summary_checks_read_only_the_newest_turns_yet_decide_as_th
         for i in range(240):
             role = "user" if i % 2 == 0 else "assistant"
             content = "" if i == 101 else " ".join(f"w{i}x{j}" for j in range((i * 7) % 40 + 1))
-            Message.objects.create(conversation=conv, role=role, content=content, output_tokens=None)
-        reply = Message.objects.create(conversation=conv, role="assistant", status="streaming", model="offline:demo")
-        system = system_text(conv.persona.system_prompt, conv.summary)
-        everything = history_turns(conv, before_id=reply.pk)
+            add_message(conv, role=role, content=content, output_tokens=None)
+        reply = add_message(conv, role="assistant", status="streaming", model="offline:demo")
+        system = system_text(conv.persona.system_prompt, "")
+        everything = history_turns(path_history(conv, leaf_id=reply.pk, include_leaf=False))
         expected = fit_turns(system, everything, budget)
         with CaptureQueriesContext(connection) as read:
             request, followups = build_for_reply(reply.pk)
         assert request.messages == [{"role": t.role, "content": t.content} for t in expected]
         if budget < 1000 and page == 50:
-            assert len(read.captured_queries) <= 3  # the reply, then one or two pages of 50
+            # The reply, the path's ids, its summaries, then one or two pages of 50.
+            assert len(read.captured_queries) <= 5
         Message.objects.filter(pk=reply.pk).update(status="complete", content="done")
         conv.refresh_from_db()
-        whole = history_turns(conv, before_id=summaries.NO_LIMIT)
+        whole = history_turns(path_history(conv))
         assert summaries.needs_summary(conv) == due_for_summary(system, whole, budget)
         # The end of the reply skips the summary check only when no summary can be due.
         if not followups.may_need_work(estimate_tokens("done")):

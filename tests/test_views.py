@@ -13,9 +13,17 @@ from django.test import utils as test_utils
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
-from conversations import rendering
+from conversations import rendering, services
 from conversations.models import Conversation, Message
-from tests.factories import default_persona, make_conversation, make_persona, make_turns, make_user
+from tests.factories import (
+    add_message,
+    default_persona,
+    link_path,
+    make_conversation,
+    make_persona,
+    make_turns,
+    make_user,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -73,11 +81,28 @@ def test_it_creates_a_conversation_with_the_chosen_persona(as_alice, alice):
     assert as_alice.post("/conversations/new/", {"persona": "nope"}).status_code == 404
 
 
+def test_new_chat_cannot_pile_up_empty_conversations(as_alice, alice):
+    """Beyond MAX_EMPTY_CONVERSATIONS empty ones, "new chat" reuses the oldest (with the new persona)."""
+    default_persona()
+    coder = make_persona("coder")
+    limit = services.MAX_EMPTY_CONVERSATIONS
+    made = [as_alice.post("/conversations/new/")["Location"] for _ in range(limit)]
+    assert len(set(made)) == limit
+    again = as_alice.post("/conversations/new/", {"persona": "coder"})
+    assert again.status_code == 302 and again["Location"] == made[0]
+    assert Conversation.objects.filter(owner=alice).count() == limit
+    assert Conversation.objects.get(pk=made[0].split("/")[-2]).persona == coder
+    # A conversation with a message is no longer empty: the next new chat is a new row again.
+    Message.objects.create(conversation_id=made[0].split("/")[-2], role="user", content="hi")
+    fresh = as_alice.post("/conversations/new/")["Location"]
+    assert fresh not in made and Conversation.objects.filter(owner=alice).count() == limit + 1
+
+
 def test_it_renders_the_history_on_the_server(as_alice, alice):
     coder = make_persona("coder", name="Coder", model="anthropic:claude-test")
     conversation = make_conversation(alice, persona=coder, title="Parsing")
-    Message.objects.create(conversation=conversation, role="user", content="<b>not bold</b>\n*not em*")
-    Message.objects.create(conversation=conversation, role="assistant", content="**bold** <script>x()</script>")
+    add_message(conversation, role="user", content="<b>not bold</b>\n*not em*")
+    add_message(conversation, role="assistant", content="**bold** <script>x()</script>")
     html = as_alice.get(conversation.get_absolute_url()).content.decode()
     assert "&lt;b&gt;not bold&lt;/b&gt;\n*not em*" in html  # the user's text, exactly as typed
     assert "<strong>bold</strong> &lt;script&gt;x()&lt;/script&gt;" in html
@@ -116,9 +141,9 @@ def test_it_tells_only_staff_how_to_set_an_api_key(client, alice):
 
 def test_it_marks_failed_and_stopped_replies_with_what_to_do_next(as_alice, alice):
     conversation = make_conversation(alice)
-    Message.objects.create(conversation=conversation, role="user", content="q")
-    Message.objects.create(conversation=conversation, role="assistant", content="partial", status="stopped")
-    Message.objects.create(conversation=conversation, role="user", content="q2")
+    add_message(conversation, role="user", content="q")
+    add_message(conversation, role="assistant", content="partial", status="stopped")
+    add_message(conversation, role="user", content="q2")
     Message.objects.create(
         conversation=conversation, role="assistant", content="", status="error", error_code="provider_auth"
     )
@@ -201,15 +226,15 @@ def test_it_deletes_a_thread_after_confirmation(as_alice, alice):
 
 def test_it_serves_one_message_rendered_or_as_raw_text(as_alice, alice):
     conversation = make_conversation(alice)
-    Message.objects.create(conversation=conversation, role="user", content="hi")
-    reply = Message.objects.create(conversation=conversation, role="assistant", content="**bold** & `code`")
-    hidden = Message.objects.create(conversation=conversation, role="assistant", content="old", hidden=True)
+    add_message(conversation, role="user", content="hi")
+    reply = add_message(conversation, role="assistant", content="**bold** & `code`")
+    elsewhere = add_message(make_conversation(alice), role="assistant", content="another thread's")
     base = f"/conversations/{conversation.pk}/messages"
     html = as_alice.get(f"{base}/{reply.pk}/").content.decode()
     assert html.startswith("<article") and "<strong>bold</strong>" in html and f'id="m{reply.pk}"' in html
     raw = as_alice.get(f"{base}/{reply.pk}/?format=text")
     assert raw["Content-Type"].startswith("text/plain") and raw.content.decode() == "**bold** & `code`"
-    assert as_alice.get(f"{base}/{hidden.pk}/").status_code == 404
+    assert as_alice.get(f"{base}/{elsewhere.pk}/").status_code == 404
 
 
 def _page_queries(client, conversation) -> tuple[int, float, str]:
@@ -244,11 +269,11 @@ def test_it_reports_the_time_to_render_a_thousand_message_thread(as_alice, alice
         "Here is **markdown** with code:\n\n```python\nprint('hello')\n```\n\n"
         "- one\n- two\n\n| a | b |\n|---|---|\n| 1 | 2 |"
     )
-    Message.objects.bulk_create(
+    link_path(conversation, Message.objects.bulk_create(
         Message(conversation=conversation, role="user" if i % 2 == 0 else "assistant",
                 content=f"Question {i}: how does it work?" if i % 2 == 0 else reply + f" {i}")
         for i in range(1000)
-    )  # fmt: skip
+    ))  # fmt: skip
     cold_count, cold, html = _page_queries(as_alice, conversation)
     warm_count, warm, _ = min((_page_queries(as_alice, conversation) for _ in range(3)), key=lambda r: r[1])
     assert html.count("<strong>markdown</strong>") == 500

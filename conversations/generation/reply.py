@@ -30,9 +30,9 @@ from .retry import backoff
 log = logging.getLogger(__package__)
 
 
-def start(reply: Message, *, replaces: list[int] | None = None) -> Generation:
+def start(reply: Message, *, siblings: tuple[int, ...] = ()) -> Generation:
     """Start generating `reply` (a streaming row just created) in this process."""
-    generation = Generation(reply, replaces=replaces or [])
+    generation = Generation(reply, siblings=siblings or (reply.pk,))
     registry.running[reply.conversation_id] = generation
     spawn(generation.run())
     ensure_janitor()
@@ -42,7 +42,7 @@ def start(reply: Message, *, replaces: list[int] | None = None) -> Generation:
 class Generation:
     """One reply being written: its text so far, its status, and how to stop it."""
 
-    def __init__(self, reply: Message, *, replaces: list[int]) -> None:
+    def __init__(self, reply: Message, *, siblings: tuple[int, ...]) -> None:
         self.reply_id: int = reply.pk
         self.conversation_id: uuid.UUID = reply.conversation_id
         self.model = reply.model
@@ -50,7 +50,9 @@ class Generation:
         # the services); else the row is looked up at the end.
         conversation = reply._state.fields_cache.get("conversation")
         self.owner_id: int | None = conversation.owner_id if conversation is not None else None
-        self.replaces = replaces
+        # Where the reply sits in the tree: the `start` event tells every page.
+        self.parent_id: int | None = reply.parent_id
+        self.siblings = list(siblings)
         self.group = group_name(self.conversation_id)
         self.chunks: list[str] = []
         self.length = 0
@@ -102,7 +104,13 @@ class Generation:
         status, error = Message.Status.COMPLETE, None
         try:
             await self.send(
-                {"type": "chat.start", "message_id": self.reply_id, "model": self.model, "replaces": self.replaces}
+                {
+                    "type": "chat.start",
+                    "message_id": self.reply_id,
+                    "model": self.model,
+                    "parent_id": self.parent_id,
+                    "siblings": self.siblings,
+                }
             )
             self.request, self.followups, stop_asked = await sync_to_async(_build_request, thread_sensitive=False)(
                 self.reply_id
@@ -225,7 +233,7 @@ class Generation:
             self.followups is None or self.followups.may_need_work(reply_tokens)
         ):
             try:
-                await sync_to_async(_after_reply, thread_sensitive=False)(self.conversation_id)
+                await sync_to_async(_after_reply, thread_sensitive=False)(self.conversation_id, self.reply_id)
             except Exception:
                 log.exception("could not schedule background work for %s", self.conversation_id)
 
@@ -269,7 +277,7 @@ def _finish_row(
     )
 
 
-def _after_reply(conversation_id: uuid.UUID) -> None:
+def _after_reply(conversation_id: uuid.UUID, reply_id: int) -> None:
     from ..tasks import after_reply
 
-    after_reply(conversation_id)
+    after_reply(conversation_id, leaf_id=reply_id)

@@ -39,18 +39,40 @@ def model_label(spec: str) -> str:
     return f"{model} ({PROVIDER_NAMES.get(provider, provider)})"
 
 
+# Markdown syntax a snippet shows as plain text. The text is a window cut out of a message, so these
+# work line by line and on fragments (a link whose start was cut off), not on a parsed document.
+_MARKDOWN_SYNTAX = [
+    (re.compile(r"```[\w+-]*"), " "),  # code fences
+    (re.compile(r"!?\[([^\]\n]*)\]\([^)\s]*\)"), r"\1"),  # links and images: their text
+    (re.compile(r"\]\([^)\s]*\)"), " "),  # ... whose start was cut off
+    (re.compile(r"(?m)^[ \t]*(?:#{1,6}|>+|[-*+]|\d+[.)])[ \t]+"), ""),  # headings, quotes, list items
+    (re.compile(r"(?m)^[ \t]*\|?(?:[ \t]*:?-+:?[ \t]*\|?)+[ \t]*$"), ""),  # table rules
+    (re.compile(r"\*\*|__|~~|`"), ""),  # strong, strike, code
+    (re.compile(r"(?<![\w*])[*_](?=\S)|(?<=\S)[*_](?![\w*])"), ""),  # emphasis (not snake_case)
+    (re.compile(r"\s*\|\s*"), " "),  # table cells
+]
+
+
+def plain_text(markdown: str) -> str:
+    """Markdown as the words a person reads: `**bold** [link](url)` -> `bold link`."""
+    for pattern, replacement in _MARKDOWN_SYNTAX:
+        markdown = pattern.sub(replacement, markdown)
+    return markdown
+
+
 @register.filter
 def snippet(text: str | None, query: str) -> SafeString:
-    """A search hit's surrounding text, escaped, with the matched words in <mark>."""
+    """A search hit's surrounding text as plain text (no markdown syntax), escaped, with the matched words in <mark>."""
     if not text:
         return mark_safe("")  # noqa: S308 - empty
-    text = " ".join(text.split())
+    cut = len(text) >= SNIPPET_CHARS - 1
+    text = " ".join(plain_text(text).split())
     if MARK_START in text:  # PostgreSQL's ts_headline marked the matches
         html = escape(text).replace(MARK_START, "<mark>").replace(MARK_END, "</mark>")
         return mark_safe(html)  # noqa: S308 - escaped above; only our own tags added
     terms = [query.strip()] if query.strip() else []
     terms += search_terms(query)
-    suffix = "…" if len(text) >= SNIPPET_CHARS - 1 else ""
+    suffix = "…" if cut else ""
     if not terms:
         return mark_safe(escape(text) + suffix)  # noqa: S308 - escaped
     pattern = re.compile("|".join(re.escape(t) for t in sorted(set(terms), key=len, reverse=True)), re.IGNORECASE)

@@ -32,6 +32,7 @@
   let retryDelay = 500;
   let pending = null; // {client_id, content, edit_of}: sent, not yet acknowledged by a `message` event
   let stopping = false;
+  let openLeaf = main.dataset.openLeaf ? parseInt(main.dataset.openLeaf, 10) : null;
   let stopTimer = null;
 
   // -- text by code points (the protocol's offsets count code points, not UTF-16 units) -------------
@@ -123,7 +124,58 @@
     return tpl ? tpl.content.firstElementChild.cloneNode(true) : document.createElement("div");
   }
 
-  function messageEl(id, role, status) {
+  // -- versions: `‹ i / n ›` on a message with siblings (the same markup as _versions.html) ------------
+  function versionsEl(id, siblings) {
+    const list = siblings || [id];
+    if (list.length < 2) return null;
+    const at = Math.max(0, list.indexOf(id));
+    const box = document.createElement("div");
+    box.className = "versions";
+    box.setAttribute("role", "group");
+    box.setAttribute("aria-label", "Versions");
+    const arrow = (cls, label, text, target) => {
+      const b = document.createElement("button");
+      b.type = "button";
+      b.className = `act ${cls}`;
+      b.dataset.act = "switch";
+      b.dataset.target = target === undefined ? "" : String(target);
+      b.setAttribute("aria-label", label);
+      b.title = label;
+      b.textContent = text;
+      b.disabled = target === undefined;
+      return b;
+    };
+    const count = document.createElement("span");
+    count.className = "version-count";
+    count.setAttribute("aria-hidden", "true");
+    count.textContent = `${at + 1} / ${list.length}`;
+    const spoken = document.createElement("span");
+    spoken.className = "visually-hidden";
+    spoken.textContent = `Version ${at + 1} of ${list.length}`;
+    box.append(arrow("version-prev", "Previous version", "‹", list[at - 1]), count, spoken,
+      arrow("version-next", "Next version", "›", list[at + 1]));
+    return box;
+  }
+  function setVersions(el, id, siblings) {
+    const old = el.querySelector(":scope > .versions");
+    const fresh = versionsEl(id, siblings);
+    if (old) old.remove();
+    if (fresh) el.querySelector(":scope > .msg-actions").before(fresh);
+  }
+  // Everything shown after message `parentId` goes (null: everything): a new version replaces that
+  // part of the path on screen; the old one stays on the server, one `‹` away.
+  function truncateAfter(parentId) {
+    const parent = parentId === null || parentId === undefined ? null : document.getElementById(`m${parentId}`);
+    const children = Array.from(messagesEl.children);
+    let cut = parent === null ? 0 : children.indexOf(parent) + 1;
+    if (parent !== null && cut === 0) return;
+    for (const node of children.slice(cut)) {
+      if (node === emptyEl || node.tagName === "TEMPLATE") continue;
+      node.remove(); // a reply's record keeps its (now detached) element and text
+    }
+  }
+
+  function messageEl(id, role, status, attach = true) {
     let el = document.getElementById(`m${id}`);
     if (el) return el;
     el = document.createElement("article");
@@ -138,8 +190,10 @@
     const content = document.createElement("div");
     content.className = "msg-content " + (role === "user" ? "msg-plain" : "markdown");
     el.append(author, content, actionsFor(role));
-    messagesEl.append(el);
-    if (emptyEl) emptyEl.hidden = true;
+    if (attach) {
+      messagesEl.append(el);
+      if (emptyEl) emptyEl.hidden = true;
+    }
     return el;
   }
 
@@ -170,10 +224,12 @@
     details.querySelector(".msg-model").textContent = modelLabel(spec);
   }
 
-  function replyFor(id) {
+  // A reply's record: its text as streamed, whether or not it is on the path shown (a reply on a
+  // branch switched away from keeps streaming into a detached element, ready for switching back).
+  function replyFor(id, attach = false) {
     let r = replies.get(id);
     if (!r) {
-      const el = messageEl(id, "assistant", "streaming");
+      const el = messageEl(id, "assistant", "streaming", attach);
       r = { text: "", length: 0, el, status: el.dataset.status, announced: 0 };
       replies.set(id, r);
     }
@@ -213,7 +269,7 @@
     lastRender = performance.now();
     for (const id of renderQueue) {
       const r = replies.get(id);
-      if (!r || !r.el.isConnected) continue;
+      if (!r) continue;
       md.render(r.el.querySelector(".msg-content"), r.text);
       if (r.status === "streaming") announceProgress(r, false);
     }
@@ -428,7 +484,7 @@
     state(frame) {
       const g = frame.generating;
       if (g) {
-        const r = replyFor(g.message_id);
+        const r = replyFor(g.message_id, false);
         r.text = g.text;
         r.length = codePoints(g.text);
         setStatus(r, "streaming");
@@ -443,6 +499,11 @@
           askResume(id, r ? r.length : 0);
         });
       }
+      if (openLeaf !== null) {
+        // Opened from a search hit on another branch: that path becomes the active one.
+        send({ type: "switch", message_id: openLeaf });
+        openLeaf = null;
+      }
       if (pending) {
         send({ type: "send", client_id: pending.client_id, content: pending.content, ...(pending.edit_of ? { edit_of: pending.edit_of } : {}), ...modelField(pending), ...(pending.attachments ? { attachments: pending.attachments } : {}) });
       } else if (!g) {
@@ -452,22 +513,14 @@
     message(frame) {
       const m = frame.message;
       const mine = pending && m.client_id === pending.client_id;
-      const removed = new Set(frame.replaces || []);
-      if (mine && pending.edit_of) {
-        // The edited message and what followed it go (even on a resend's answer, which lists nothing).
-        let el = document.getElementById(`m${pending.edit_of}`);
-        while (el) {
-          const next = el.nextElementSibling;
-          if (el.dataset.messageId) removed.add(parseInt(el.dataset.messageId, 10));
-          else if (el.classList.contains("inline-error")) el.remove();
-          el = next;
-        }
-      }
-      removed.forEach((id) => { if (id !== m.id) removeMessage(id); });
       const existed = !!document.getElementById(`m${m.id}`);
+      // The new message continues the path after its parent: what was shown below that goes.
+      if (!existed) truncateAfter(m.parent_id);
       const el = messageEl(m.id, m.role, "complete");
       el.querySelector(".msg-content").textContent = m.content;
       if (m.attachments && window.chatFiles) window.chatFiles.showOnMessage(el, m.attachments);
+      if (m.parent_id) el.dataset.parentId = m.parent_id;
+      if (frame.siblings) setVersions(el, m.id, frame.siblings);
       if (m.client_id) el.dataset.clientId = m.client_id;
       if (mine) {
         if (pending.attachments && window.chatFiles) window.chatFiles.clear();
@@ -484,8 +537,11 @@
       if (!existed) refreshSidebarSoon(false);
     },
     start(frame) {
-      (frame.replaces || []).forEach(removeMessage);
-      const r = replyFor(frame.message_id);
+      if (!document.getElementById(`m${frame.message_id}`)) truncateAfter(frame.parent_id);
+      const r = replyFor(frame.message_id, true);
+      if (!r.el.isConnected) { messagesEl.append(r.el); if (emptyEl) emptyEl.hidden = true; }
+      if (frame.parent_id) r.el.dataset.parentId = frame.parent_id;
+      setVersions(r.el, frame.message_id, frame.siblings);
       r.text = "";
       r.length = 0;
       r.announced = 0;
@@ -498,6 +554,9 @@
       followContent();
     },
     delta: applyDelta,
+    path(frame) {
+      showPath(frame.messages);
+    },
     retrying(frame) {
       const r = replyFor(frame.message_id);
       const what = frame.code === "provider_rate_limited" ? "The provider is rate limiting" : "The provider did not answer";
@@ -551,6 +610,63 @@
       announce(hints[frame.code] || frame.message || "Something went wrong.");
     },
   };
+
+  // The path the server made active (a `switch` from any tab): rebuilt in place, no reload. A reply
+  // still streaming on it shows everything streamed so far (its deltas kept coming while away).
+  let switching = null; // {from: message id clicked, dir: "prev" | "next"}
+  function showPath(messages) {
+    const divider = messagesEl.querySelector(".summary-divider");
+    const errors = messagesEl.querySelectorAll(".inline-error");
+    errors.forEach((e) => e.remove());
+    truncateAfter(null);
+    for (const m of messages) {
+      let el;
+      if (m.role === "assistant") {
+        const r = replyFor(m.id, false);
+        const live = r.status === "streaming" || m.status === "streaming";
+        if (!(live && r.length >= codePoints(m.content))) {
+          r.text = m.content;
+          r.length = codePoints(m.content);
+        }
+        if (m.status !== "streaming") setStatus(r, m.status);
+        else setStatus(r, "streaming");
+        clearNote(r.el);
+        if (m.status === "stopped") setNote(r.el, "Stopped.", false);
+        if (m.status === "error" || m.status === "interrupted") setNote(r.el, hints[m.status] || "This reply failed.", true);
+        md.render(r.el.querySelector(".msg-content"), r.text);
+        el = r.el;
+      } else {
+        el = messageEl(m.id, m.role, "complete", false);
+        el.querySelector(".msg-content").textContent = m.content;
+        if (m.client_id) el.dataset.clientId = m.client_id;
+      }
+      if (m.parent_id) el.dataset.parentId = m.parent_id;
+      else delete el.dataset.parentId;
+      setVersions(el, m.id, m.siblings);
+      messagesEl.append(el);
+    }
+    if (emptyEl) emptyEl.hidden = messages.length > 0;
+    if (divider) {
+      const through = document.getElementById(`m${divider.dataset.summaryThrough}`);
+      if (through) through.after(divider);
+    }
+    if (md) md.enhance(messagesEl, { lazy: true });
+    if (switching) {
+      const el = document.getElementById(`m${switching.to}`);
+      const m = messages.find((x) => x.id === switching.to);
+      if (el && m) {
+        const at = m.siblings.indexOf(m.id) + 1;
+        announce(`Version ${at} of ${m.siblings.length}`);
+        const again = el.querySelector(`.version-${switching.dir}`);
+        const focus = again && !again.disabled ? again : el.querySelector(".versions button:not([disabled])");
+        if (focus) focus.focus();
+      }
+      switching = null;
+    } else {
+      followContent();
+    }
+    updateSendState();
+  }
 
   // -- connection status: calm, and only when it matters ---------------------------------------------------
   let lostTimer = null;
@@ -790,7 +906,14 @@
     if (act === "regenerate") {
       if (generatingId !== null) return;
       clearRefusals();
-      send({ type: "regenerate" });
+      // Regenerate this reply (a new version beside it), or the latest when it has no id yet.
+      const id = el && el.dataset.role === "assistant" ? parseInt(el.dataset.messageId, 10) : NaN;
+      send(Number.isNaN(id) ? { type: "regenerate" } : { type: "regenerate", message_id: id });
+    }
+    if (act === "switch" && button.dataset.target) {
+      const to = parseInt(button.dataset.target, 10);
+      switching = { to, dir: button.classList.contains("version-prev") ? "prev" : "next" };
+      send({ type: "switch", message_id: to });
     }
   });
 

@@ -17,7 +17,7 @@ from conversations.models import Conversation, Message, UserQuota
 from tests.e2e.conftest import db, screenshot
 from tests.e2e.helpers import connected, send
 from tests.e2e.test_page import CODE_REPLY
-from tests.factories import default_persona, make_conversation, make_persona, make_user
+from tests.factories import add_message, default_persona, make_conversation, make_persona, make_user
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -64,12 +64,12 @@ def history(owner) -> Conversation:
         ("Old **markdown** notes", 95, False),
     ]:
         c = make_conversation(owner, title=title, pinned=pinned)
-        Message.objects.create(conversation=c, role="user", content=f"About {title.lower()}: **bold** words and `code`")
-        Message.objects.create(conversation=c, role="assistant", content=f"# {title}\n\nSome **markdown** reply.")
+        add_message(c, role="user", content=f"About {title.lower()}: **bold** words and `code`")
+        add_message(c, role="assistant", content=f"# {title}\n\nSome **markdown** reply.")
         Conversation.objects.filter(pk=c.pk).update(updated_at=now - dt.timedelta(days=days))
     current = make_conversation(owner, title="Reading JSON safely")
-    Message.objects.create(conversation=current, role="user", content="How do I read a JSON file safely?")
-    Message.objects.create(conversation=current, role="assistant", content=CODE_REPLY * 3)
+    add_message(current, role="user", content="How do I read a JSON file safely?")
+    add_message(current, role="assistant", content=CODE_REPLY * 3)
     return current
 
 

@@ -10,10 +10,10 @@ import pytest
 from django.utils import timezone
 from playwright.async_api import expect
 
-from conversations.models import Conversation, Message
+from conversations.models import Conversation
 from tests.e2e.conftest import db, screenshot
 from tests.e2e.helpers import connected, last_reply, reply_ends, send, until
-from tests.factories import default_persona, make_conversation, make_persona
+from tests.factories import add_message, default_persona, make_conversation, make_persona
 from tests.fakes.provider import Reply
 from tests.live import Worker
 
@@ -48,7 +48,7 @@ def thread_with(owner, title: str, *texts: str, days_ago: float = 0, **fields) -
     """A conversation whose messages alternate user/assistant, last active `days_ago`."""
     conversation = make_conversation(owner, title=title, **fields)
     for i, text in enumerate(texts):
-        Message.objects.create(conversation=conversation, role="user" if i % 2 == 0 else "assistant", content=text)
+        add_message(conversation, role="user" if i % 2 == 0 else "assistant", content=text)
     Conversation.objects.filter(pk=conversation.pk).update(updated_at=timezone.now() - dt.timedelta(days=days_ago))
     return conversation
 
@@ -142,7 +142,7 @@ async def test_it_loads_more_threads_as_the_sidebar_scrolls(web, alice):
         now = timezone.now()
         for i in range(75):
             c = Conversation.objects.create(owner=alice, persona=persona, title=f"Thread {i:03d}")
-            Message.objects.create(conversation=c, role="user", content=f"message {i}")
+            add_message(c, role="user", content=f"message {i}")
             Conversation.objects.filter(pk=c.pk).update(updated_at=now - dt.timedelta(hours=i))
 
     await db(many)

@@ -1,0 +1,169 @@
+"""Writes for the account: settings, share links, continuing a shared thread, imports, deleting the account."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+from django.conf import settings
+from django.contrib.auth.models import User
+from django.contrib.sessions.models import Session
+from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
+from django.db import transaction
+from django.utils import timezone
+
+from conversations import selectors
+from conversations.models import Conversation, Message
+
+from . import importing, paths
+from .models import ImportJob, Profile, ShareLink
+
+log = logging.getLogger(__name__)
+
+
+def profile_for(user: User) -> Profile:
+    """The user's settings (made on first use)."""
+    profile, _ = Profile.objects.get_or_create(user=user)
+    return profile
+
+
+def profile_update(*, user: User, display_name: str | None = None, theme: str | None = None) -> Profile:
+    """Save the display name and/or theme; an unknown theme is refused with ValueError."""
+    profile = profile_for(user)
+    if theme is not None:
+        if theme not in Profile.Theme.values:
+            raise ValueError(f"unknown theme {theme!r}")
+        profile.theme = theme
+    if display_name is not None:
+        profile.display_name = display_name.strip()[:100]
+    profile.save()
+    return profile
+
+
+# -- share links --------------------------------------------------------------------------------------
+@transaction.atomic
+def share_create(*, conversation: Conversation) -> ShareLink:
+    """A link to a snapshot of the conversation's active path as it is now."""
+    snapshot = [
+        {"role": m.role, "content": m.content, "created_at": m.created_at.isoformat()}
+        for m in paths.active_path(conversation)
+        if m.status != Message.Status.STREAMING or m.content
+    ]
+    return ShareLink.objects.create(
+        owner=conversation.owner, conversation=conversation, title=str(conversation), messages=snapshot
+    )
+
+
+def share_revoke(*, owner: User, conversation_id: uuid.UUID | None, token: str | None) -> int:
+    """Revoke one link (by token) or every live link of a conversation; returns how many were revoked."""
+    links = ShareLink.objects.filter(owner=owner, revoked_at__isnull=True)
+    if token:
+        links = links.filter(token=token)
+    if conversation_id is not None:
+        links = links.filter(conversation_id=conversation_id)
+    return links.update(revoked_at=timezone.now())
+
+
+@transaction.atomic
+def share_continue(*, link: ShareLink, user: User) -> Conversation:
+    """Copy a shared snapshot into a new conversation of `user`, to go on from there."""
+    persona = selectors.persona_for_user(user, None)
+    if persona is None:
+        raise importing.ImportFailed("No persona is available to you. Ask an admin.")
+    draft = importing.Draft(
+        title=link.title,
+        created_at=None,
+        nodes=[
+            paths.Node(
+                key=str(i),
+                parent=str(i - 1) if i else None,
+                role=m["role"],
+                content=m["content"],
+                created_at=importing._time(m.get("created_at"), "shared message"),
+            )
+            for i, m in enumerate(link.messages)
+        ],
+    )
+    draft.persona = persona.slug
+    [conversation] = importing.store(owner=user, drafts=[draft])
+    Conversation.objects.filter(pk=conversation.pk).update(updated_at=timezone.now())
+    return conversation
+
+
+# -- imports -------------------------------------------------------------------------------------------
+def inline_import_bytes() -> int:
+    """Files up to this size are imported during the request; larger ones by the worker."""
+    return int(getattr(settings, "ACCOUNT_IMPORT_INLINE_KB", 1024)) * 1024
+
+
+def import_now(*, owner: User, name: str, data: bytes) -> list[Conversation]:
+    """Parse and store a file at once (ImportFailed: nothing stored)."""
+    return importing.store(owner=owner, drafts=importing.parse(name, data))
+
+
+def import_queue(*, owner: User, name: str, data: bytes) -> ImportJob:
+    """Keep the file in storage and let the worker import it; the job reports progress."""
+    from .tasks import run_import
+
+    if len(data) > importing.max_bytes():
+        raise importing.ImportFailed(
+            f"The file is larger than the {importing.max_bytes() // (1024 * 1024)} MB this site accepts."
+        )
+    job = ImportJob(owner=owner, filename=name[:255])
+    job.path = default_storage.save(f"imports/{job.id}.upload", ContentFile(data))
+    job.save()
+    transaction.on_commit(lambda: run_import.enqueue(str(job.id)))
+    return job
+
+
+def import_run(job_id: str) -> ImportJob:
+    """The worker's side of an import: parse, store all or nothing, record the outcome, drop the file."""
+    job = ImportJob.objects.select_related("owner").get(pk=job_id)
+    if job.status != ImportJob.Status.QUEUED:
+        return job
+    ImportJob.objects.filter(pk=job.pk).update(status=ImportJob.Status.RUNNING)
+    try:
+        with default_storage.open(job.path, "rb") as f:
+            data = f.read()
+        drafts = importing.parse(job.filename, data)
+        ImportJob.objects.filter(pk=job.pk).update(total=len(drafts))
+        importing.store(owner=job.owner, drafts=drafts)
+        job.status, job.done, job.total = ImportJob.Status.DONE, len(drafts), len(drafts)
+    except importing.ImportFailed as exc:
+        job.status, job.error = ImportJob.Status.FAILED, exc.message
+    except Exception:
+        log.exception("import %s failed", job.pk)
+        job.status, job.error = ImportJob.Status.FAILED, "The import failed on the server; nothing was imported."
+    finally:
+        if job.path:
+            default_storage.delete(job.path)
+    job.finished_at = timezone.now()
+    job.path = ""
+    job.save(update_fields=["status", "done", "total", "error", "finished_at", "path"])
+    return job
+
+
+# -- deleting the account ------------------------------------------------------------------------------
+def _end_sessions(user_id: int) -> int:
+    """Delete every stored session of the user (database sessions; others die with the user row)."""
+    ended = 0
+    if settings.SESSION_ENGINE.endswith(("db", "cached_db")):
+        for session in Session.objects.filter(expire_date__gt=timezone.now()).iterator(chunk_size=500):
+            if session.get_decoded().get("_auth_user_id") == str(user_id):
+                session.delete()
+                ended += 1
+    return ended
+
+
+def account_delete(*, user: User) -> None:
+    """Delete the user and everything they own; sign out all their sessions."""
+    user_id = user.pk
+    paths_to_delete = list(ImportJob.objects.filter(owner=user).exclude(path="").values_list("path", flat=True))
+    with transaction.atomic():
+        # Conversations first: the persona/PROTECT graph below them is the conversations app's.
+        Conversation.objects.filter(owner=user).delete()
+        user.delete()
+    for path in paths_to_delete:
+        default_storage.delete(path)
+    _end_sessions(user_id)

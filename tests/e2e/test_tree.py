@@ -1,0 +1,112 @@
+"""Versions in a real browser: edit an earlier message, switch between versions with `‹ i / n ›`
+(mouse and keyboard), the live region says which version shows, and a reload shows the same one."""
+
+from __future__ import annotations
+
+import pytest
+from playwright.async_api import expect
+
+from tests.e2e.conftest import db, screenshot
+from tests.e2e.helpers import REPLY_TIMEOUT, connected, last_reply, reply_ends, send
+from tests.factories import make_conversation
+from tests.fakes.provider import Reply
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+
+def contents(page, role: str):
+    return page.locator(f"article.msg-{role} .msg-content")
+
+
+async def test_it_edits_an_earlier_message_and_switches_between_its_versions(web, alice, _provider_server):
+    conversation = await db(make_conversation, alice)
+    _provider_server.script(
+        Reply(text="Answer one."),
+        Reply(text="Answer two."),
+        Reply(text="Answer three."),
+        Reply(text="Answer to the edited one."),
+    )
+    page = await web.page(alice, f"/conversations/{conversation.pk}/")
+    await connected(page)
+    for text in ("Question one", "Question two", "Question three"):
+        await send(page, text)
+        await reply_ends(page)
+    await expect(contents(page, "user")).to_have_text(["Question one", "Question two", "Question three"])
+
+    # Escape cancels an edit: the original stays, nothing is sent.
+    first = page.locator("article.msg-user").first
+    await first.hover()
+    await first.get_by_role("button", name="Edit").click()
+    editor = page.get_by_role("textbox", name="Edit your message")
+    await editor.fill("Something else")
+    await editor.press("Escape")
+    await expect(editor).to_have_count(0)
+    await expect(contents(page, "user").first).to_have_text("Question one")
+
+    # Edit the first message (not the last): a new version, the path below it starts again.
+    await first.hover()
+    await first.get_by_role("button", name="Edit").click()
+    await editor.fill("Question one, edited")
+    await editor.press("Enter")
+    await expect(last_reply(page).locator(".msg-content")).to_have_text(
+        "Answer to the edited one.", timeout=REPLY_TIMEOUT
+    )
+    await reply_ends(page)
+    await expect(contents(page, "user")).to_have_text(["Question one, edited"])
+    edited = page.locator("article.msg-user").first
+    versions = edited.get_by_role("group", name="Versions")
+    await expect(versions.locator(".version-count")).to_have_text("2 / 2")
+    await expect(versions.get_by_role("button", name="Next version")).to_be_disabled()
+    await screenshot(page, "tree-version-2-of-2")
+
+    # Back to version 1: its whole path returns, without a reload.
+    await page.evaluate("window.__noReload = 1")
+    await versions.get_by_role("button", name="Previous version").click()
+    await expect(contents(page, "user")).to_have_text(["Question one", "Question two", "Question three"])
+    await expect(contents(page, "assistant")).to_have_text(["Answer one.", "Answer two.", "Answer three."])
+    first = page.locator("article.msg-user").first
+    await expect(first.locator(".version-count")).to_have_text("1 / 2")
+    await expect(page.locator("#announcer")).to_contain_text("Version 1 of 2")
+    assert await page.evaluate("window.__noReload") == 1  # the same document: no reload
+    # The keyboard: focus stays on the versions control; Next version with Enter.
+    focused = await page.evaluate("document.activeElement && document.activeElement.getAttribute('aria-label')")
+    assert focused in {"Previous version", "Next version"}
+    await screenshot(page, "tree-version-1-of-2")
+
+    await page.reload()
+    await connected(page)
+    await expect(contents(page, "user")).to_have_text(["Question one", "Question two", "Question three"])
+    await expect(page.locator("article.msg-user").first.locator(".version-count")).to_have_text("1 / 2")
+
+    # Keyboard only: Tab to "Next version", Enter; the live region says which version shows.
+    next_button = page.locator("article.msg-user").first.get_by_role("button", name="Next version")
+    await next_button.focus()
+    await page.keyboard.press("Enter")
+    await expect(contents(page, "user")).to_have_text(["Question one, edited"])
+    await expect(page.locator("#announcer")).to_contain_text("Version 2 of 2")
+    await expect(page.locator("article.msg-user").first.locator(".version-count")).to_have_text("2 / 2")
+    await page.reload()
+    await expect(contents(page, "user")).to_have_text(["Question one, edited"])
+    await screenshot(page, "tree-after-reload")
+    assert await web.csp_violations(page) == []
+
+
+async def test_it_regenerates_an_earlier_reply_into_versions(web, alice, _provider_server):
+    conversation = await db(make_conversation, alice)
+    _provider_server.script(Reply(text="First take."), Reply(text="Later answer."), Reply(text="Second take."))
+    page = await web.page(alice, f"/conversations/{conversation.pk}/")
+    await connected(page)
+    await send(page, "Question one")
+    await reply_ends(page)
+    await send(page, "Question two")
+    await reply_ends(page)
+    # Regenerate the first reply, not the last: every reply has the button.
+    reply = page.locator("article.msg-assistant").first
+    await reply.hover()
+    await reply.get_by_role("button", name="Regenerate").click()
+    await expect(contents(page, "assistant")).to_have_text(["Second take."], timeout=REPLY_TIMEOUT)
+    await reply_ends(page)
+    await expect(last_reply(page).locator(".version-count")).to_have_text("2 / 2")
+    await last_reply(page).get_by_role("button", name="Previous version").click()
+    await expect(contents(page, "assistant")).to_have_text(["First take.", "Later answer."])
+    await screenshot(page, "tree-regenerated-reply")
