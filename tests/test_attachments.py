@@ -272,3 +272,20 @@ def test_the_size_check_refuses_before_reading(settings):
     services.check_size(20 * 1024 * 1024)
     with pytest.raises(services.Refused, match="limit is 20 MB"):
         services.check_size(20 * 1024 * 1024 + 1)
+
+
+@pytest.mark.django_db
+def test_the_export_names_a_messages_files(alice):
+    import json
+
+    from accounts.exporting import conversation_json
+
+    conv = make_conversation(alice)
+    attachment = Attachment.objects.get(pk=upload(client_for(alice), conv, "plan.md", b"# Plan\n").json()["id"])
+    message = Message.objects.create(conversation=conv, role="user", content="see the plan")
+    Attachment.objects.filter(pk=attachment.pk).update(message=message)
+    conv.active_leaf_id = message.pk
+    conv.save(update_fields=["active_leaf_id"])
+    exported = json.loads("".join(conversation_json(conv)))
+    (entry,) = [m for m in exported["messages"] if m["id"] == message.pk]
+    assert entry["attachments"] == [{"name": "plan.md", "content_type": "text/markdown", "size": 7}]
