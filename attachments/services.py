@@ -62,7 +62,7 @@ def attachment_upload(*, owner: AbstractBaseUser, conversation: Conversation, up
         raise Refused(f"The model of this chat ({model}) does not take {KIND_NAMES[prepared.kind]}.")
     name = _clean_name(upload.name or "file")
     attachment = Attachment(
-        owner=owner,
+        owner_id=owner.pk,
         conversation=conversation,
         name=name,
         kind=prepared.kind,
@@ -79,7 +79,8 @@ def attachment_upload(*, owner: AbstractBaseUser, conversation: Conversation, up
     try:
         attachment.save()
     except Exception:
-        attachment.file.storage.delete(attachment.file.name)
+        if attachment.file.name:
+            attachment.file.storage.delete(attachment.file.name)  # no row, no file
         raise
     return attachment
 

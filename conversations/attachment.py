@@ -36,8 +36,8 @@ def model_takes(spec: str) -> Takes:
     if entry is None:
         kinds = kinds_taken(spec)
         return Takes(kinds, native_pdf="pdf" in kinds and provider == "anthropic")
-    kinds = {"text", "pdf"} | ({"image"} if entry.supports_images else set())
-    return Takes(frozenset(kinds), native_pdf=entry.supports_pdf and provider == "anthropic")
+    listed = {"text", "pdf"} | ({"image"} if entry.supports_images else set())
+    return Takes(frozenset(listed), native_pdf=entry.supports_pdf and provider == "anthropic")
 
 
 def attachment_path(instance: Attachment, filename: str) -> str:
