@@ -9,6 +9,7 @@ from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonRe
 from django.http.response import HttpResponseBase
 from django.views.decorators.http import require_GET, require_POST
 
+from accounts.selectors import live_share
 from conversations.models import Attachment
 from conversations.selectors import conversation_for_user
 
@@ -65,7 +66,26 @@ def _own(request: HttpRequest, attachment_id: uuid.UUID) -> Attachment:
 @require_GET
 def serve(request: HttpRequest, attachment_id: uuid.UUID) -> HttpResponseBase:
     """The file's bytes, to its owner: images inline, anything else as a download, never sniffed."""
-    attachment = _own(request, attachment_id)
+    return _file_response(_own(request, attachment_id))
+
+
+@require_GET
+def shared(request: HttpRequest, token: str, attachment_id: uuid.UUID) -> HttpResponseBase:
+    """A file of a share link's snapshot, to anyone with the link (404 once revoked, or not in it)."""
+    link = live_share(token)
+    wanted = str(attachment_id)
+    if not any(f.get("id") == wanted for m in link.messages for f in m.get("attachments", ())):
+        raise Http404("No such file.")
+    attachment = Attachment.objects.filter(pk=attachment_id, owner_id=link.owner_id).first()
+    if attachment is None:
+        raise Http404("No such file.")
+    response = _file_response(attachment)
+    response["Referrer-Policy"] = "no-referrer"
+    response["X-Robots-Tag"] = "noindex, nofollow"
+    return response
+
+
+def _file_response(attachment: Attachment) -> HttpResponseBase:
     try:
         handle = attachment.file.open("rb")
     except FileNotFoundError:

@@ -289,3 +289,30 @@ def test_the_export_names_a_messages_files(alice):
     exported = json.loads("".join(conversation_json(conv)))
     (entry,) = [m for m in exported["messages"] if m["id"] == message.pk]
     assert entry["attachments"] == [{"name": "plan.md", "content_type": "text/markdown", "size": 7}]
+
+
+@pytest.mark.django_db
+def test_a_share_link_shows_the_snapshots_files_and_nothing_else(alice, bob):
+    from accounts.services import share_create, share_revoke
+
+    conv = make_conversation(alice)
+    client = client_for(alice)
+    data = png(30, 30, "teal")
+    shown = Attachment.objects.get(pk=upload(client, conv, "shown.png", data).json()["id"])
+    private = Attachment.objects.get(pk=upload(client, conv, "private.png", png()).json()["id"])
+    message = Message.objects.create(conversation=conv, role="user", content="look")
+    Attachment.objects.filter(pk=shown.pk).update(message=message)
+    conv.active_leaf_id = message.pk
+    conv.save(update_fields=["active_leaf_id"])
+    link = share_create(conversation=conv)
+
+    page = Client().get(f"/s/{link.token}/")
+    assert f"/s/{link.token}/files/{shown.pk}/" in page.content.decode()
+    served = Client().get(f"/s/{link.token}/files/{shown.pk}/")
+    assert served.status_code == 200 and b"".join(served.streaming_content) == data
+    assert served["X-Content-Type-Options"] == "nosniff"
+    # A file of the owner's that is not in the snapshot is not reachable through the link.
+    assert Client().get(f"/s/{link.token}/files/{private.pk}/").status_code == 404
+    assert client_for(bob).get(f"/attachments/{shown.pk}/").status_code == 404
+    share_revoke(owner=alice, conversation_id=None, token=link.token)
+    assert Client().get(f"/s/{link.token}/files/{shown.pk}/").status_code == 404
