@@ -16,7 +16,7 @@ from .context import (
     attachment_tokens,
     estimate_tokens,
     fenced,
-    fit_turns,
+    fit_turns_stable,
     history_tokens,
     system_text,
 )
@@ -25,6 +25,9 @@ from .llm import split_model as _split_model
 from .models import Attachment, Message
 from .selectors import path_history, recent_turns
 from .services import effective_persona
+
+# How many budgets of history a request reads to place its stable cut points.
+STABLE_READ = 3
 
 
 @dataclass(frozen=True)
@@ -55,12 +58,12 @@ def build_for_reply(reply_id: int) -> tuple[ChatRequest, Followups]:
     history = path_history(conversation, leaf_id=reply_id, include_leaf=False)
     system = system_text(persona.system_prompt, history.summary_text)
     budget = persona.budget_tokens()
-    # Only the newest turns that can fit are read: fit_turns over them keeps what it would keep
-    # over the whole history (it stops at the first turn that does not fit).
     room = budget - estimate_tokens(system) - MESSAGE_OVERHEAD
+    # Only the newest turns are read, though well past the budget: the stable cut points count from
+    # the oldest unsummarized turn (while a summary is pending, the history outgrows the budget).
     provider, model = _split_model(reply.model)
-    recent = recent_turns(history, tokens=room, provider=provider)
-    turns = fit_turns(system, recent, budget)
+    recent = recent_turns(history, tokens=STABLE_READ * room, provider=provider)
+    turns = fit_turns_stable(system, recent, budget)
     room_after = None
     if len(turns) == len(recent) and sum(t.cost() for t in recent) <= room:
         # The whole unsummarized history is in the request: what it costs is known.
