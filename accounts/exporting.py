@@ -27,7 +27,13 @@ def message_json(m: Message, parent_id: int | None) -> dict[str, Any]:
         "status": m.status,
         "model": m.model,
         "created_at": m.created_at.isoformat(),
-        "usage": {"input_tokens": m.input_tokens, "output_tokens": m.output_tokens},
+        "usage": {
+            "input_tokens": m.input_tokens,
+            "output_tokens": m.output_tokens,
+            "cached_input_tokens": m.cached_input_tokens,
+            "cache_write_tokens": m.cache_write_tokens,
+            "cost": None if m.cost is None else str(m.cost),
+        },
     }
 
 

@@ -14,7 +14,9 @@ from django.core.exceptions import ImproperlyConfigured
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.Env()
-if (BASE_DIR / ".env").is_file():
+# `.env` is for running the site. Tests and CI set CHAT_IGNORE_DOTENV=1 (tests/isolation.py, .ci/run):
+# a developer's keys, database or Redis must not leak into them.
+if (BASE_DIR / ".env").is_file() and not env.bool("CHAT_IGNORE_DOTENV", default=False):
     environ.Env.read_env(BASE_DIR / ".env")
 
 # DEBUG is on by default so `make run` works on a fresh machine; production sets
@@ -293,6 +295,11 @@ CHAT_OFFLINE_WORD_DELAY = env.float("CHAT_OFFLINE_WORD_DELAY", default=0.04)
 # Websocket limits: largest frame (bytes) and frames per 10 seconds per socket.
 CHAT_MAX_FRAME_BYTES = env.int("CHAT_MAX_FRAME_BYTES", default=CHAT_MAX_MESSAGE_CHARS * 4 + 1024)
 CHAT_MAX_FRAMES_PER_10S = env.int("CHAT_MAX_FRAMES_PER_10S", default=60)
+# Seconds a stopping daphne process (SIGTERM) lets its running replies finish before it stores
+# them as `interrupted`.
+CHAT_SHUTDOWN_GRACE = env.float("CHAT_SHUTDOWN_GRACE", default=30.0)
+# Open websockets per user, across every process on Redis (0: no limit); one more is refused.
+CHAT_MAX_SOCKETS_PER_USER = env.int("CHAT_MAX_SOCKETS_PER_USER", default=20)
 
 LOGGING = {
     "version": 1,

@@ -101,6 +101,35 @@ def fit_turns(system: str, turns: list[Turn], budget: int) -> list[Turn]:
     return kept
 
 
+def fit_turns_stable(system: str, turns: list[Turn], budget: int) -> list[Turn]:
+    """Like `fit_turns`, but when the turns do not fit, the oldest go in chunks of about half the room,
+    counted from the oldest turn given (cut just before a user turn).
+
+    The cut points depend only on the older turns, not on the newest, so successive requests begin
+    with the same turns (and the providers' prompt caches keep their prefix) until the next chunk
+    must go; `fit_turns` would move the first turn at every request while a summary is pending.
+    """
+    if not turns:
+        return []
+    room = budget - estimate_tokens(system) - MESSAGE_OVERHEAD
+    costs = [t.cost() for t in turns]
+    total = sum(costs)
+    chunk = max(1, room // 2)
+    start = 0
+    while total > room and start < len(turns) - 1:
+        dropped = 0
+        while start < len(turns) - 1 and (dropped < chunk or turns[start].role != "user"):
+            dropped += costs[start]
+            total -= costs[start]
+            start += 1
+    if total > room:  # the newest turn alone is too long: fit_turns keeps it, alone
+        return fit_turns(system, turns[start:], budget)
+    kept = turns[start:]
+    while len(kept) > 1 and kept[0].role != "user":
+        kept = kept[1:]
+    return kept
+
+
 def due_for_summary(system: str, turns: list[Turn], budget: int) -> bool:
     """True once `system` and the unsummarized `turns` reach SUMMARIZE_AT of the budget."""
     return len(turns) > 2 and history_tokens(system, turns) > budget * SUMMARIZE_AT

@@ -6,12 +6,22 @@ import dataclasses
 import hashlib
 from dataclasses import dataclass
 
-from .context import MESSAGE_OVERHEAD, SUMMARIZE_AT, estimate_tokens, fit_turns, history_tokens, system_text
+from .context import (
+    MESSAGE_OVERHEAD,
+    SUMMARIZE_AT,
+    estimate_tokens,
+    fit_turns_stable,
+    history_tokens,
+    system_text,
+)
 from .llm import ChatRequest
 from .llm import split_model as _split_model
 from .models import Message
 from .selectors import path_history, recent_turns
 from .services import effective_persona
+
+# How many budgets of history a request reads to place its stable cut points.
+STABLE_READ = 3
 
 
 @dataclass(frozen=True)
@@ -42,11 +52,11 @@ def build_for_reply(reply_id: int) -> tuple[ChatRequest, Followups]:
     history = path_history(conversation, leaf_id=reply_id, include_leaf=False)
     system = system_text(persona.system_prompt, history.summary_text)
     budget = persona.budget_tokens()
-    # Only the newest turns that can fit are read: fit_turns over them keeps what it would keep
-    # over the whole history (it stops at the first turn that does not fit).
     room = budget - estimate_tokens(system) - MESSAGE_OVERHEAD
-    recent = recent_turns(history, tokens=room)
-    turns = fit_turns(system, recent, budget)
+    # Only the newest turns are read, though well past the budget: the stable cut points count from
+    # the oldest unsummarized turn (while a summary is pending, the history outgrows the budget).
+    recent = recent_turns(history, tokens=STABLE_READ * room)
+    turns = fit_turns_stable(system, recent, budget)
     room_after = None
     if len(turns) == len(recent) and sum(t.cost() for t in recent) <= room:
         # The whole unsummarized history is in the request: what it costs is known.

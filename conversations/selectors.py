@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from django.contrib.postgres.search import SearchHeadline, SearchQuery, SearchVector
 from django.db import connection
 from django.db.models import Case, Exists, OuterRef, Q, QuerySet, Subquery, TextField, Value, When
+from django.db.models.expressions import RawSQL
 from django.db.models.functions import Greatest, Lower, StrIndex, Substr
 from django.http import Http404
 
@@ -26,7 +27,7 @@ def conversation_for_user(user: AbstractBaseUser | AnonymousUser, conversation_i
     if not user.is_authenticated:
         raise Http404
     try:
-        return Conversation.objects.select_related("persona").get(pk=conversation_id, owner=user)
+        return Conversation.objects.select_related("persona").get(pk=conversation_id, owner_id=user.pk)
     except (Conversation.DoesNotExist, ValueError, TypeError) as exc:
         raise Http404 from exc
 
@@ -35,7 +36,7 @@ def conversations_for_user(user: AbstractBaseUser) -> QuerySet[Conversation]:
     """The user's threads that have at least one message: pinned first, then newest first."""
     has_messages = Message.objects.filter(conversation=OuterRef("pk"))
     return (
-        Conversation.objects.filter(owner=user)
+        Conversation.objects.filter(owner_id=user.pk)
         .filter(Exists(has_messages))
         .select_related("persona")
         .order_by("-pinned", "-updated_at")
@@ -108,26 +109,26 @@ def _db_id(conversation_id: uuid.UUID | str) -> object:
     return Conversation._meta.pk.get_db_prep_value(uuid.UUID(str(conversation_id)), connection)  # type: ignore[union-attr]
 
 
-# Rows read per query by id: far below SQLite's limit of bound parameters (32,766).
-ID_CHUNK = 10_000
-
-
-def _by_ids(ids: list[int], fields: tuple[str, ...]) -> list[Message]:
-    """The rows of `ids`, in that order: one primary-key lookup per ID_CHUNK ids."""
-    rows: dict[int, Message] = {}
-    for start in range(0, len(ids), ID_CHUNK):
-        chunk = ids[start : start + ID_CHUNK]
-        rows.update((m.pk, m) for m in Message.objects.filter(pk__in=chunk).only(*fields))
-    return [rows[i] for i in ids if i in rows]
-
-
 def path_messages(
     conversation: Conversation, *, leaf_id: int | None = None, fields: tuple[str, ...] = PAGE_FIELDS
 ) -> list[Message]:
-    """The messages of the path from the root to `leaf_id` (default: the active leaf), in order: the
-    path's ids (one recursive query over the primary key), then its rows by id (one query)."""
+    """The messages of the path from the root to `leaf_id` (default: the active leaf), in order, in one
+    query: the rows whose id the recursive query finds (`id IN (WITH RECURSIVE …)`, a primary-key
+    lookup per message; joining the recursive result to the table instead made SQLite scan the table
+    once per path row), put in order by their parent links."""
     leaf = conversation.active_leaf_id if leaf_id is None else leaf_id
-    return _by_ids(path_ids(conversation.pk, leaf), fields)
+    if leaf is None:
+        return []
+    on_path = RawSQL(f"{_PATH_CTE} SELECT id FROM path", (leaf, _db_id(conversation.pk)))
+    fields = tuple(dict.fromkeys((*fields, "parent_id")))
+    rows = {m.pk: m for m in Message.objects.filter(pk__in=on_path).only(*fields)}
+    path: list[Message] = []
+    node = rows.get(leaf)
+    while node is not None:
+        path.append(node)
+        node = rows.get(node.parent_id) if node.parent_id is not None else None
+    path.reverse()
+    return path
 
 
 def sibling_ids(conversation: Conversation, path: list[Message]) -> dict[int, list[int]]:

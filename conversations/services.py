@@ -53,7 +53,7 @@ FOLLOW_LEAF = "leaf"
 
 def conversation_create(*, owner: AbstractBaseUser, persona: Persona) -> Conversation:
     """A new, empty thread."""
-    return Conversation.objects.create(owner=owner, persona=persona)
+    return Conversation.objects.create(owner_id=owner.pk, persona=persona)
 
 
 # Empty conversations (no message yet: a first message refused, a tab closed before it was sent)
@@ -171,7 +171,10 @@ def _lock(conversation: Conversation) -> Conversation:
     """The conversation row, locked (PostgreSQL; SQLite's IMMEDIATE transactions lock the whole
     database), with its persona, whether its owner may use that persona and the owner's quota
     override: every check of a send in two queries."""
-    conv = Conversation.objects.select_for_update(of=("self",)).select_related("persona").get(pk=conversation.pk)
+    try:
+        conv = Conversation.objects.select_for_update(of=("self",)).select_related("persona").get(pk=conversation.pk)
+    except Conversation.DoesNotExist:  # deleted under an open socket
+        raise ChatError("not_found", "This conversation was deleted.") from None
     allowed, override = _send_checks(conv.persona_id, conv.owner_id)
     conv.persona_allowed = allowed  # type: ignore[attr-defined]
     conv.quota_override = override  # type: ignore[attr-defined]
@@ -535,5 +538,10 @@ def conversation_pin(*, conversation: Conversation, pinned: bool) -> Conversatio
 
 
 def conversation_delete(*, conversation: Conversation) -> None:
-    """Delete a thread and its messages. A reply still running stops at its next write (its row is gone)."""
+    """Delete a thread and its messages, and close its open sockets. A reply still running stops at its
+    next write (its row is gone) and sends `end`."""
+    from .sockets import conversation_deleted
+
+    conversation_id = conversation.pk
     conversation.delete()
+    conversation_deleted(conversation_id)

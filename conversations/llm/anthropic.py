@@ -115,7 +115,9 @@ class AnthropicProvider(Provider):
             # A plain string: the breakpoint on the last turn caches the prefix it heads as well.
             kwargs["system"] = request.system
         if request.temperature is not None:
-            kwargs["temperature"] = request.temperature
+            # This SDK's `create` no longer takes `temperature` (a TypeError, so every summary, which
+            # asks for 0.2, failed): the API's field goes in the body as it is.
+            kwargs["extra_body"] = {"temperature": request.temperature}
         usage = Usage()
         stopped = False
         try:

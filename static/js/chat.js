@@ -725,8 +725,12 @@
       const handler = handlers[frame.type];
       if (handler) handler(frame);
     });
-    ws.addEventListener("close", () => {
+    ws.addEventListener("close", (event) => {
       if (ws !== socket) return;
+      // The server's own reasons (docs/protocol.md): no point reconnecting.
+      if (event.code === 4404) { stopReconnecting("This conversation no longer exists (it was deleted)."); return; }
+      if (event.code === 4401) { stopReconnecting("You were signed out. Log in again to go on."); return; }
+      if (event.code === 1012) retryDelay = 100; // that process is restarting: another one takes over at once
       connectionLost();
       failures = opened ? 0 : failures + 1;
       if (failures >= 3) {

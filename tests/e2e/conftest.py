@@ -35,9 +35,14 @@ _skipped: list[str] = []
 
 def pytest_collection_modifyitems(config, items):
     here = Path(__file__).parent
+    parallel = config.pluginmanager.hasplugin("xdist")
     for item in items:
         if here in Path(str(item.fspath)).parents:
             item.add_marker(pytest.mark.e2e)
+            if parallel:
+                # Under `make test` (pytest-xdist, --dist loadgroup) one worker runs every browser test:
+                # one Chromium and one live server at a time on a small machine.
+                item.add_marker(pytest.mark.xdist_group("browser"))
 
 
 def _skipped_for_want_of_a_browser(reporter) -> int:

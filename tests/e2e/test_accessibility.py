@@ -93,6 +93,21 @@ async def test_the_chat_page_with_history_has_no_serious_violations(web, alice, 
     found += serious(await axe(web, page, f"search-{theme}"), f"search {theme}")
     await page.locator("#search-input").fill("")
 
+    # A thread's menu open, then the delete confirmation.
+    item = page.locator("#thread-list .thread", has_text="Trip to Lisbon")
+    await item.hover()
+    await item.locator("summary").click()
+    await expect(item.get_by_role("button", name="Delete")).to_be_visible()
+    found += serious(await axe(web, page, f"menu-{theme}"), f"menu {theme}")
+    await page.keyboard.press("Escape")
+    await item.hover()
+    await item.locator("summary").click()
+    await item.get_by_role("button", name="Delete").click()
+    await expect(page.locator("#confirm-dialog")).to_be_visible()
+    found += serious(await axe(web, page, f"confirm-{theme}"), f"confirm {theme}")
+    await page.get_by_role("button", name="Cancel").click()
+    await expect(page.locator("#confirm-dialog")).to_be_hidden()
+
     # An error shown: the daily quota is spent.
     await db(over_quota, alice)
     await send(page, "One more question")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 from playwright.async_api import expect
@@ -90,3 +91,35 @@ async def test_a_shared_thread_opens_in_a_fresh_context_and_dies_when_revoked(we
     response = await reader.goto(url)
     assert response.status == 404
     web.errors[:] = [e for e in web.errors if "404" not in e]  # the revoked link's own 404
+
+
+async def test_a_thread_exports_from_its_menu_and_an_export_imports_on_the_settings_page(web, alice, tmp_path):
+    conversation = await db(thread_with, alice, "Exported thread", "How do I read JSON?", CODE_REPLY)
+    page = await web.page(alice, f"/conversations/{conversation.pk}/")
+    item = await open_menu(page, "Exported thread")
+    async with page.expect_download() as download_info:
+        await item.get_by_role("link", name="Export as Markdown").click()
+    download = await download_info.value
+    assert download.suggested_filename.endswith(".md")
+    text = (await download.path()).read_text()
+    assert text.startswith("# Exported thread\n") and "## User\n\nHow do I read JSON?" in text
+
+    settings = await web.page(alice, "/account/")
+    fixture = Path(__file__).parents[1] / "fixtures" / "chatgpt_conversations.json"
+    await settings.get_by_label("Export file").set_input_files(str(fixture))
+    await settings.get_by_role("button", name="Import", exact=True).click()
+    await expect(settings.get_by_role("status")).to_contain_text(
+        "Imported 1 conversation from chatgpt_conversations.json"
+    )
+    await screenshot(settings, "account-imported")
+    await settings.goto("/")
+    await expect(settings.locator("#thread-list")).to_contain_text("Sourdough starter help")
+    broken = tmp_path / "conversations.json"
+    broken.write_bytes(fixture.read_bytes()[:500])
+    await settings.goto("/account/")
+    await settings.get_by_label("Export file").set_input_files(str(broken))
+    await settings.get_by_role("button", name="Import", exact=True).click()
+    await expect(settings.get_by_role("status")).to_contain_text("Nothing was imported.")
+    await expect(settings.get_by_role("status")).to_contain_text("is not valid JSON")
+    await screenshot(settings, "account-import-error")
+    web.errors[:] = [e for e in web.errors if "400" not in e]  # the refused upload's own status
