@@ -12,6 +12,7 @@ import httpx
 import openai
 import pytest
 from django.contrib.auth.models import Group
+from django.test import Client
 
 from api import keys
 from api.models import ApiKey
@@ -109,7 +110,7 @@ def test_it_answers_a_non_streamed_completion(site, fake_provider, alice_key):
     )
 
 
-def test_the_conversation_extension_stores_the_exchange_as_a_thread(site, fake_provider, alice_key, client):
+def test_the_conversation_extension_stores_the_exchange_as_a_thread(site, fake_provider, alice_key):
     alice, key = alice_key
     fake_provider.script(Reply(text="First answer."), Reply(text="Second answer."))
     client = client_for(site(), key)
@@ -144,8 +145,9 @@ def test_the_conversation_extension_stores_the_exchange_as_a_thread(site, fake_p
         ("assistant", "Second answer.", "complete"),
     ]
     # She can open it on the site.
-    client.force_login(alice)
-    page = client.get(conv.get_absolute_url()).content.decode()
+    browser = Client()
+    browser.force_login(alice)
+    page = browser.get(conv.get_absolute_url()).content.decode()
     assert "And this" in page and "Second answer." in page
     # Someone else's thread is not there for her key.
     bobs = Conversation.objects.create(owner=user("bob"), persona=default_persona())
