@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from decimal import Decimal
+from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import Group
@@ -12,7 +13,7 @@ from django.db.models import Q
 from django.urls import reverse
 from django.utils import timezone
 
-PRICE = {"max_digits": 12, "decimal_places": 6, "default": Decimal(0)}
+PRICE: dict[str, Any] = {"max_digits": 12, "decimal_places": 6, "default": Decimal(0)}
 
 
 class ChatModel(models.Model):

@@ -104,9 +104,9 @@ def descend(conversation_id: uuid.UUID, message_id: int) -> int:
     return row[0] if row else message_id
 
 
-def _db_id(conversation_id: uuid.UUID | str) -> object:
+def _db_id(conversation_id: uuid.UUID | str) -> str | uuid.UUID:
     """The conversation id as the database stores it (SQLite keeps UUIDs as hex text)."""
-    return Conversation._meta.pk.get_db_prep_value(uuid.UUID(str(conversation_id)), connection)  # type: ignore[union-attr]
+    return Conversation._meta.pk.get_db_prep_value(uuid.UUID(str(conversation_id)), connection)
 
 
 def path_messages(

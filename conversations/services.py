@@ -70,7 +70,7 @@ def conversation_start(*, owner: AbstractBaseUser, persona: Persona) -> Conversa
     So POST /conversations/new/ cannot pile up empty rows, however often it is sent.
     """
     has_messages = Exists(Message.objects.filter(conversation=OuterRef("pk")))
-    empty = Conversation.objects.filter(owner=owner).exclude(has_messages)
+    empty = Conversation.objects.filter(owner_id=owner.pk).exclude(has_messages)
     oldest = list(empty.order_by("created_at", "id").values_list("pk", flat=True)[:MAX_EMPTY_CONVERSATIONS])
     if len(oldest) < MAX_EMPTY_CONVERSATIONS:
         return conversation_create(owner=owner, persona=persona)
@@ -355,7 +355,7 @@ def message_send(
             Message.objects.filter(pk=message.pk).update(active_child_id=reply.pk)
             reply.parent_id = message.pk
             message.active_child_id = reply.pk
-            if follows_leaf:
+            if follows_leaf and parent is not None:
                 # The common case: the new message continues the active path.
                 Message.objects.filter(pk=parent).update(active_child_id=message.pk)
                 Conversation.objects.filter(pk=conv.pk).update(active_leaf_id=reply.pk)
@@ -390,13 +390,18 @@ def reply_regenerate(*, conversation: Conversation, message_id: int | None = Non
     the active path. Returns (the new reply, the ids of it and its siblings)."""
     with transaction.atomic():
         conv = _lock(conversation)
+        asked: int | None
         if message_id is not None:
             old = Message.objects.filter(conversation=conv, pk=message_id, role=Message.Role.ASSISTANT).first()
             if old is None or old.parent_id is None:
                 raise ChatError("invalid", "`message_id` must be a reply in this conversation.")
             asked = old.parent_id
         else:
-            leaf = Message.objects.filter(pk=conv.active_leaf_id).only("id", "role", "parent_id").first()
+            leaf = (
+                Message.objects.filter(pk=conv.active_leaf_id).only("id", "role", "parent_id").first()
+                if conv.active_leaf_id is not None
+                else None
+            )
             if leaf is None:
                 raise ChatError("invalid", "There is no message to answer yet.")
             asked = leaf.pk if leaf.role == Message.Role.USER else leaf.parent_id

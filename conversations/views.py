@@ -226,4 +226,8 @@ def message_detail(request: HttpRequest, conversation_id: str, message_id: int) 
         raise Http404
     if request.GET.get("format") == "text":
         return HttpResponse(message.content, content_type="text/plain; charset=utf-8")
+    # Its versions, so the rendering the page swaps in keeps `‹ i / n ›`.
+    message.siblings = list(  # type: ignore[attr-defined]
+        conversation.messages.filter(parent_id=message.parent_id).order_by("id").values_list("id", flat=True)
+    )
     return HttpResponse(rendering.render_messages([message], ERROR_HINTS)[0])
