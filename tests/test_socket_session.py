@@ -166,14 +166,19 @@ async def test_logging_out_in_one_process_closes_the_socket_in_another(alice, li
     ws = await connect_live(a, alice, conv.pk, cookie=cookie)
     await ws.recv()
     # Log out through B's real logout form (CSRF token and all).
-    async with aiohttp.ClientSession(cookies={"sessionid": cookie}) as http:
-        async with http.get(f"{b.url}/accounts/logout/") as page:
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
+        async with http.get(f"{b.url}/accounts/logout/", headers={"Cookie": f"sessionid={cookie}"}) as page:
             html = await page.text()
+            csrf = page.cookies["csrftoken"].value
         token = html.split('name="csrfmiddlewaretoken" value="', 1)[1].split('"', 1)[0]
         async with http.post(
             f"{b.url}/accounts/logout/",
             data={"csrfmiddlewaretoken": token},
-            headers={"Referer": f"{b.url}/accounts/logout/", "Origin": b.url},
+            headers={
+                "Cookie": f"sessionid={cookie}; csrftoken={csrf}",
+                "Referer": f"{b.url}/accounts/logout/",
+                "Origin": b.url,
+            },
             allow_redirects=False,
         ) as response:
             assert response.status == 302

@@ -51,8 +51,6 @@ def _refused(exc: BaseException) -> bool:
 class OpenAIProvider(Provider):
     """Streams with `stream_options.include_usage` so the last chunk carries usage."""
 
-    name = "openai"
-
     def __init__(self) -> None:
         self.client = openai.AsyncOpenAI(
             api_key=settings.OPENAI_API_KEY or "not-set",
