@@ -68,6 +68,7 @@ def _send(
     parent_id: int | None | str,
     edit_of: int | None,
     model: object = None,
+    attachments: object = None,
 ) -> services.Sent:
     if not sockets.signed_in(session_key, conversation.owner_id):
         raise SignedOut
@@ -78,6 +79,7 @@ def _send(
         parent_id=parent_id,
         edit_of=edit_of,
         model=model,
+        attachments=attachments,
     )
 
 
@@ -344,8 +346,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
             parent_id = frame["parent_id"]
             if parent_id is not None and not _is_id(parent_id):
                 raise ChatError("invalid", "`parent_id` must be a message id or null.")
-        content, model = frame.get("content"), frame.get("model")
-        sent = await _send(self.session_key(), self.conversation, client_id, content, parent_id, edit_of, model)
+        content, model, files = frame.get("content"), frame.get("model"), frame.get("attachments")
+        sent = await _send(self.session_key(), self.conversation, client_id, content, parent_id, edit_of, model, files)
         event: dict[str, Any] = {
             "type": "message",
             "message": sent.message.as_event(),
