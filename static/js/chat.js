@@ -23,9 +23,6 @@
   const REFUSALS = ["invalid", "busy", "rate_limited", "quota_exceeded", "not_found"];
 
   const replies = new Map(); // reply id -> {text, length, el, status, announced}
-  const assembled = new Map(); // reply id -> the text the deltas built, at its `end`
-  const mismatches = []; // replies whose deltas did not add up to the stored text
-  let connections = 0;
   let generatingId = null;
   let socket = null;
   let failures = 0;
@@ -572,9 +569,6 @@
     end(frame) {
       const r = replyFor(frame.message_id);
       resumesAsked.delete(frame.message_id);
-      // What the deltas added up to, kept for tests: it must be exactly the stored reply.
-      assembled.set(frame.message_id, r.text);
-      if (r.text !== frame.content && r.length > 0) mismatches.push(frame.message_id);
       r.text = frame.content;
       r.length = codePoints(frame.content);
       setStatus(r, frame.status);
@@ -717,7 +711,6 @@
     let opened = false;
     ws.addEventListener("open", () => {
       opened = true;
-      connections += 1;
       failures = 0;
       retryDelay = 500;
       connectionBack();
@@ -769,16 +762,6 @@
     if (!socket || socket.readyState === WebSocket.CLOSED) { retryDelay = 500; connect(); }
   });
   window.addEventListener("offline", () => { if (lostShown) connectionLost(); });
-
-  // For tests and debugging: drop the socket as a network failure would.
-  window.chatDebug = {
-    dropSocket: () => socket && socket.close(),
-    replyText: (id) => (replies.get(id) || {}).text,
-    assembledText: (id) => assembled.get(id),
-    mismatches: () => mismatches.slice(),
-    connections: () => connections,
-    isConnected: () => !!socket && socket.readyState === WebSocket.OPEN,
-  };
 
   // -- the composer ---------------------------------------------------------------------------------------
   function submit() {
