@@ -12,6 +12,7 @@ import json
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from django.conf import settings
@@ -86,7 +87,7 @@ def _load_json(data: bytes, name: str) -> Any:
         raise ImportFailed(f"{name} is not a text file in UTF-8 (byte {exc.start} is not), so not an export.") from exc
     except json.JSONDecodeError as exc:
         raise ImportFailed(
-            f"{name} is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}): "
+            f"{name} is not valid JSON ({exc.msg}: line {exc.lineno}, column {exc.colno}): "
             "the file may be cut short or not an export."
         ) from exc
 
@@ -198,7 +199,7 @@ def _site(conv: dict[str, Any], i: int) -> Draft:
                 created_at=_time(m.get("created_at"), at),
                 status=status,
                 model=str(m.get("model") or ""),
-                usage={k: _count(usage.get(k), at) for k in ("input_tokens", "output_tokens")},
+                usage={**{k: _count(usage.get(k), at) for k in TOKEN_COUNTS}, "cost": _cost(usage.get("cost"), at)},
             )
         )
     leaf = conv.get("active_leaf_id")
@@ -209,6 +210,21 @@ def _site(conv: dict[str, Any], i: int) -> Draft:
         active_leaf=None if leaf is None else str(leaf),
         persona=str(conv.get("persona") or ""),
     )
+
+
+TOKEN_COUNTS = ("input_tokens", "output_tokens", "cached_input_tokens", "cache_write_tokens")
+
+
+def _cost(value: Any, where: str) -> Decimal | None:
+    if value is None:
+        return None
+    try:
+        cost = Decimal(str(value))
+    except InvalidOperation:
+        cost = Decimal(-1)
+    if not cost.is_finite() or cost < 0 or cost >= 10**6:
+        raise ImportFailed(f"{where}: a cost “{str(value)[:20]}” is not an amount in dollars.")
+    return cost.quantize(Decimal("0.00000001"))
 
 
 def _count(value: Any, where: str) -> int | None:

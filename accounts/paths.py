@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from conversations import selectors
 from conversations.models import Conversation, Message
@@ -49,6 +50,7 @@ _FIELDS = (
     "error_code",
     "input_tokens",
     "cached_input_tokens",
+    "cache_write_tokens",
     "output_tokens",
     "cost",
     "created_at",
@@ -66,7 +68,7 @@ class Node:
     created_at: datetime | None = None
     status: str = Message.Status.COMPLETE
     model: str = ""
-    usage: dict[str, int | None] = field(default_factory=dict)
+    usage: dict[str, Any] = field(default_factory=dict)
 
 
 def store_tree(conversation: Conversation, nodes: list[Node], active_leaf: str | None) -> int:
@@ -95,6 +97,9 @@ def store_tree(conversation: Conversation, nodes: list[Node], active_leaf: str |
             model=n.model[:200],
             input_tokens=n.usage.get("input_tokens"),
             output_tokens=n.usage.get("output_tokens"),
+            cached_input_tokens=n.usage.get("cached_input_tokens"),
+            cache_write_tokens=n.usage.get("cache_write_tokens"),
+            cost=n.usage.get("cost"),
         )
         for n in nodes
     ]

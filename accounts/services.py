@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import uuid
 
@@ -11,10 +12,12 @@ from django.contrib.sessions.models import Session
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.db import transaction
+from django.db.models import Max, Sum
+from django.db.models.functions import TruncDate
 from django.utils import timezone
 
 from conversations import selectors
-from conversations.models import Conversation, Message
+from conversations.models import Attachment, Conversation, Message, UsageRecord
 
 from . import importing, paths
 from .models import ImportJob, Profile, ShareLink
@@ -45,10 +48,14 @@ def profile_update(*, user: User, display_name: str | None = None, theme: str | 
 @transaction.atomic
 def share_create(*, conversation: Conversation) -> ShareLink:
     """A link to a snapshot of the conversation's active path as it is now."""
+    path = [m for m in paths.active_path(conversation) if m.status != Message.Status.STREAMING or m.content]
+    files: dict[int, list[dict[str, object]]] = {}
+    for a in Attachment.objects.filter(message_id__in=[m.pk for m in path]).order_by("created_at", "id"):
+        files.setdefault(a.message_id or 0, []).append(a.as_json())  # served within the link (attachments/)
     snapshot = [
         {"role": m.role, "content": m.content, "created_at": m.created_at.isoformat()}
-        for m in paths.active_path(conversation)
-        if m.status != Message.Status.STREAMING or m.content
+        | ({"attachments": files[m.pk]} if m.pk in files else {})
+        for m in path
     ]
     return ShareLink.objects.create(
         owner=conversation.owner, conversation=conversation, title=str(conversation), messages=snapshot
@@ -156,11 +163,55 @@ def _end_sessions(user_id: int) -> int:
     return ended
 
 
+# Usage of deleted accounts is kept for the admin's charts under this account (no one can sign in
+# as it, and sign-up cannot make the name: parentheses and a space are not allowed in usernames).
+DELETED_ACCOUNTS = "(deleted accounts)"
+
+_SUMS = ("input_tokens", "cached_input_tokens", "cache_write_tokens", "output_tokens", "cost")
+
+
+def _deleted_accounts() -> User:
+    user, created = User.objects.get_or_create(username=DELETED_ACCOUNTS, defaults={"is_active": False})
+    if created:
+        user.set_unusable_password()
+        user.save(update_fields=["password"])
+    return user
+
+
+def _anonymize_usage(user: User) -> int:
+    """Fold the user's usage rows into one row per UTC day, model, persona and kind, owned by nobody in
+    particular (DELETED_ACCOUNTS): the totals stay in the charts, nothing points back at the person."""
+    rows = UsageRecord.objects.filter(user=user)
+    groups = (
+        rows.annotate(day=TruncDate("created_at", tzinfo=dt.UTC))
+        .values("day", "model", "persona_id", "kind")
+        .annotate(estimated_any=Max("estimated"), **{f"sum_{f}": Sum(f) for f in _SUMS})
+        .order_by()
+    )
+    folded = [
+        UsageRecord(
+            user=_deleted_accounts(),
+            persona_id=g["persona_id"],
+            model=g["model"],
+            kind=g["kind"],
+            estimated=bool(g["estimated_any"]),
+            created_at=dt.datetime.combine(g["day"], dt.time(12), tzinfo=dt.UTC),
+            **{f: g[f"sum_{f}"] or 0 for f in _SUMS},  # type: ignore[literal-required]
+        )
+        for g in groups
+    ]
+    rows.delete()
+    UsageRecord.objects.bulk_create(folded)
+    return len(folded)
+
+
 def account_delete(*, user: User) -> None:
-    """Delete the user and everything they own; sign out all their sessions."""
+    """Delete the user and everything they own (usage kept only as anonymous daily totals); sign out all
+    their sessions."""
     user_id = user.pk
     paths_to_delete = list(ImportJob.objects.filter(owner=user).exclude(path="").values_list("path", flat=True))
     with transaction.atomic():
+        _anonymize_usage(user)
         # Conversations first: the persona/PROTECT graph below them is the conversations app's.
         Conversation.objects.filter(owner=user).delete()
         user.delete()

@@ -68,6 +68,56 @@ def script(turns: int, seed: int = 7) -> list[tuple[str, str]]:
     ]
 
 
+# The providers' published prompt-cache rules, applied to the site's token estimates.
+CACHE_MIN = 1024  # both: shorter prefixes are not cached
+OPENAI_STEP = 128  # OpenAI: cached tokens come in 128-token steps above the minimum
+ANTHROPIC_WRITE, ANTHROPIC_READ = 1.25, 0.10  # Anthropic: x the input price
+# OpenAI's cached-input price as a share of its input price: gpt-4o-mini (the default model) and gpt-5.
+OPENAI_CACHED = {"gpt-4o-mini": 0.5, "gpt-5": 0.1}
+
+
+@dataclass
+class CacheSim:
+    """Billed input (in units of the input price) of a stream of chat requests under each provider's
+    cache rules: a request's cacheable prefix is the whole messages it shares with the previous one."""
+
+    previous: list[tuple[str, str, int]] = field(default_factory=list)
+    openai_cached: int = 0
+    anthropic_read: int = 0
+    anthropic_write: int = 0
+    uncached: int = 0  # Anthropic's input neither read nor written (requests under the minimum)
+    total: int = 0
+    hits: int = 0
+
+    def observe(self, messages: list[tuple[str, str, int]]) -> None:
+        total = sum(t for _, _, t in messages)
+        common = 0
+        for old, new in zip(self.previous, messages, strict=False):
+            if old != new:
+                break
+            common += new[2]
+        self.total += total
+        if total >= CACHE_MIN and common >= CACHE_MIN:
+            self.openai_cached += CACHE_MIN + (common - CACHE_MIN) // OPENAI_STEP * OPENAI_STEP
+        # Anthropic: the breakpoint on the last turn wrote the previous request whole; this one
+        # reads it back if it is a prefix, and writes the rest.
+        previous_total = sum(t for _, _, t in self.previous)
+        if total >= CACHE_MIN:
+            read = previous_total if common == previous_total and previous_total >= CACHE_MIN else 0
+            self.anthropic_read += read
+            self.anthropic_write += total - read
+            self.hits += read > 0
+        else:
+            self.uncached += total
+        self.previous = messages
+
+    def openai_billed(self, cached_share: float) -> float:
+        return self.total - self.openai_cached + self.openai_cached * cached_share
+
+    def anthropic_billed(self) -> float:
+        return self.uncached + self.anthropic_write * ANTHROPIC_WRITE + self.anthropic_read * ANTHROPIC_READ
+
+
 @dataclass
 class Result:
     budget: int
@@ -80,6 +130,7 @@ class Result:
     summary_calls: int = 0
     largest_summary_request: int = 0
     seconds: float = 0.0
+    cache: CacheSim = field(default_factory=CacheSim)
 
 
 def run(budget: int, pairs: list[tuple[str, str]], provider, o200k) -> Result:
@@ -126,6 +177,8 @@ def run(budget: int, pairs: list[tuple[str, str]], provider, o200k) -> Result:
         request = build_chat_request(sent.reply.pk)
         history.append({"role": "user", "content": text})
         result.requests.append(estimate(request.system, request.messages))
+        parts = [("system", request.system), *((m["role"], m["content"]) for m in request.messages)]
+        result.cache.observe([(role, text, estimate_tokens(text) + MESSAGE_OVERHEAD) for role, text in parts])
         result.naive.append(estimate(persona.system_prompt, history))
         if o200k is not None:
             result.requests_o200k.append(real(request.system, request.messages))
@@ -193,6 +246,35 @@ def table(results: list[Result], turns: int, with_o200k: bool) -> str:
             f"| budget {r.budget:,}, with summaries | {sum(r.requests_o200k):,} | {max(r.requests_o200k):,} |"
             for r in results
         ]
+    base = sum(naive.naive)
+    lines += [
+        "",
+        "Billed input with the providers' prompt caches (the same requests; the site keeps each request's "
+        "prefix unchanged until a summary lands, Anthropic requests carry a `cache_control` breakpoint on "
+        "their last turn, OpenAI requests a `prompt_cache_key` per conversation). Published rules: prefixes "
+        f"of {CACHE_MIN:,} tokens and more; OpenAI caches automatically in {OPENAI_STEP}-token steps, cached "
+        f"input at the model's cached price ({OPENAI_CACHED['gpt-4o-mini']:.0%} of input for gpt-4o-mini, "
+        f"{OPENAI_CACHED['gpt-5']:.0%} for gpt-5); Anthropic writes at {ANTHROPIC_WRITE}x and reads at "
+        f"{ANTHROPIC_READ}x the input price. Summary requests are billed whole (never cached). Costs are in "
+        "input-token units (tokens x input price), against resending the whole history without a cache.",
+        "",
+        "| history sent | cache hits | OpenAI cached tokens | Anthropic read / written | billed, OpenAI gpt-4o-mini "
+        "| billed, OpenAI gpt-5 | billed, Anthropic |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+        f"| whole history every turn, no cache | 0 | 0 | 0 / 0 | {base:,} (100%) | {base:,} (100%) | {base:,} (100%) |",
+    ]
+    for r in results:
+        c = r.cache
+
+        def pct(billed: float, summary_in: int = r.summary_in) -> str:
+            total = billed + summary_in
+            return f"{total:,.0f} ({total / base:.1%})"
+
+        lines.append(
+            f"| budget {r.budget:,}, with summaries | {c.hits} of {len(r.requests)} | {c.openai_cached:,} "
+            f"| {c.anthropic_read:,} / {c.anthropic_write:,} | {pct(c.openai_billed(OPENAI_CACHED['gpt-4o-mini']))} "
+            f"| {pct(c.openai_billed(OPENAI_CACHED['gpt-5']))} | {pct(c.anthropic_billed())} |"
+        )
     over = [r.budget for r in results if max(r.requests) > r.budget]
     lines += [
         "",

@@ -1,4 +1,4 @@
-"""ASGI entry point: HTTP through Django, websockets through Channels (session auth, Origin checked)."""
+"""ASGI entry point: HTTP through Django, websockets through Channels (session auth, exact Origin check)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ django_asgi_app = get_asgi_application()
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
+from chatsite.origin import SameOriginValidator  # noqa: E402
+from conversations.generation import shutdown  # noqa: E402
 from conversations.routing import websocket_urlpatterns  # noqa: E402
 
 # Database work runs in threads beside the event loop. A thread that waits on the database or Redis
@@ -23,9 +24,12 @@ from conversations.routing import websocket_urlpatterns  # noqa: E402
 # load. A shorter interval hands the GIL back sooner (docs/performance.md).
 sys.setswitchinterval(float(os.environ.get("CHAT_GIL_SWITCH_INTERVAL", "0.001")))
 
+# Under daphne: drain on SIGTERM, sweep stale replies at start-up (conversations/generation/shutdown.py).
+shutdown.install()
+
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
-        "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+        "websocket": SameOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
     }
 )

@@ -19,13 +19,19 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.http import Http404
 
-from . import generation, services
+from . import generation, presence, services, sockets
+from .generation import shutdown
 from .models import Conversation, Message
 from .pricing import usage_payload
 from .selectors import active_path, conversation_for_user, streaming_reply
 from .services import ChatError
 
 log = logging.getLogger(__name__)
+
+# Close codes (4000-4999 are the application's): the page stops reconnecting on these and says why.
+CLOSE_SIGNED_OUT = 4401
+CLOSE_DELETED = 4404
+DELETED = "This conversation was deleted."
 
 # How long a socket waits for another process to describe its running reply.
 REMOTE_STATE_TIMEOUT = 2.0
@@ -44,15 +50,28 @@ def _conversation(user: Any, conversation_id: str) -> Conversation | None:
         return None
 
 
+class SignedOut(Exception):
+    """The socket's session no longer signs its user in (logged out, deactivated, password changed)."""
+
+
+@database_sync_to_async
+def _signed_in(session_key: str | None, user_id: int) -> bool:
+    return sockets.signed_in(session_key, user_id)
+
+
 @database_sync_to_async
 def _send(
+    session_key: str | None,
     conversation: Conversation,
     client_id: uuid.UUID,
     content: object,
     parent_id: int | None | str,
     edit_of: int | None,
     model: object = None,
+    attachments: object = None,
 ) -> services.Sent:
+    if not sockets.signed_in(session_key, conversation.owner_id):
+        raise SignedOut
     return services.message_send(
         conversation=conversation,
         client_id=client_id,
@@ -60,11 +79,16 @@ def _send(
         parent_id=parent_id,
         edit_of=edit_of,
         model=model,
+        attachments=attachments,
     )
 
 
 @database_sync_to_async
-def _regenerate(conversation: Conversation, message_id: int | None) -> tuple[Message, tuple[int, ...]]:
+def _regenerate(
+    session_key: str | None, conversation: Conversation, message_id: int | None
+) -> tuple[Message, tuple[int, ...]]:
+    if not sockets.signed_in(session_key, conversation.owner_id):
+        raise SignedOut
     return services.reply_regenerate(conversation=conversation, message_id=message_id)
 
 
@@ -95,12 +119,21 @@ def _frame_type(frame: object) -> str:
     return kind if isinstance(kind, str) else ""
 
 
+_RESUME_MARK = '"resume"'
+
 # Ids and offsets travel through the database and msgpack (Redis): keep them in a signed 64-bit range.
 _MAX_ID = 2**63 - 1
 
 
 def _is_id(value: object, lowest: int = 1) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool) and lowest <= value <= _MAX_ID
+
+
+class RefusedConsumer(AsyncWebsocketConsumer):
+    """Any other websocket path: refused at the handshake (no 500, no traceback)."""
+
+    async def connect(self) -> None:
+        await self.close()
 
 
 class ChatConsumer(AsyncWebsocketConsumer):
@@ -114,17 +147,26 @@ class ChatConsumer(AsyncWebsocketConsumer):
         conversation = None
         if user is not None and user.is_authenticated:
             conversation = await _conversation(user, self.scope["url_route"]["kwargs"]["conversation_id"])
-        if conversation is None:
+        if conversation is None or shutdown.draining:
             await self.close()  # refused at the handshake: no event, nothing learned
             return
+        if not await presence.claim(user.pk):
+            log.warning("user %s has %s sockets open: one more refused", user.pk, settings.CHAT_MAX_SOCKETS_PER_USER)
+            await self.close()
+            return
+        self.counted_user: int | None = user.pk
         self.conversation = conversation
         self.group = generation.group_name(conversation.pk)
         self.offsets: dict[int, int] = {}  # reply id -> characters the client has
         self.held: list[dict[str, Any]] | None = []  # events held back until `state` is out
         self.frame_times: list[float] = []
         self.state_timer: asyncio.TimerHandle | None = None
+        self.resumes: dict[int, asyncio.TimerHandle] = {}  # cross-process resumes in flight, by reply id
+        self.resume_times: list[float] = []
         await self.channel_layer.group_add(self.group, self.channel_name)
+        await self.channel_layer.group_add(sockets.user_group_name(user.pk), self.channel_name)
         await self.accept()
+        shutdown.sockets.add(self)
         # Every process with sockets sweeps for replies left by a dead process, not only those
         # that started a reply since they booted: else a socket could wait on one forever.
         generation.ensure_janitor()
@@ -135,8 +177,21 @@ class ChatConsumer(AsyncWebsocketConsumer):
         timer: asyncio.TimerHandle | None = getattr(self, "state_timer", None)
         if timer is not None:
             timer.cancel()
+        for pending in getattr(self, "resumes", {}).values():
+            pending.cancel()
+        shutdown.sockets.discard(self)
+        counted: int | None = getattr(self, "counted_user", None)
+        if counted is not None:
+            self.counted_user = None
+            try:
+                await presence.release(counted)
+            except Exception:
+                log.exception("could not count out a socket of user %s", counted)
         if hasattr(self, "group"):
             await self.channel_layer.group_discard(self.group, self.channel_name)
+            await self.channel_layer.group_discard(
+                sockets.user_group_name(self.conversation.owner_id), self.channel_name
+            )
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         # Relayed events never touch the database: skip Channels' per-message connection
@@ -231,7 +286,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
     # -- frames from the client ------------------------------------------------------------------
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         raw = text_data if text_data is not None else bytes_data or b""
-        # Every frame counts against the rate, oversized ones included.
+        if text_data is not None and _RESUME_MARK in text_data[:200] and await self.take_resume(text_data):
+            return
+        # Every other frame counts against the rate, oversized and binary ones included.
         now = time.monotonic()
         self.frame_times = [t for t in self.frame_times if now - t < 10] + [now]
         if len(self.frame_times) > settings.CHAT_MAX_FRAMES_PER_10S:
@@ -246,6 +303,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
             size = len(raw.encode("utf-8", "surrogatepass"))
         if size > limit:
             await self.send_error("invalid", "That frame is too large.")
+            return
+        if text_data is None:
+            await self.send_error("invalid", "Frames must be JSON text, not binary.")
             return
         try:
             frame = orjson.loads(raw)
@@ -266,6 +326,12 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await handler(frame)
         except ChatError as exc:
             await self.answer(exc.as_event())
+        except SignedOut:
+            await self.close(code=CLOSE_SIGNED_OUT)  # nothing stored; the page finds the login page
+        except Exception:
+            # Never a traceback and a 1011 close for the user: say so, keep the socket.
+            log.exception("%s frame failed on conversation %s", _frame_type(frame), self.conversation.pk)
+            await self.send_error("unavailable", "Something went wrong on the server. Try again in a moment.")
 
     async def on_send(self, frame: dict[str, Any]) -> None:
         try:
@@ -280,7 +346,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
             parent_id = frame["parent_id"]
             if parent_id is not None and not _is_id(parent_id):
                 raise ChatError("invalid", "`parent_id` must be a message id or null.")
-        sent = await _send(self.conversation, client_id, frame.get("content"), parent_id, edit_of, frame.get("model"))
+        content, model, files = frame.get("content"), frame.get("model"), frame.get("attachments")
+        sent = await _send(self.session_key(), self.conversation, client_id, content, parent_id, edit_of, model, files)
         event: dict[str, Any] = {
             "type": "message",
             "message": sent.message.as_event(),
@@ -290,8 +357,20 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if sent.reply is None:  # a resend: answer it, start nothing
             await self.answer(event)
             return
-        await self.channel_layer.group_send(self.group, {**event, "type": "chat.message"})
-        generation.start(sent.reply, siblings=(sent.reply.pk,))
+        # The reply first: the row is committed, and a layer failure below must not leave it
+        # `streaming` with nothing behind it. (`message` still goes out before `start`: the reply's
+        # first event is sent only once this handler yields.)
+        generation.start(sent.reply, owner_id=self.conversation.owner_id, siblings=(sent.reply.pk,))
+        try:
+            await self.channel_layer.group_send(self.group, {**event, "type": "chat.message"})
+        except Exception:
+            log.exception("could not publish message %s: the reply runs regardless", sent.message.pk)
+            await self.answer(event)  # this socket, at least, learns that its message is stored
+            await self.send_error(
+                "unavailable",
+                "Live updates are failing: your message is stored and the reply is being written. "
+                "Reload to see it if it does not appear.",
+            )
 
     async def on_stop(self, frame: dict[str, Any]) -> None:
         """Stop the running reply, wherever it runs, and acknowledge with `stopping`.
@@ -319,8 +398,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
         message_id = frame.get("message_id")
         if message_id is not None and not _is_id(message_id):
             raise ChatError("invalid", "`message_id` must be a reply's id.")
-        reply, siblings = await _regenerate(self.conversation, message_id)
-        generation.start(reply, siblings=siblings)
+        reply, siblings = await _regenerate(self.session_key(), self.conversation, message_id)
+        generation.start(reply, owner_id=self.conversation.owner_id, siblings=siblings)
 
     async def on_switch(self, frame: dict[str, Any]) -> None:
         """Make the path through a message active; every socket of the conversation gets the new path."""
@@ -329,6 +408,32 @@ class ChatConsumer(AsyncWebsocketConsumer):
             raise ChatError("invalid", "`switch` needs an integer `message_id`.")
         messages = await _switch(self.conversation, message_id)
         await self.channel_layer.group_send(self.group, {"type": "chat.path", "messages": messages})
+
+    async def take_resume(self, text_data: str) -> bool:
+        """A `resume` has a budget of its own, so a client's own resumes never get its socket closed:
+        one in flight per reply (repeats while it travels are dropped: its answer covers them), and
+        past CHAT_MAX_FRAMES_PER_10S in 10 s they are dropped quietly. False: not a resume after all."""
+        if len(text_data) > 1000:
+            return False
+        try:
+            frame = orjson.loads(text_data)
+        except orjson.JSONDecodeError:
+            return False
+        if _frame_type(frame) != "resume":
+            return False
+        now = time.monotonic()
+        self.resume_times = [t for t in self.resume_times if now - t < 10]
+        if len(self.resume_times) >= settings.CHAT_MAX_FRAMES_PER_10S or frame.get("message_id") in self.resumes:
+            return True
+        self.resume_times.append(now)
+        try:
+            await self.on_resume(frame)
+        except ChatError as exc:
+            await self.answer(exc.as_event())
+        except Exception:
+            log.exception("resume failed on conversation %s", self.conversation.pk)
+            await self.send_error("unavailable", "Something went wrong on the server. Try again in a moment.")
+        return True
 
     async def on_resume(self, frame: dict[str, Any]) -> None:
         message_id, offset = frame.get("message_id"), frame.get("offset")
@@ -342,18 +447,37 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if message is None or message.role != Message.Role.ASSISTANT:
             raise ChatError("not_found", "No such reply in this conversation.")
         if message.status == Message.Status.STREAMING:
+            # Another process writes it: ask it, and fall back to the stored text if it does not
+            # answer in time (it may have died, or not be listening yet), as `state` does.
+            self.resumes[message_id] = asyncio.get_running_loop().call_later(
+                REMOTE_STATE_TIMEOUT, lambda: generation.spawn(self.resume_from_database(message_id, offset))
+            )
             await self.ask_other_process(message_id, offset, "resume")
             return
-        await self.send_resumed({"message_id": message_id, "offset": offset, "text": message.content[offset:]})
+        await self.resume_from_row(message, offset)
+
+    async def resume_from_row(self, message: Message, offset: int) -> None:
+        """The stored text from `offset` on; then, for a reply that has ended, its `end`."""
+        await self.send_resumed({"message_id": message.pk, "offset": offset, "text": message.content[offset:]})
+        if message.status == Message.Status.STREAMING:
+            return  # live deltas follow
         await self.answer(
             {
                 "type": "end",
-                "message_id": message_id,
+                "message_id": message.pk,
                 "status": message.status,
                 "content": message.content,
                 "usage": usage_payload(message),
             }
         )
+
+    async def resume_from_database(self, message_id: int, offset: int) -> None:
+        """No process answered a cross-process `resume` in time: use what the database holds."""
+        if self.resumes.pop(message_id, None) is None:
+            return  # answered meanwhile
+        message = await _message(self.conversation.pk, message_id)
+        if message is not None:
+            await self.resume_from_row(message, min(offset, len(message.content)))
 
     async def send_resumed(self, snapshot: dict[str, Any]) -> None:
         """The reply's text from the asked offset, as one delta; the socket's offset moves past it."""
@@ -366,6 +490,20 @@ class ChatConsumer(AsyncWebsocketConsumer):
         await self.send_json({"type": "delta", **snapshot})
 
     # -- events from the group (and from the process running the reply) -------------------------
+    def session_key(self) -> str | None:
+        session = self.scope.get("session")
+        return session.session_key if session is not None else None
+
+    async def chat_deleted(self, event: dict[str, Any]) -> None:
+        """The conversation was deleted (in any process): say so and close."""
+        await self.send_json({"type": "error", "code": "not_found", "message": DELETED, "retry_after": None})
+        await self.close(code=CLOSE_DELETED)
+
+    async def chat_recheck(self, event: dict[str, Any]) -> None:
+        """The user signed out, was deactivated or deleted somewhere: close unless still signed in."""
+        if not await _signed_in(self.session_key(), self.conversation.owner_id):
+            await self.close(code=CLOSE_SIGNED_OUT)
+
     async def chat_message(self, event: dict[str, Any]) -> None:
         await self.relay({k: event[k] for k in ("message", "parent_id", "siblings")} | {"type": "message"})
 
@@ -397,4 +535,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if event.get("purpose") == "state":
             await self.release_state(snapshot)
         else:
+            timer = self.resumes.pop(snapshot["message_id"], None)
+            if timer is not None:
+                timer.cancel()
             await self.send_resumed(snapshot)

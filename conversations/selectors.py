@@ -11,11 +11,12 @@ from typing import TYPE_CHECKING
 from django.contrib.postgres.search import SearchHeadline, SearchQuery, SearchVector
 from django.db import connection
 from django.db.models import Case, Exists, OuterRef, Q, QuerySet, Subquery, TextField, Value, When
+from django.db.models.expressions import RawSQL
 from django.db.models.functions import Greatest, Lower, StrIndex, Substr
 from django.http import Http404
 
-from .context import Turn
-from .models import Conversation, Message, Persona, Summary
+from .context import AttachmentRef, Turn
+from .models import Attachment, Conversation, Message, Persona, Summary
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
@@ -26,7 +27,7 @@ def conversation_for_user(user: AbstractBaseUser | AnonymousUser, conversation_i
     if not user.is_authenticated:
         raise Http404
     try:
-        return Conversation.objects.select_related("persona").get(pk=conversation_id, owner=user)
+        return Conversation.objects.select_related("persona").get(pk=conversation_id, owner_id=user.pk)
     except (Conversation.DoesNotExist, ValueError, TypeError) as exc:
         raise Http404 from exc
 
@@ -35,7 +36,7 @@ def conversations_for_user(user: AbstractBaseUser) -> QuerySet[Conversation]:
     """The user's threads that have at least one message: pinned first, then newest first."""
     has_messages = Message.objects.filter(conversation=OuterRef("pk"))
     return (
-        Conversation.objects.filter(owner=user)
+        Conversation.objects.filter(owner_id=user.pk)
         .filter(Exists(has_messages))
         .select_related("persona")
         .order_by("-pinned", "-updated_at")
@@ -103,31 +104,31 @@ def descend(conversation_id: uuid.UUID, message_id: int) -> int:
     return row[0] if row else message_id
 
 
-def _db_id(conversation_id: uuid.UUID | str) -> object:
+def _db_id(conversation_id: uuid.UUID | str) -> str | uuid.UUID:
     """The conversation id as the database stores it (SQLite keeps UUIDs as hex text)."""
-    return Conversation._meta.pk.get_db_prep_value(uuid.UUID(str(conversation_id)), connection)  # type: ignore[union-attr]
-
-
-# Rows read per query by id: far below SQLite's limit of bound parameters (32,766).
-ID_CHUNK = 10_000
-
-
-def _by_ids(ids: list[int], fields: tuple[str, ...]) -> list[Message]:
-    """The rows of `ids`, in that order: one primary-key lookup per ID_CHUNK ids."""
-    rows: dict[int, Message] = {}
-    for start in range(0, len(ids), ID_CHUNK):
-        chunk = ids[start : start + ID_CHUNK]
-        rows.update((m.pk, m) for m in Message.objects.filter(pk__in=chunk).only(*fields))
-    return [rows[i] for i in ids if i in rows]
+    return Conversation._meta.pk.get_db_prep_value(uuid.UUID(str(conversation_id)), connection)
 
 
 def path_messages(
     conversation: Conversation, *, leaf_id: int | None = None, fields: tuple[str, ...] = PAGE_FIELDS
 ) -> list[Message]:
-    """The messages of the path from the root to `leaf_id` (default: the active leaf), in order: the
-    path's ids (one recursive query over the primary key), then its rows by id (one query)."""
+    """The messages of the path from the root to `leaf_id` (default: the active leaf), in order, in one
+    query: the rows whose id the recursive query finds (`id IN (WITH RECURSIVE …)`, a primary-key
+    lookup per message; joining the recursive result to the table instead made SQLite scan the table
+    once per path row), put in order by their parent links."""
     leaf = conversation.active_leaf_id if leaf_id is None else leaf_id
-    return _by_ids(path_ids(conversation.pk, leaf), fields)
+    if leaf is None:
+        return []
+    on_path = RawSQL(f"{_PATH_CTE} SELECT id FROM path", (leaf, _db_id(conversation.pk)))
+    fields = tuple(dict.fromkeys((*fields, "parent_id")))
+    rows = {m.pk: m for m in Message.objects.filter(pk__in=on_path).only(*fields)}
+    path: list[Message] = []
+    node = rows.get(leaf)
+    while node is not None:
+        path.append(node)
+        node = rows.get(node.parent_id) if node.parent_id is not None else None
+    path.reverse()
+    return path
 
 
 def sibling_ids(conversation: Conversation, path: list[Message]) -> dict[int, list[int]]:
@@ -212,22 +213,39 @@ def _rows(ids: list[int]) -> list[Message]:
     return [by_id[i] for i in ids if i in by_id]
 
 
-def _turn(m: Message) -> Turn | None:
-    if not m.content.strip():
+def _turn(m: Message, files: tuple[AttachmentRef, ...] = (), provider: str = "") -> Turn | None:
+    if not m.content.strip() and not files:
         return None  # a reply that failed before its first token says nothing
     tokens = m.output_tokens if m.role == Message.Role.ASSISTANT else None
-    return Turn(id=m.pk, role=m.role, content=m.content, tokens=tokens)
+    return Turn(id=m.pk, role=m.role, content=m.content, tokens=tokens, attachments=files, provider=provider)
 
 
-def history_turns(history: PathHistory) -> list[Turn]:
+def attachment_refs(messages: list[Message]) -> dict[int, tuple[AttachmentRef, ...]]:
+    """The files of these messages' user turns, by message id: one query."""
+    return {k: tuple(a.as_ref() for a in v) for k, v in attachments_by_message(messages).items()}
+
+
+def attachments_by_message(messages: list[Message]) -> dict[int, list[Attachment]]:
+    """The files of these messages, by message id, in the order they were attached: one query."""
+    found: dict[int, list[Attachment]] = {}
+    ids = [m.pk for m in messages if m.role == Message.Role.USER]
+    if ids:
+        for a in Attachment.objects.filter(message_id__in=ids).order_by("created_at", "id"):
+            found.setdefault(a.message_id or 0, []).append(a)
+    return found
+
+
+def history_turns(history: PathHistory, *, provider: str = "") -> list[Turn]:
     """The path's turns after its summary, as request history."""
-    return [t for m in _rows(history.unsummarized()) if (t := _turn(m)) is not None]
+    messages = _rows(history.unsummarized())
+    files = attachment_refs(messages)
+    return [t for m in messages if (t := _turn(m, files.get(m.pk, ()), provider)) is not None]
 
 
 RECENT_PAGE = 50
 
 
-def recent_turns(history: PathHistory, *, tokens: int, at_least: int = 1) -> list[Turn]:
+def recent_turns(history: PathHistory, *, tokens: int, at_least: int = 1, provider: str = "") -> list[Turn]:
     """The newest of `history_turns`, oldest first: enough to cost more than `tokens` (and at least
     `at_least` turns), or all of them. Read newest first a page at a time, so a request for a thread
     of thousands of messages reads about as many rows as its budget holds, not the whole thread.
@@ -237,8 +255,10 @@ def recent_turns(history: PathHistory, *, tokens: int, at_least: int = 1) -> lis
     remaining = history.unsummarized()
     while remaining:
         page, remaining = remaining[-RECENT_PAGE:], remaining[:-RECENT_PAGE]
-        for m in reversed(_rows(page)):
-            turn = _turn(m)
+        rows = _rows(page)
+        files = attachment_refs(rows)
+        for m in reversed(rows):
+            turn = _turn(m, files.get(m.pk, ()), provider)
             if turn is not None:
                 turns.append(turn)
                 total += turn.cost()

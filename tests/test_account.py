@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from decimal import Decimal
 
 import pytest
 from django.apps import apps
@@ -13,7 +14,8 @@ from django.test import Client
 from django.urls import reverse
 
 from accounts.models import ImportJob, Profile, ShareLink
-from conversations.models import Conversation, Message
+from api.models import ApiKey
+from conversations.models import Conversation, Message, UsageRecord
 from tests.factories import make_conversation, make_turns, make_user
 
 pytestmark = pytest.mark.django_db
@@ -32,10 +34,11 @@ def test_the_chat_page_links_to_the_settings_page(client, alice):
     response = client.get("/account/")
     assert response.status_code == 200
     html = response.content.decode()
-    for part in ("Profile", "Theme", "Shared links", "Export", "Import", "Delete account"):
+    for part in ("Profile", "Theme", "API keys", "Shared links", "Export", "Import", "Delete account"):
         assert f">{part}</h2>" in html, part
     assert 'href="/accounts/email/"' in html and 'href="/accounts/password/change/"' in html
     assert 'href="/account/export/"' in html and 'action="/account/import/"' in html
+    assert 'action="/account/api-keys/"' in html
 
 
 def test_allauths_email_and_password_pages_use_the_sites_layout(client, alice):
@@ -91,9 +94,15 @@ def everything() -> dict[str, set]:
 def populate(user, client) -> None:
     """A user with something in every kind of thing the site stores for them, made through the site."""
     conv = make_conversation(user, title=f"{user.username}'s thread")
-    make_turns(conv, 4)
+    turns = make_turns(conv, 4)
+    for reply, tokens in ((turns[1], 100), (turns[3], 50)):  # one day, one model: folded into one row
+        UsageRecord.objects.create(
+            user=user, conversation=conv, persona=conv.persona, message=reply, model="openai:gpt-test",
+            kind="reply", input_tokens=tokens, output_tokens=tokens // 2, cost=Decimal("0.01"),
+        )  # fmt: skip
     client.post(reverse("conversation_share", args=[conv.pk]))
     client.post(reverse("account_theme"), {"theme": "dark"})
+    assert client.post(reverse("api_keys"), {"name": "scripts"}).status_code == 201
     f = io.BytesIO(b'{"id": "x", "title": "t", "messages": []}')
     f.name = "big.json"
     client.post(reverse("account_import"), {"file": f})  # queued: its file waits in storage
@@ -119,6 +128,8 @@ def test_delete_account_removes_every_row_and_file_of_that_user_and_nothing_else
         Profile._meta.label: set(Profile.objects.filter(user=alice).values_list("pk", flat=True)),
         ImportJob._meta.label: set(ImportJob.objects.filter(owner=alice).values_list("pk", flat=True)),
         Session._meta.label: {alices.session.session_key, alices_phone.session.session_key},
+        UsageRecord._meta.label: set(UsageRecord.objects.filter(user=alice).values_list("pk", flat=True)),
+        ApiKey._meta.label: set(ApiKey.objects.filter(user=alice).values_list("pk", flat=True)),
     }
     assert all(expected.values()), expected  # alice has a row in each
     before = everything()
@@ -137,7 +148,18 @@ def test_delete_account_removes_every_row_and_file_of_that_user_and_nothing_else
     for label, rows in before.items():
         gone = rows - after[label]
         assert gone == expected.get(label, set()), label  # every table: alice's rows gone, nobody else's
-        assert not after[label] - rows, label
+        added = after[label] - rows
+        if label == UsageRecord._meta.label:  # her usage, folded into anonymous daily totals
+            folded = UsageRecord.objects.get(pk__in=added)
+            assert folded.user.username == "(deleted accounts)" and not folded.user.is_active
+            assert (folded.input_tokens, folded.output_tokens, folded.cost) == (150, 75, Decimal("0.02"))
+            assert folded.conversation_id is None and folded.message_id is None
+        elif label == get_user_model()._meta.label:  # ...which belong to this one account, not a person
+            assert get_user_model().objects.get(pk__in=added).username == "(deleted accounts)"
+        else:
+            assert not added, label
+    assert not UsageRecord.objects.filter(user__username="alice").exists()
+    assert UsageRecord.objects.filter(user=bob).count() == 2
     assert not default_storage.exists(alice_file) and default_storage.exists(bob_file)
     # Every session of hers is over: the other device is signed out too.
     assert alices_phone.get("/").status_code == 302

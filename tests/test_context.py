@@ -172,3 +172,22 @@ def test_it_batches_a_long_backlog_so_each_summary_request_fits():
     assert summary_batch("", turns_of([5000]), 100) == turns_of([5000])  # one oversized turn still goes
     # A tiny budget still lets a summary request take SUMMARY_MIN_REQUEST tokens.
     assert SUMMARY_MIN_REQUEST // 110 <= len(summary_batch("", turns_of([100] * 30), 200)) < SUMMARY_MIN_REQUEST // 100
+
+
+def test_stable_cuts_keep_the_first_turn_until_the_next_chunk_must_go():
+    """While a summary is pending, requests over budget drop old turns in chunks counted from the
+    oldest turn: successive requests begin with the same turn (a prompt-cache hit), unlike fit_turns."""
+    from conversations.context import fit_turns_stable
+
+    turns = [Turn(i, "user" if i % 2 == 0 else "assistant", " ".join(["word"] * 20)) for i in range(60)]
+    budget = 200
+    firsts = []
+    for n in range(2, 61, 2):
+        kept = fit_turns_stable("Be brief.", turns[: n - 1], budget)
+        assert history_tokens("Be brief.", kept) <= budget and kept[0].role == "user"
+        assert kept == turns[n - 1 - len(kept) : n - 1]
+        firsts.append(kept[0].id)
+    changes = sum(1 for a, b in zip(firsts, firsts[1:], strict=False) if a != b)
+    sliding = [fit_turns("Be brief.", turns[: n - 1], budget)[0].id for n in range(2, 61, 2)]
+    slides = sum(1 for a, b in zip(sliding, sliding[1:], strict=False) if a != b)
+    assert 0 < changes <= slides // 2  # here a chunk is 4 turns and each request adds 2

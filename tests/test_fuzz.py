@@ -217,6 +217,7 @@ def test_it_survives_binary_frames(alice, frames):
     asyncio.run(throw())
 
 
+# Fixed client ids: test ids must be the same in every process that collects them (pytest-xdist).
 EDGE_FRAMES = [
     {"type": ["send"]},
     {"type": {"a": 1}},
@@ -226,10 +227,10 @@ EDGE_FRAMES = [
     {"type": "resume", "message_id": True, "offset": False},
     {"type": "resume", "message_id": 0, "offset": 0},
     {"type": "resume", "message_id": 1.0, "offset": 0},
-    {"type": "send", "client_id": str(uuid.uuid4()), "content": "x", "edit_of": 2**64},
-    {"type": "send", "client_id": str(uuid.uuid4()), "content": "x", "edit_of": True},
-    {"type": "send", "client_id": str(uuid.uuid4()), "content": "x", "edit_of": -1},
-    {"type": "send", "client_id": str(uuid.uuid4()), "content": "\ud83d"},
+    {"type": "send", "client_id": str(uuid.uuid5(uuid.NAMESPACE_URL, "edge-1")), "content": "x", "edit_of": 2**64},
+    {"type": "send", "client_id": str(uuid.uuid5(uuid.NAMESPACE_URL, "edge-2")), "content": "x", "edit_of": True},
+    {"type": "send", "client_id": str(uuid.uuid5(uuid.NAMESPACE_URL, "edge-3")), "content": "x", "edit_of": -1},
+    {"type": "send", "client_id": str(uuid.uuid5(uuid.NAMESPACE_URL, "edge-4")), "content": "\ud83d"},
     {"type": "send", "client_id": "0" * 10_000, "content": "x"},
     {"type": "send", "client_id": [], "content": "x"},
 ]

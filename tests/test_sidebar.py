@@ -162,7 +162,8 @@ def test_it_shows_where_a_search_matched_escaped_and_marked(client, alice):
 
 def test_search_snippets_are_plain_text_not_markdown(client, alice):
     reply = (
-        "## Storing **tomatoes**\n\nKeep `tomatoes` at room_temp, out of the [fridge](https://example.com/fridge): *always*.\n\n"
+        "## Storing **tomatoes**\n\n"
+        "Keep `tomatoes` at room_temp, out of the [fridge](https://example.com/fridge): *always*.\n\n"
         "| fruit | where |\n|:--|--:|\n| tomatoes | counter |\n\n```python\nkeep(tomatoes, at='room_temp')\n```"
     )
     thread(alice, "Kitchen", "where do tomatoes go?", reply)

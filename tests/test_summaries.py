@@ -338,7 +338,7 @@ def test_requests_and_summary_checks_read_only_the_newest_turns_yet_decide_as_th
     from django.test.utils import CaptureQueriesContext
 
     from conversations import selectors
-    from conversations.context import due_for_summary, fit_turns, system_text
+    from conversations.context import due_for_summary, fit_turns, history_tokens, system_text
 
     monkeypatch.setattr(selectors, "RECENT_PAGE", page)  # small pages: the stopping point is exact
     skipped, needed = set(), set()
@@ -356,7 +356,12 @@ def test_requests_and_summary_checks_read_only_the_newest_turns_yet_decide_as_th
         expected = fit_turns(system, everything, budget)
         with CaptureQueriesContext(connection) as read:
             request, followups = build_for_reply(reply.pk)
-        assert request.messages == [{"role": t.role, "content": t.content} for t in expected]
+        # The request is the newest stretch of the whole history, within the budget, starting with a
+        # user turn: what fit_turns keeps, or less where a stable cut point (for the prompt cache) is.
+        kept = everything[len(everything) - len(request.messages) :]
+        assert request.messages == [{"role": t.role, "content": t.content} for t in kept]
+        assert kept == expected[len(expected) - len(kept) :] and (len(kept) == 1 or kept[0].role == "user")
+        assert len(kept) == 1 or history_tokens(system, kept) <= budget
         if budget < 1000 and page == 50:
             # The reply, the path's ids, its summaries, then one or two pages of 50.
             assert len(read.captured_queries) <= 5

@@ -9,10 +9,9 @@ from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
-from django.http import HttpRequest, HttpResponseRedirect
+from django.http import HttpRequest, HttpResponseNotAllowed, HttpResponseRedirect
 from django.http.response import HttpResponseBase
 from django.urls import URLPattern, path, reverse
-from django.views.decorators.http import require_POST
 
 from conversations.llm import ProviderError, configured_providers, list_models, split_model
 from conversations.models import ChatModel, UsageRecord
@@ -122,13 +121,14 @@ class ChatModelAdmin(admin.ModelAdmin):
 
     def sync_view(self, request: HttpRequest) -> HttpResponseBase:
         """Fill the registry from each configured provider's model list (POST)."""
-        return _sync(self, request)
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        if not self.has_add_permission(request):
+            raise PermissionDenied
+        return _sync(request)
 
 
-@require_POST
-def _sync(model_admin: ChatModelAdmin, request: HttpRequest) -> HttpResponseBase:
-    if not model_admin.has_add_permission(request):
-        raise PermissionDenied
+def _sync(request: HttpRequest) -> HttpResponseBase:
     added, failures = sync_registry()
     if added:
         messages.success(

@@ -30,11 +30,12 @@ from .retry import backoff
 log = logging.getLogger(__package__)
 
 
-def start(reply: Message, *, siblings: tuple[int, ...] = ()) -> Generation:
-    """Start generating `reply` (a streaming row just created) in this process."""
-    generation = Generation(reply, siblings=siblings or (reply.pk,))
+def start(reply: Message, *, owner_id: int | None = None, siblings: tuple[int, ...] = ()) -> Generation:
+    """Start generating `reply` (a streaming row just created) in this process; `owner_id` (the
+    conversation's owner, for the quota counter) saves a lookup at the end."""
+    generation = Generation(reply, owner_id=owner_id, siblings=siblings or (reply.pk,))
     registry.running[reply.conversation_id] = generation
-    spawn(generation.run())
+    generation.task = spawn(generation.run())
     ensure_janitor()
     return generation
 
@@ -42,14 +43,11 @@ def start(reply: Message, *, siblings: tuple[int, ...] = ()) -> Generation:
 class Generation:
     """One reply being written: its text so far, its status, and how to stop it."""
 
-    def __init__(self, reply: Message, *, siblings: tuple[int, ...]) -> None:
+    def __init__(self, reply: Message, *, owner_id: int | None = None, siblings: tuple[int, ...]) -> None:
         self.reply_id: int = reply.pk
         self.conversation_id: uuid.UUID = reply.conversation_id
         self.model = reply.model
-        # The owner, for the quota counter, when the reply came with its conversation (it does from
-        # the services); else the row is looked up at the end.
-        conversation = reply._state.fields_cache.get("conversation")
-        self.owner_id: int | None = conversation.owner_id if conversation is not None else None
+        self.owner_id = owner_id  # None: looked up when the reply is stored
         # Where the reply sits in the tree: the `start` event tells every page.
         self.parent_id: int | None = reply.parent_id
         self.siblings = list(siblings)
@@ -63,6 +61,8 @@ class Generation:
         self.request: ChatRequest | None = None
         self.followups: Followups | None = None
         self._stopping = False
+        self._interrupting = False  # the process is shutting down (see shutdown.py)
+        self.task: asyncio.Task[None] | None = None  # the task running `run`
         self.over = False  # set once the outcome is decided: other processes' requests go unanswered
         self._stream_task: asyncio.Task[None] | None = None
         self.layer = get_channel_layer()
@@ -83,11 +83,20 @@ class Generation:
     def stop(self) -> None:
         """Stop the reply; what was streamed is kept with status `stopped`."""
         self._stopping = True
+        self._cancel_stream()
+
+    def interrupt(self) -> None:
+        """End the reply now because the process is shutting down: status `interrupted`, text kept."""
+        if not self._stopping:
+            self._interrupting = True
+        self._cancel_stream()
+
+    def _cancel_stream(self) -> None:
         if self._stream_task is not None and not self._stream_task.done():
             self._stream_task.cancel()
             # redis-py can swallow a cancellation that lands inside a command (a delta's
             # group_send): insist until the stream has really ended.
-            asyncio.get_running_loop().call_later(0.1, self.stop)
+            asyncio.get_running_loop().call_later(0.1, self._cancel_stream)
 
     async def send(self, event: dict[str, Any]) -> None:
         """An event to every socket of the conversation; a layer failure never stops the reply."""
@@ -117,11 +126,13 @@ class Generation:
             )
             if stop_asked:  # a `stop` that came before this reply's process could hear it
                 self._stopping = True
-            if not self._stopping:
+            if self._stopping:
+                status = Message.Status.STOPPED
+            elif self._interrupting:
+                status = Message.Status.INTERRUPTED
+            else:
                 self._stream_task = asyncio.ensure_future(self._stream(self.request))
                 await self._stream_task
-            else:
-                status = Message.Status.STOPPED
         except asyncio.CancelledError:
             # Cancelled without `stop`: the server is shutting down under us.
             status = Message.Status.STOPPED if self._stopping else Message.Status.INTERRUPTED
@@ -154,7 +165,7 @@ class Generation:
                     self.chunks.append(item)
                     self.length += len(item)
                     await self.send({"type": "chat.delta", "message_id": self.reply_id, "offset": offset, "text": item})
-                    if self._stopping:  # stopped, though the cancellation itself got lost
+                    if self._stopping or self._interrupting:  # though the cancellation itself got lost
                         raise asyncio.CancelledError
                 return
             except ProviderError as exc:
@@ -207,8 +218,11 @@ class Generation:
         if registry.running.get(self.conversation_id) is self:
             del registry.running[self.conversation_id]
         if stored is None:
-            # Another process closed it (it judged this one dead); its `end` went out already.
-            return
+            if await sync_to_async(_row_exists, thread_sensitive=False)(self.reply_id):
+                # Another process closed it (it judged this one dead); its `end` went out already.
+                return
+            # The conversation was deleted under the reply: its sockets still get the end of it.
+            status, error = Message.Status.STOPPED, None
         await self.send(
             {
                 "type": "chat.end",
@@ -228,6 +242,8 @@ class Generation:
                     "message_id": self.reply_id,
                 }
             )
+        if stored is None:
+            return  # deleted: nothing to summarize or title
         reply_tokens = usage.output_tokens or estimate_tokens(text)
         if status in (Message.Status.COMPLETE, Message.Status.STOPPED) and (
             self.followups is None or self.followups.may_need_work(reply_tokens)
@@ -275,6 +291,11 @@ def _finish_row(
         error_code=error_code,
         quota_tokens=quota_tokens,
     )
+
+
+def _row_exists(reply_id: int) -> bool:
+    close_old_connections()
+    return Message.objects.filter(pk=reply_id).exists()
 
 
 def _after_reply(conversation_id: uuid.UUID, reply_id: int) -> None:

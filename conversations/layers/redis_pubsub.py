@@ -66,7 +66,7 @@ class _PipelinedShard(RedisSingleShardConnection):
 class _PipelinedLoopLayer(RedisPubSubLoopLayer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._shards = [_PipelinedShard(shard.host, self) for shard in self._shards]
+        self._shards: list[RedisSingleShardConnection] = [_PipelinedShard(s.host, self) for s in self._shards]
 
 
 class RedisPubSubChannelLayer(BaseRedisPubSubChannelLayer):

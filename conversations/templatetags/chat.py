@@ -24,7 +24,7 @@ def markdown_filter(text: str) -> SafeString:
 
 @register.simple_tag
 def markdown_policy() -> SafeString:
-    """The sanitizer's allow-list for static/js/markdown.js, as `<script id="markdown-policy" type="application/json">`."""
+    """The sanitizer's allow-list for static/js/markdown.js, as the json_script `markdown-policy`."""
     return json_script(browser_policy(), "markdown-policy")
 
 

@@ -1,0 +1,117 @@
+"""A daphne process that is told to stop (SIGTERM, a deploy) drains instead of dropping its replies,
+and a process that starts sweeps the rows a dead one left `streaming`.
+
+On SIGTERM (and Ctrl-C) Twisted stops the reactor, which first runs its "before shutdown" triggers
+and waits for the Deferreds they return. The one installed here:
+
+1. stops taking sockets: the listening ports close (a load balancer or the page's reconnect goes to
+   another process), and a socket that still gets through is refused at the handshake;
+2. closes every open chat socket with code 1012 ("service restart"): the page reconnects at once,
+   to another process, and follows its reply there over the channel layer;
+3. lets the running replies finish, for up to `CHAT_SHUTDOWN_GRACE` seconds;
+4. then ends the rest at once: each stores the text it has, as `interrupted`, and sends `end`.
+
+Installed from `chatsite/asgi.py` when the application is loaded by daphne (plain
+`daphne chatsite.asgi:application`, `make run`); other ASGI servers get the start-up sweep from the
+first socket or reply, and no drain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import weakref
+from typing import TYPE_CHECKING, Any
+
+from django.conf import settings
+
+from . import registry
+from .janitor import ensure_janitor, interrupt_stale
+from .registry import spawn
+
+if TYPE_CHECKING:
+    from channels.generic.websocket import AsyncWebsocketConsumer
+
+log = logging.getLogger(__package__)
+
+# Set once the process has started to shut down: new sockets are refused.
+draining = False
+# The open chat sockets of this process, to close when it drains.
+sockets: weakref.WeakSet[AsyncWebsocketConsumer] = weakref.WeakSet()
+_installed = False
+# How long the replies get, after the grace, to store their text and send `end`.
+FINISH_TIMEOUT = 10.0
+
+
+def install() -> None:
+    """Hook the drain and the start-up sweep into daphne's reactor, if daphne is what runs us."""
+    global _installed
+    reactor: Any = sys.modules.get("twisted.internet.reactor")
+    if reactor is None or _installed:
+        return
+    _installed = True
+    reactor.callWhenRunning(lambda: spawn(_started()))
+    reactor.addSystemEventTrigger("before", "shutdown", _before_shutdown)
+
+
+async def _started() -> None:
+    """Sweep the rows a dead process (this one, before a crash) left `streaming`, then keep sweeping."""
+    try:
+        await interrupt_stale()
+    except Exception:
+        log.exception("start-up sweep of stale replies failed")
+    ensure_janitor()
+
+
+def _before_shutdown() -> Any:
+    from twisted.internet import defer
+
+    return defer.Deferred.fromFuture(asyncio.ensure_future(drain()))
+
+
+async def drain(grace: float | None = None) -> None:
+    """Stop taking sockets, close the open ones, let replies finish for `grace` seconds, interrupt the rest."""
+    global draining
+    draining = True
+    grace = settings.CHAT_SHUTDOWN_GRACE if grace is None else grace
+    _stop_listening()
+    for consumer in list(sockets):
+        spawn(_close(consumer))
+    running = [g for g in registry.running.values() if g.task is not None]
+    if not running:
+        return
+    log.info("shutting down: %s replies running, waiting up to %ss", len(running), grace)
+    tasks = [g.task for g in running if g.task is not None]
+    _, pending = await asyncio.wait(tasks, timeout=grace)
+    if pending:
+        log.warning("shutting down: %s replies still running after %ss: interrupted", len(pending), grace)
+        for g in running:
+            if g.task in pending:
+                g.interrupt()
+        _, pending = await asyncio.wait(pending, timeout=FINISH_TIMEOUT)
+        if pending:
+            log.error("shutting down: %s replies did not store their text in time", len(pending))
+
+
+def _stop_listening() -> None:
+    """Close the server's listening ports: new connections go to the other processes."""
+    reactor: Any = sys.modules.get("twisted.internet.reactor")
+    if reactor is None:
+        return
+    from twisted.internet.interfaces import IListeningPort
+
+    for reader in reactor.getReaders():
+        if IListeningPort.providedBy(reader):
+            try:
+                reader.stopListening()
+            except Exception:
+                log.exception("could not stop listening on %r", reader)
+
+
+async def _close(consumer: AsyncWebsocketConsumer) -> None:
+    try:
+        await consumer.close(code=1012)  # service restart: reconnect (elsewhere)
+        await consumer.disconnect(1012)  # daphne cancels the consumer: clean up as a close would
+    except Exception:
+        log.exception("could not close a socket while shutting down")
