@@ -19,7 +19,7 @@ from . import paths
 
 def message_json(m: Message, parent_id: int | None, files: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """One message in the export format (a user message's files by name, type and size)."""
-    out = {
+    out: dict[str, Any] = {
         "id": m.pk,
         "parent_id": parent_id,
         "role": m.role,
