@@ -75,6 +75,9 @@ def _page(request: HttpRequest, conversation: Conversation | None) -> HttpRespon
         messages = [p.message for p in path]
         for p in path:
             p.message.siblings = p.siblings  # type: ignore[attr-defined]
+        files = selectors.attachments_by_message(messages)
+        for m in messages:
+            m.files = files.get(m.pk, [])  # type: ignore[attr-defined]
         for m, article in zip(messages, rendering.render_messages(messages, ERROR_HINTS), strict=True):
             m.article = article  # type: ignore[attr-defined]
         model = pricing.thread_model(conversation, persona)
