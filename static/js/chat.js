@@ -162,10 +162,11 @@
   // Everything shown after message `parentId` goes (null: everything): a new version replaces that
   // part of the path on screen; the old one stays on the server, one `‹` away.
   function truncateAfter(parentId) {
-    const parent = parentId === null || parentId === undefined ? null : document.getElementById(`m${parentId}`);
+    const root = parentId === null || parentId === undefined;
+    const parent = root ? null : document.getElementById(`m${parentId}`);
+    if (!root && (!parent || parent.parentElement !== messagesEl)) return; // not shown (yet): leave it
     const children = Array.from(messagesEl.children);
-    let cut = parent === null ? 0 : children.indexOf(parent) + 1;
-    if (parent !== null && cut === 0) return;
+    const cut = parent === null ? 0 : children.indexOf(parent) + 1;
     for (const node of children.slice(cut)) {
       if (node === emptyEl || node.tagName === "TEMPLATE") continue;
       node.remove(); // a reply's record keeps its (now detached) element and text
@@ -511,9 +512,13 @@
       const m = frame.message;
       const mine = pending && m.client_id === pending.client_id;
       const existed = !!document.getElementById(`m${m.id}`);
+      // Its reply's `start` may have come first (the reply starts before the message is published).
+      const early = existed ? null : messagesEl.querySelector(`article[data-parent-id="${m.id}"]`);
+      if (early) early.remove();
       // The new message continues the path after its parent: what was shown below that goes.
       if (!existed) truncateAfter(m.parent_id);
       const el = messageEl(m.id, m.role, "complete");
+      if (early) messagesEl.append(early);
       el.querySelector(".msg-content").textContent = m.content;
       if (m.attachments && window.chatFiles) window.chatFiles.showOnMessage(el, m.attachments);
       if (m.parent_id) el.dataset.parentId = m.parent_id;
