@@ -121,9 +121,15 @@ def record(
     cost = pricing.cost_of(plan.spec, usage)
     message = None
     if plan.conversation_id is not None:
-        Message.objects.create(conversation_id=plan.conversation_id, role=Message.Role.USER, content=prompt)
+        # The exchange continues the thread's active path (as a send from the page would).
+        conversation = Conversation.objects.select_for_update().get(pk=plan.conversation_id)
+        parent = conversation.active_leaf_id
+        asked = Message.objects.create(
+            conversation=conversation, parent_id=parent, role=Message.Role.USER, content=prompt
+        )
         message = Message.objects.create(
-            conversation_id=plan.conversation_id,
+            conversation=conversation,
+            parent=asked,
             role=Message.Role.ASSISTANT,
             content=reply,
             status=status,
@@ -135,7 +141,10 @@ def record(
             cost=cost,
             error_code=error_code,
         )
-        Conversation.objects.filter(pk=plan.conversation_id).update(updated_at=timezone.now())
+        Message.objects.filter(pk=asked.pk).update(active_child_id=message.pk)
+        if parent is not None:
+            Message.objects.filter(pk=parent).update(active_child_id=asked.pk)
+        Conversation.objects.filter(pk=conversation.pk).update(active_leaf_id=message.pk, updated_at=timezone.now())
     UsageRecord.objects.create(
         user_id=plan.user_id,
         conversation_id=plan.conversation_id,

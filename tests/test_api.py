@@ -12,6 +12,7 @@ import httpx
 import openai
 import pytest
 from django.contrib.auth.models import Group
+from django.test import Client
 
 from api import keys
 from api.models import ApiKey
@@ -130,13 +131,24 @@ def test_the_conversation_extension_stores_the_exchange_as_a_thread(site, fake_p
         extra_body={"conversation": conversation_id},
     )
     assert "".join(c.choices[0].delta.content or "" for c in second if c.choices) == "Second answer."
-    rows = list(Message.objects.filter(conversation=conv).values_list("role", "content", "status"))
+    conv.refresh_from_db()
+    path = []  # the active path, leaf to root: what the page shows
+    node = Message.objects.get(pk=conv.active_leaf_id)
+    while node is not None:
+        path.append(node)
+        node = node.parent
+    rows = [(m.role, m.content, m.status) for m in reversed(path)]
     assert rows == [
         ("user", "Remember this", "complete"),
         ("assistant", "First answer.", "complete"),
         ("user", "And this", "complete"),
         ("assistant", "Second answer.", "complete"),
     ]
+    # She can open it on the site.
+    browser = Client()
+    browser.force_login(alice)
+    page = browser.get(conv.get_absolute_url()).content.decode()
+    assert "And this" in page and "Second answer." in page
     # Someone else's thread is not there for her key.
     bobs = Conversation.objects.create(owner=user("bob"), persona=default_persona())
     with pytest.raises(openai.NotFoundError):

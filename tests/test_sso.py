@@ -123,7 +123,9 @@ def test_a_second_sign_in_with_changed_groups_updates_them(idp, client):
 
 
 def test_local_sign_up_is_off_when_configured_but_sso_still_signs_people_up(idp, client, settings):
+    assert b"/accounts/signup/" in client.get("/accounts/login/").content
     settings.ACCOUNT_ALLOW_SIGNUP = False
+    assert b"/accounts/signup/" not in client.get("/accounts/login/").content  # not offered
     page = client.get("/accounts/signup/")
     assert b"Sign Up Closed" in page.content or b"closed" in page.content.lower()
     client.post(
