@@ -457,6 +457,8 @@
         tpl.innerHTML = html.trim();
         const fresh = tpl.content.querySelector("article.msg");
         if (!fresh) return;
+        const opened = r.el.querySelector(".msg-usage[open]");
+        if (opened && fresh.querySelector(".msg-usage")) fresh.querySelector(".msg-usage").open = true;
         const live = r.el.querySelector(".msg-note");
         if (live && fresh.querySelector(".msg-note")) fresh.querySelector(".msg-note").replaceWith(live);
         md.enhance(fresh);
@@ -551,6 +553,11 @@
       clearNote(r.el);
       r.el.querySelector(".msg-content").replaceChildren();
       showModel(r.el, frame.model);
+      const headerModel = document.querySelector(".chat-meta .model");
+      if (headerModel && frame.model) {
+        headerModel.textContent = modelLabel(frame.model);
+        headerModel.title = frame.model;
+      }
       setGenerating(frame.message_id);
       announce("Assistant is replying.");
       followContent();
