@@ -125,7 +125,11 @@ async def chat_completions(request: HttpRequest) -> HttpResponseBase:
     except RequestDataTooBig:
         body = None
     parsed, plan = await sync_to_async(_authorize_and_plan)(request.headers.get("Authorization", ""), body)
-    provider, model = provider_for(plan.spec)
+    try:
+        provider, model = provider_for(plan.spec)
+    except ProviderError as exc:  # a persona naming an unknown provider: staff's to fix
+        log.error("api: persona model %r: %s", plan.spec, exc.message)
+        raise _provider_error(exc) from exc
     chat_request = ChatRequest(
         model=model,
         system=plan.system,
@@ -210,6 +214,8 @@ class Exchange:
     async def finish(self, error: ProviderError | None = None) -> dict[str, int]:
         """Record the usage (and the thread's turns) once; the usage object."""
         counted = self.counted()
+        if error is not None and not self.parts and self.usage.input_tokens is None:
+            counted = Usage(0, 0)  # failed before any text: nothing to charge the user for
         usage = wire.usage_object(counted.input_tokens or 0, counted.output_tokens or 0)
         if self.done:
             return usage
