@@ -12,14 +12,14 @@ from typing import Any
 
 from django.contrib.auth.models import User
 
-from conversations.models import Conversation, Message
+from conversations.models import Attachment, Conversation, Message
 
 from . import paths
 
 
-def message_json(m: Message, parent_id: int | None) -> dict[str, Any]:
-    """One message in the export format."""
-    return {
+def message_json(m: Message, parent_id: int | None, files: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """One message in the export format (a user message's files by name, type and size)."""
+    out = {
         "id": m.pk,
         "parent_id": parent_id,
         "role": m.role,
@@ -35,6 +35,9 @@ def message_json(m: Message, parent_id: int | None) -> dict[str, Any]:
             "cost": None if m.cost is None else str(m.cost),
         },
     }
+    if files:
+        out["attachments"] = files
+    return out
 
 
 def conversation_json(conversation: Conversation) -> Iterator[str]:
@@ -47,8 +50,13 @@ def conversation_json(conversation: Conversation) -> Iterator[str]:
         "active_leaf_id": paths.active_leaf_id(conversation),
     }
     yield json.dumps(head, ensure_ascii=False)[:-1] + ', "messages": ['
+    files: dict[int, list[dict[str, Any]]] = {}
+    sent = Attachment.objects.filter(conversation=conversation, message__isnull=False).order_by("created_at", "id")
+    for message_id, name, content_type, size in sent.values_list("message_id", "name", "content_type", "size"):
+        files.setdefault(message_id, []).append({"name": name, "content_type": content_type, "size": size})
     for i, (m, parent_id) in enumerate(paths.tree(conversation)):
-        yield ("," if i else "") + "\n  " + json.dumps(message_json(m, parent_id), ensure_ascii=False)
+        piece = message_json(m, parent_id, files.get(m.pk))
+        yield ("," if i else "") + "\n  " + json.dumps(piece, ensure_ascii=False)
     yield "\n]}\n"
 
 

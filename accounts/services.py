@@ -17,7 +17,7 @@ from django.db.models.functions import TruncDate
 from django.utils import timezone
 
 from conversations import selectors
-from conversations.models import Conversation, Message, UsageRecord
+from conversations.models import Attachment, Conversation, Message, UsageRecord
 
 from . import importing, paths
 from .models import ImportJob, Profile, ShareLink
@@ -48,10 +48,14 @@ def profile_update(*, user: User, display_name: str | None = None, theme: str | 
 @transaction.atomic
 def share_create(*, conversation: Conversation) -> ShareLink:
     """A link to a snapshot of the conversation's active path as it is now."""
+    path = [m for m in paths.active_path(conversation) if m.status != Message.Status.STREAMING or m.content]
+    files: dict[int, list[dict[str, object]]] = {}
+    for a in Attachment.objects.filter(message_id__in=[m.pk for m in path]).order_by("created_at", "id"):
+        files.setdefault(a.message_id or 0, []).append(a.as_json())  # served within the link (attachments/)
     snapshot = [
         {"role": m.role, "content": m.content, "created_at": m.created_at.isoformat()}
-        for m in paths.active_path(conversation)
-        if m.status != Message.Status.STREAMING or m.content
+        | ({"attachments": files[m.pk]} if m.pk in files else {})
+        for m in path
     ]
     return ShareLink.objects.create(
         owner=conversation.owner, conversation=conversation, title=str(conversation), messages=snapshot

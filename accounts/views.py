@@ -212,7 +212,7 @@ def _signed_in_recently(request: HttpRequest) -> bool:
 
     allauth's own check passes accounts that have no password at all; deleting one needs a fresh sign-in.
     """
-    records = get_authentication_records(request, request.user)  # type: ignore[arg-type]
+    records = get_authentication_records(request, request.user)
     latest = max((r.get("at", 0) for r in records if isinstance(r, dict)), default=0)
     return time.time() - latest < allauth_settings.REAUTHENTICATION_TIMEOUT
 
@@ -225,7 +225,7 @@ def account_delete(request: HttpRequest) -> HttpResponse:
     has_password = user.has_usable_password()  # type: ignore[union-attr]
     if request.method == "POST":
         if has_password:
-            confirmed = user.check_password(request.POST.get("password", ""))  # type: ignore[union-attr]
+            confirmed = user.check_password(request.POST.get("password", ""))
             error = "" if confirmed else "That is not your password. Nothing was deleted."
         else:
             confirmed = _signed_in_recently(request)

@@ -72,6 +72,64 @@ def main() -> None:
             f"built in memory first: peak {naive_peak / 1e6:.1f} MB",
             flush=True,
         )
+        through_daphne(user, tmp)
+
+
+def rss_of(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def through_daphne(user, tmp: str) -> None:
+    """The same download from a real daphne process, its RSS sampled every 20 ms while it streams."""
+    import threading
+    import urllib.request
+    from pathlib import Path
+
+    from django.conf import settings
+    from django.test import Client
+
+    from tests.live import LiveServer
+
+    client = Client()
+    client.force_login(user)
+    cookie = client.cookies[settings.SESSION_COOKIE_NAME].value
+    db_name = settings.DATABASES["default"]["NAME"]
+    server = LiveServer(Path(tmp), DATABASE_URL=os.environ["DATABASE_URL"] if "postgres" in os.environ["DATABASE_URL"]
+                        else f"sqlite:///{db_name}", LOG_LEVEL="WARNING").start()  # fmt: skip
+    try:
+        pid = server.proc.pid  # type: ignore[union-attr]
+        for attempt in ("warm-up", "measured"):
+            before = rss_of(pid)
+            peak = [before]
+            done = threading.Event()
+
+            def sample(peak: list[float] = peak, done: threading.Event = done) -> None:
+                while not done.is_set():
+                    peak.append(rss_of(pid))
+                    time.sleep(0.02)
+
+            sampler = threading.Thread(target=sample)
+            sampler.start()
+            request = urllib.request.Request(f"{server.url}/account/export/", headers={"Cookie": f"sessionid={cookie}"})
+            size = 0
+            started = time.perf_counter()
+            with urllib.request.urlopen(request, timeout=600) as response:
+                while chunk := response.read(64 * 1024):
+                    size += len(chunk)
+            elapsed = time.perf_counter() - started
+            done.set()
+            sampler.join()
+            print(
+                f"  daphne ({attempt}): ZIP {size / 1e6:.1f} MB in {elapsed:.1f} s; RSS {before:.0f} MB before, "
+                f"{max(peak):.0f} MB at most while streaming, {rss_of(pid):.0f} MB after",
+                flush=True,
+            )
+    finally:
+        server.stop()
 
 
 if __name__ == "__main__":

@@ -54,6 +54,7 @@ INSTALLED_APPS = [
     "usage",
     "api",
     "accounts",
+    "attachments",
 ]
 
 MIDDLEWARE = [
@@ -220,6 +221,45 @@ STATICFILES_DIRS = [BASE_DIR / "static"]
 WHITENOISE_USE_FINDERS = True
 warnings.filterwarnings("ignore", message="No directory at", module="whitenoise.base")
 
+# --- Uploaded files (attachments) ----------------------------------------------------------
+# Django's storage API: local files under MEDIA_ROOT by default; any S3-compatible store when
+# AWS_STORAGE_BUCKET_NAME is set (django-storages). Never served from a public URL: only through
+# the owner-checking view (attachments/views.py), so MEDIA_URL is not routed anywhere.
+MEDIA_ROOT = Path(env.str("MEDIA_ROOT", default=str(BASE_DIR / "media")))
+MEDIA_URL = "/media-not-served/"
+AWS_STORAGE_BUCKET_NAME = env.str("AWS_STORAGE_BUCKET_NAME", default="")
+if AWS_STORAGE_BUCKET_NAME:
+    _default_storage = {
+        "BACKEND": "storages.backends.s3.S3Storage",
+        "OPTIONS": {
+            "bucket_name": AWS_STORAGE_BUCKET_NAME,
+            "endpoint_url": env.str("AWS_S3_ENDPOINT_URL", default="") or None,
+            "region_name": env.str("AWS_S3_REGION_NAME", default="") or None,
+            "access_key": env.str("AWS_ACCESS_KEY_ID", default="") or None,
+            "secret_key": env.str("AWS_SECRET_ACCESS_KEY", default="") or None,
+            "location": env.str("AWS_LOCATION", default=""),
+            "default_acl": None,  # private objects: the bucket's policy, never public-read
+            "querystring_auth": True,
+            "file_overwrite": False,
+        },
+    }
+else:
+    _default_storage = {"BACKEND": "django.core.files.storage.FileSystemStorage"}
+STORAGES = {
+    "default": _default_storage,
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
+# Per file, per user (everything stored), and per message.
+CHAT_MAX_UPLOAD_MB = env.int("CHAT_MAX_UPLOAD_MB", default=20)
+CHAT_USER_STORAGE_MB = env.int("CHAT_USER_STORAGE_MB", default=500)
+CHAT_MAX_ATTACHMENTS = env.int("CHAT_MAX_ATTACHMENTS", default=10)
+# Larger images (in pixels) are refused: decoding one takes memory in proportion.
+CHAT_MAX_IMAGE_PIXELS = env.int("CHAT_MAX_IMAGE_PIXELS", default=40_000_000)
+# Uploads never sent are deleted after this many hours (attachments.tasks.sweep_orphans).
+CHAT_ORPHAN_HOURS = env.float("CHAT_ORPHAN_HOURS", default=24.0)
+# Bodies larger than this are spooled to a temporary file, not held in memory.
+FILE_UPLOAD_MAX_MEMORY_SIZE = 1024 * 1024
+
 # --- Security ------------------------------------------------------------------------------
 SESSION_COOKIE_HTTPONLY = True
 CSRF_COOKIE_HTTPONLY = False  # the page's script reads it for htmx requests
@@ -249,7 +289,8 @@ CONTENT_SECURITY_POLICY = {
         "default-src": ["'self'"],
         "script-src": ["'self'"],
         "style-src": ["'self'"],
-        "img-src": ["'self'", "data:"],
+        # blob: the composer's thumbnails of files being uploaded (object URLs of the user's own files).
+        "img-src": ["'self'", "data:", "blob:"],
         "connect-src": ["'self'"],
         "object-src": ["'none'"],
         "base-uri": ["'self'"],

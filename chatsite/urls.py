@@ -11,5 +11,6 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("", include("api.urls")),
     path("", include("accounts.urls")),
+    path("", include("attachments.urls")),
     path("", include("conversations.urls")),
 ]

@@ -16,7 +16,7 @@ from django.core.exceptions import PermissionDenied
 from django.db import transaction
 from django.db.models import Count, IntegerField, OuterRef, QuerySet, Subquery, Sum
 from django.db.models.functions import Coalesce
-from django.http import Http404, HttpRequest, StreamingHttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path
@@ -389,7 +389,7 @@ def record_read(request: HttpRequest, conversation: Conversation) -> None:
         return
     owner_name = conversation.owner.get_username()
     ConversationRead.objects.create(
-        reader=reader,
+        reader_id=reader.pk,
         reader_name=reader.get_username(),
         owner_id=conversation.owner_id,
         owner_name=owner_name,
@@ -443,7 +443,7 @@ class ConversationAdmin(admin.ModelAdmin):
 
     def change_view(
         self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: dict[str, Any] | None = None
-    ) -> HttpResponseBase:
+    ) -> HttpResponse:
         response = super().change_view(request, object_id, form_url, extra_context)
         conversation = getattr(response, "context_data", {}).get("original") if response.status_code == 200 else None
         if isinstance(conversation, Conversation):
@@ -458,7 +458,7 @@ class ConversationReadAdmin(admin.ModelAdmin):
     list_display = ["read_at", "reader_name", "owner_name", "conversation_ref"]
     list_filter = ["read_at"]
     search_fields = ["reader_name", "owner_name", "=conversation_ref"]
-    fields = readonly_fields = ["read_at", "reader_name", "owner_name", "conversation_ref", "conversation"]
+    fields = readonly_fields = ("read_at", "reader_name", "owner_name", "conversation_ref", "conversation")
 
     def has_module_permission(self, request: HttpRequest) -> bool:
         return may_read_others(request)

@@ -68,6 +68,7 @@ def _send(
     parent_id: int | None | str,
     edit_of: int | None,
     model: object = None,
+    attachments: object = None,
 ) -> services.Sent:
     if not sockets.signed_in(session_key, conversation.owner_id):
         raise SignedOut
@@ -78,6 +79,7 @@ def _send(
         parent_id=parent_id,
         edit_of=edit_of,
         model=model,
+        attachments=attachments,
     )
 
 
@@ -116,6 +118,8 @@ def _frame_type(frame: object) -> str:
     kind = frame.get("type") if isinstance(frame, dict) else None
     return kind if isinstance(kind, str) else ""
 
+
+_RESUME_MARK = '"resume"'
 
 # Ids and offsets travel through the database and msgpack (Redis): keep them in a signed 64-bit range.
 _MAX_ID = 2**63 - 1
@@ -157,6 +161,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.held: list[dict[str, Any]] | None = []  # events held back until `state` is out
         self.frame_times: list[float] = []
         self.state_timer: asyncio.TimerHandle | None = None
+        self.resumes: dict[int, asyncio.TimerHandle] = {}  # cross-process resumes in flight, by reply id
+        self.resume_times: list[float] = []
         await self.channel_layer.group_add(self.group, self.channel_name)
         await self.channel_layer.group_add(sockets.user_group_name(user.pk), self.channel_name)
         await self.accept()
@@ -171,6 +177,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
         timer: asyncio.TimerHandle | None = getattr(self, "state_timer", None)
         if timer is not None:
             timer.cancel()
+        for pending in getattr(self, "resumes", {}).values():
+            pending.cancel()
         shutdown.sockets.discard(self)
         counted: int | None = getattr(self, "counted_user", None)
         if counted is not None:
@@ -278,7 +286,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
     # -- frames from the client ------------------------------------------------------------------
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         raw = text_data if text_data is not None else bytes_data or b""
-        # Every frame counts against the rate, oversized and binary ones included.
+        if text_data is not None and _RESUME_MARK in text_data[:200] and await self.take_resume(text_data):
+            return
+        # Every other frame counts against the rate, oversized and binary ones included.
         now = time.monotonic()
         self.frame_times = [t for t in self.frame_times if now - t < 10] + [now]
         if len(self.frame_times) > settings.CHAT_MAX_FRAMES_PER_10S:
@@ -336,8 +346,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
             parent_id = frame["parent_id"]
             if parent_id is not None and not _is_id(parent_id):
                 raise ChatError("invalid", "`parent_id` must be a message id or null.")
-        content, model = frame.get("content"), frame.get("model")
-        sent = await _send(self.session_key(), self.conversation, client_id, content, parent_id, edit_of, model)
+        content, model, files = frame.get("content"), frame.get("model"), frame.get("attachments")
+        sent = await _send(self.session_key(), self.conversation, client_id, content, parent_id, edit_of, model, files)
         event: dict[str, Any] = {
             "type": "message",
             "message": sent.message.as_event(),
@@ -399,6 +409,32 @@ class ChatConsumer(AsyncWebsocketConsumer):
         messages = await _switch(self.conversation, message_id)
         await self.channel_layer.group_send(self.group, {"type": "chat.path", "messages": messages})
 
+    async def take_resume(self, text_data: str) -> bool:
+        """A `resume` has a budget of its own, so a client's own resumes never get its socket closed:
+        one in flight per reply (repeats while it travels are dropped: its answer covers them), and
+        past CHAT_MAX_FRAMES_PER_10S in 10 s they are dropped quietly. False: not a resume after all."""
+        if len(text_data) > 1000:
+            return False
+        try:
+            frame = orjson.loads(text_data)
+        except orjson.JSONDecodeError:
+            return False
+        if _frame_type(frame) != "resume":
+            return False
+        now = time.monotonic()
+        self.resume_times = [t for t in self.resume_times if now - t < 10]
+        if len(self.resume_times) >= settings.CHAT_MAX_FRAMES_PER_10S or frame.get("message_id") in self.resumes:
+            return True
+        self.resume_times.append(now)
+        try:
+            await self.on_resume(frame)
+        except ChatError as exc:
+            await self.answer(exc.as_event())
+        except Exception:
+            log.exception("resume failed on conversation %s", self.conversation.pk)
+            await self.send_error("unavailable", "Something went wrong on the server. Try again in a moment.")
+        return True
+
     async def on_resume(self, frame: dict[str, Any]) -> None:
         message_id, offset = frame.get("message_id"), frame.get("offset")
         if not _is_id(message_id) or not _is_id(offset, lowest=0):
@@ -411,18 +447,37 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if message is None or message.role != Message.Role.ASSISTANT:
             raise ChatError("not_found", "No such reply in this conversation.")
         if message.status == Message.Status.STREAMING:
+            # Another process writes it: ask it, and fall back to the stored text if it does not
+            # answer in time (it may have died, or not be listening yet), as `state` does.
+            self.resumes[message_id] = asyncio.get_running_loop().call_later(
+                REMOTE_STATE_TIMEOUT, lambda: generation.spawn(self.resume_from_database(message_id, offset))
+            )
             await self.ask_other_process(message_id, offset, "resume")
             return
-        await self.send_resumed({"message_id": message_id, "offset": offset, "text": message.content[offset:]})
+        await self.resume_from_row(message, offset)
+
+    async def resume_from_row(self, message: Message, offset: int) -> None:
+        """The stored text from `offset` on; then, for a reply that has ended, its `end`."""
+        await self.send_resumed({"message_id": message.pk, "offset": offset, "text": message.content[offset:]})
+        if message.status == Message.Status.STREAMING:
+            return  # live deltas follow
         await self.answer(
             {
                 "type": "end",
-                "message_id": message_id,
+                "message_id": message.pk,
                 "status": message.status,
                 "content": message.content,
                 "usage": usage_payload(message),
             }
         )
+
+    async def resume_from_database(self, message_id: int, offset: int) -> None:
+        """No process answered a cross-process `resume` in time: use what the database holds."""
+        if self.resumes.pop(message_id, None) is None:
+            return  # answered meanwhile
+        message = await _message(self.conversation.pk, message_id)
+        if message is not None:
+            await self.resume_from_row(message, min(offset, len(message.content)))
 
     async def send_resumed(self, snapshot: dict[str, Any]) -> None:
         """The reply's text from the asked offset, as one delta; the socket's offset moves past it."""
@@ -480,4 +535,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if event.get("purpose") == "state":
             await self.release_state(snapshot)
         else:
+            timer = self.resumes.pop(snapshot["message_id"], None)
+            if timer is not None:
+                timer.cancel()
             await self.send_resumed(snapshot)

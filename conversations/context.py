@@ -6,6 +6,7 @@ import math
 import re
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Any
 
 # Per-message framing the providers add (role markers, separators), in tokens.
 MESSAGE_OVERHEAD = 4
@@ -21,8 +22,12 @@ RECENT_SHARE = 0.5
 _PIECES = re.compile(r"[A-Za-z]+|[0-9]+|[^\x00-\x7f]|\s+|[^A-Za-z0-9\s\x80-\U0010ffff]+")
 
 
-def estimate_tokens(text: str) -> int:
+def estimate_tokens(text: str | list[dict[str, Any]]) -> int:
     """Tokens `text` is likely to cost, without a tokenizer; meant to err a little high.
+
+    A request's content may be a list of parts (a user turn with files, llm/base.py): each part
+    counts its `tokens` (set when the request was built: an image by its provider's formula), or
+    the estimate of its text.
 
     Per piece: a letter run is one token per 7 letters (most English words are one token),
     digits one per 3 (tokenizers group at most three), a space before a number one, ASCII
@@ -31,6 +36,8 @@ def estimate_tokens(text: str) -> int:
     OpenAI's o200k_base it runs 3-16% high on English, markdown and code; docs/architecture.md
     has the table.
     """
+    if not isinstance(text, str):
+        return sum(part.get("tokens") or estimate_tokens(part.get("text") or "") for part in text)
     total = 0.0
     previous = ""
     for match in _PIECES.finditer(text):
@@ -51,6 +58,70 @@ def estimate_tokens(text: str) -> int:
     return math.ceil(total)
 
 
+# Tokens an Anthropic PDF page costs besides its text (it is also read as an image of the page).
+PDF_PAGE_TOKENS = 1600
+
+
+@dataclass(frozen=True)
+class AttachmentRef:
+    """A file sent with a user message, as the request sees it (no bytes: those are read when sending)."""
+
+    id: str
+    name: str
+    kind: str  # "image", "pdf", "text"
+    content_type: str
+    tokens: int = 0  # estimated tokens of its text (text files, PDFs)
+    width: int = 0
+    height: int = 0
+    pages: int = 0
+
+
+def image_tokens(width: int, height: int, provider: str = "") -> int:
+    """Tokens an image costs: OpenAI's tile formula, Anthropic's pixels / 750; unknown: the larger."""
+    if provider == "openai":
+        return _openai_image_tokens(width, height)
+    if provider == "anthropic":
+        return _anthropic_image_tokens(width, height)
+    return max(_openai_image_tokens(width, height), _anthropic_image_tokens(width, height))
+
+
+def _openai_image_tokens(width: int, height: int) -> int:
+    """85 + 170 per 512-pixel tile, after fitting in 2048×2048 and scaling the short side to 768."""
+    w, h = max(1, width), max(1, height)
+    if max(w, h) > 2048:
+        scale = 2048 / max(w, h)
+        w, h = w * scale, h * scale
+    if min(w, h) > 768:
+        scale = 768 / min(w, h)
+        w, h = w * scale, h * scale
+    return 85 + 170 * math.ceil(w / 512) * math.ceil(h / 512)
+
+
+def _anthropic_image_tokens(width: int, height: int) -> int:
+    """width × height / 750, after Anthropic scales the long edge down to 1568 pixels."""
+    w, h = max(1, width), max(1, height)
+    if max(w, h) > 1568:
+        scale = 1568 / max(w, h)
+        w, h = w * scale, h * scale
+    return math.ceil(w * h / 750)
+
+
+def attachment_tokens(ref: AttachmentRef, provider: str = "") -> int:
+    """Tokens a file adds to a request to `provider` (unknown provider: the dearer reading)."""
+    if ref.kind == "image":
+        return image_tokens(ref.width, ref.height, provider)
+    if ref.kind == "pdf" and provider in ("anthropic", ""):
+        return ref.tokens + PDF_PAGE_TOKENS * ref.pages
+    return ref.tokens
+
+
+def fenced(name: str, text: str) -> str:
+    """A file's text for a model: its name, then the text in a fence longer than any backtick run in it."""
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return f"File `{name}`:\n{fence}\n{text.rstrip()}\n{fence}"
+
+
 @dataclass(frozen=True)
 class Turn:
     """One stored message as history: its id, role, text, and its token count if known."""
@@ -59,10 +130,14 @@ class Turn:
     role: str
     content: str
     tokens: int | None = None  # the provider's count (assistant output tokens), when stored
+    attachments: tuple[AttachmentRef, ...] = ()
+    provider: str = ""  # whose formula prices the attachments ("" when not known: the dearer)
 
     @cached_property
     def _cost(self) -> int:
-        return (self.tokens if self.tokens is not None else estimate_tokens(self.content)) + MESSAGE_OVERHEAD
+        text = self.tokens if self.tokens is not None else estimate_tokens(self.content)
+        files = sum(attachment_tokens(a, self.provider) for a in self.attachments)
+        return text + files + MESSAGE_OVERHEAD
 
     def cost(self) -> int:
         """Tokens this turn adds to a request: the provider's count if stored, else the estimate."""
@@ -183,7 +258,14 @@ def summary_prompt(previous_summary: str, turns: list[Turn]) -> tuple[str, list[
 
 
 def _summary_line(turn: Turn) -> str:
-    return f"\n[{turn.role}]\n{turn.content.strip()}"
+    return f"\n[{turn.role}]\n{turn.content.strip()}{attached_note(turn)}"
+
+
+def attached_note(turn: Turn) -> str:
+    """How a summary request names a turn's files (their contents are not resent)."""
+    if not turn.attachments:
+        return ""
+    return "\n(attached: " + ", ".join(a.name for a in turn.attachments) + ")"
 
 
 # A summary request may use at least this many tokens, however small the persona's budget.
@@ -209,6 +291,7 @@ def summary_batch(previous_summary: str, older: list[Turn], budget: int) -> list
         # The turn (the provider's count if stored) in its framing, plus the newline that joins it on.
         turn = older[end]
         text_cost = turn.tokens if turn.tokens is not None else estimate_tokens(turn.content.strip())
+        text_cost += estimate_tokens(attached_note(turn))
         cost = text_cost + estimate_tokens(f"\n[{turn.role}]\n") + 1
         if end and remaining - cost < 0:
             break

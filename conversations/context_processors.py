@@ -1,4 +1,4 @@
-"""Template context every page needs: the demo-model banner and the composer limit."""
+"""Template context every page needs: the demo-model banner and the composer's limits."""
 
 from __future__ import annotations
 
@@ -12,4 +12,6 @@ def chat(request: HttpRequest) -> dict[str, Any]:
     return {
         "offline_demo": settings.CHAT_DEFAULT_MODEL.startswith("offline:"),
         "max_message_chars": settings.CHAT_MAX_MESSAGE_CHARS,
+        "max_attachments": settings.CHAT_MAX_ATTACHMENTS,
+        "max_upload_bytes": settings.CHAT_MAX_UPLOAD_MB * 1024 * 1024,
     }

@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import hashlib
 from dataclasses import dataclass
+from typing import Any
 
+from .attachment import model_takes
 from .context import (
     MESSAGE_OVERHEAD,
     SUMMARIZE_AT,
+    Turn,
+    attachment_tokens,
     estimate_tokens,
+    fenced,
     fit_turns_stable,
     history_tokens,
     system_text,
 )
 from .llm import ChatRequest
 from .llm import split_model as _split_model
-from .models import Message
+from .models import Attachment, Message
 from .selectors import path_history, recent_turns
 from .services import effective_persona
 
@@ -55,23 +61,75 @@ def build_for_reply(reply_id: int) -> tuple[ChatRequest, Followups]:
     room = budget - estimate_tokens(system) - MESSAGE_OVERHEAD
     # Only the newest turns are read, though well past the budget: the stable cut points count from
     # the oldest unsummarized turn (while a summary is pending, the history outgrows the budget).
-    recent = recent_turns(history, tokens=STABLE_READ * room)
+    provider, model = _split_model(reply.model)
+    recent = recent_turns(history, tokens=STABLE_READ * room, provider=provider)
     turns = fit_turns_stable(system, recent, budget)
     room_after = None
     if len(turns) == len(recent) and sum(t.cost() for t in recent) <= room:
         # The whole unsummarized history is in the request: what it costs is known.
         room_after = int(budget * SUMMARIZE_AT) - history_tokens(system, turns)
     followups = Followups(title_is_auto=conversation.title_is_auto, summary_room=room_after)
-    _, model = _split_model(reply.model)
     request = ChatRequest(
         model=model,
         system=system,
-        messages=[{"role": t.role, "content": t.content} for t in turns],
+        messages=with_files(turns, reply.model),
         temperature=persona.temperature,
         max_output_tokens=persona.max_output_tokens,
         cache_key=cache_key(conversation.pk),
     )
     return request, followups
+
+
+def with_files(turns: list[Turn], spec: str) -> list[dict[str, Any]]:
+    """The turns as request messages; a turn with files gets them as parts, read from the storage now."""
+    wanted = [a.id for t in turns for a in t.attachments]
+    if not wanted:
+        return [{"role": t.role, "content": t.content} for t in turns]
+    rows = {str(a.pk): a for a in Attachment.objects.filter(pk__in=wanted)}
+    provider = spec.partition(":")[0]
+    native_pdf = model_takes(spec).native_pdf
+    messages: list[dict[str, Any]] = []
+    for t in turns:
+        if not t.attachments:
+            messages.append({"role": t.role, "content": t.content})
+            continue
+        parts = [
+            {**_part(rows[a.id], native_pdf), "tokens": attachment_tokens(a, provider)}
+            for a in t.attachments
+            if a.id in rows
+        ]
+        if t.content.strip():
+            parts.append({"type": "text", "text": t.content})
+        messages.append({"role": t.role, "content": parts})
+    return messages
+
+
+def _part(attachment: Attachment, native_pdf: bool) -> dict[str, Any]:
+    """One file as a provider-neutral part (llm/base.py): images and PDFs as base64, text fenced."""
+    if attachment.kind == Attachment.Kind.TEXT:
+        text = _read(attachment).decode("utf-8-sig", "replace")
+        return {"type": "text", "text": fenced(attachment.name, text)}
+    if attachment.kind == Attachment.Kind.PDF:
+        # Only a model that reads PDFs gets the bytes; the others get the text (`data` stays empty).
+        data = base64.b64encode(_read(attachment)).decode() if native_pdf else ""
+        return {
+            "type": "document",
+            "media_type": "application/pdf",
+            "name": attachment.name,
+            "data": data,
+            "text": fenced(attachment.name, attachment.text or "(no text could be extracted)"),
+        }
+    return {
+        "type": "image",
+        "media_type": attachment.content_type,
+        "name": attachment.name,
+        "data": base64.b64encode(_read(attachment)).decode(),
+    }
+
+
+def _read(attachment: Attachment) -> bytes:
+    with attachment.file.open("rb") as handle:
+        return handle.read()
 
 
 def cache_key(conversation_id: object) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from decimal import Decimal
+from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import Group
@@ -12,7 +13,7 @@ from django.db.models import Q
 from django.urls import reverse
 from django.utils import timezone
 
-PRICE = {"max_digits": 12, "decimal_places": 6, "default": Decimal(0)}
+PRICE: dict[str, Any] = {"max_digits": 12, "decimal_places": 6, "default": Decimal(0)}
 
 
 class ChatModel(models.Model):
@@ -190,14 +191,18 @@ class Message(models.Model):
         return f"{self.role} #{self.pk}"
 
     def as_event(self) -> dict[str, object]:
-        """The message as the protocol's `message` payload."""
-        return {
+        """The message as the protocol's `message` payload (`attachments` only when it has files)."""
+        event: dict[str, object] = {
             "id": self.pk,
             "role": self.role,
             "content": self.content,
             "client_id": str(self.client_id) if self.client_id else None,
             "parent_id": self.parent_id,
         }
+        files = getattr(self, "files", None)
+        if files:
+            event["attachments"] = [f.as_json() for f in files]
+        return event
 
 
 class Summary(models.Model):
@@ -281,3 +286,8 @@ class ConversationRead(models.Model):
 
     def __str__(self) -> str:
         return f"{self.reader_name} read {self.owner_name}'s {self.conversation_ref}"
+
+
+from .attachment import Attachment  # noqa: E402 - the model lives in its own module
+
+__all__ = ["Attachment", "Conversation", "Message", "ConversationRead", "Persona", "UsageRecord", "UserQuota"]

@@ -29,7 +29,7 @@ def models_for_user(user: AbstractBaseUser | int) -> QuerySet[ChatModel]:
     )
 
 
-def may_use(user_id: int, spec: str, *, listed_only: bool = False) -> bool:
+def may_use(user_id: int | None, spec: str, *, listed_only: bool = False) -> bool:
     """May the user talk to `provider:model`?
 
     A model in the registry: if it is active and the user is in one of its groups (or it has none).

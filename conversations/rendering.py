@@ -234,6 +234,10 @@ def versions(siblings: Sequence[int], pk: int) -> dict[str, int | None]:
 USAGE_FIELDS = ("model", "input_tokens", "cached_input_tokens", "output_tokens", "cost")
 
 
+def _file_ids(m: Message) -> list[str]:
+    return [str(f.pk) for f in getattr(m, "files", ())]
+
+
 def render_messages(messages: Sequence[Message], hints: dict[str, str]) -> list[SafeString]:
     """Each message as the page shows it (conversations/_message.html), reusing earlier renderings.
 
@@ -255,7 +259,8 @@ def render_messages(messages: Sequence[Message], hints: dict[str, str]) -> list[
     streaming = [i for i, m in enumerate(messages) if m.status == m.Status.STREAMING]
     done = [i for i, m in enumerate(messages) if m.status != m.Status.STREAMING]
     keys = [f"msg:{_VERSION}:{version}:" + _digest(m.pk, m.role, m.status, m.error_code, m.client_id, m.content,
-                                                   *(getattr(m, f) for f in USAGE_FIELDS), getattr(m, "siblings", None))
+                                                   *(getattr(m, f) for f in USAGE_FIELDS), getattr(m, "siblings", None),
+                                                   *_file_ids(m))
             for m in (messages[i] for i in done)]  # fmt: skip
     out: list[SafeString] = [mark_safe("")] * len(messages)  # noqa: S308 - placeholders, all replaced below
     for i, html in zip(done, _cached(keys, lambda js: make([done[j] for j in js])), strict=True):

@@ -15,8 +15,10 @@ from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
 from . import limits, pricing
+from .attachment import model_takes
+from .context import attachment_tokens, estimate_tokens
 from .llm.base import Usage
-from .models import Conversation, Message, Persona, UsageRecord, UserQuota
+from .models import Attachment, Conversation, Message, Persona, UsageRecord, UserQuota
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser
@@ -68,7 +70,7 @@ def conversation_start(*, owner: AbstractBaseUser, persona: Persona) -> Conversa
     So POST /conversations/new/ cannot pile up empty rows, however often it is sent.
     """
     has_messages = Exists(Message.objects.filter(conversation=OuterRef("pk")))
-    empty = Conversation.objects.filter(owner=owner).exclude(has_messages)
+    empty = Conversation.objects.filter(owner_id=owner.pk).exclude(has_messages)
     oldest = list(empty.order_by("created_at", "id").values_list("pk", flat=True)[:MAX_EMPTY_CONVERSATIONS])
     if len(oldest) < MAX_EMPTY_CONVERSATIONS:
         return conversation_create(owner=owner, persona=persona)
@@ -207,6 +209,56 @@ def _quota(conversation: Conversation) -> int:
     return override if override is not None else settings.CHAT_DAILY_TOKEN_QUOTA
 
 
+def clean_attachment_ids(value: object) -> list[uuid.UUID]:
+    """The `attachments` of a send: distinct attachment ids, at most CHAT_MAX_ATTACHMENTS; else `invalid`."""
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ChatError("invalid", "`attachments` must be a list of attachment ids.")
+    limit = settings.CHAT_MAX_ATTACHMENTS
+    if len(value) > limit:
+        raise ChatError("invalid", f"At most {limit} files can go with one message.")
+    try:
+        ids = [uuid.UUID(v) for v in value]
+    except ValueError:
+        raise ChatError("invalid", "`attachments` must be a list of attachment ids.") from None
+    if len(set(ids)) != len(ids):
+        raise ChatError("invalid", "The same file is attached twice.")
+    return ids
+
+
+KIND_NAMES = {"image": "images", "pdf": "PDFs", "text": "text files"}
+
+
+def _check_attachments(conv: Conversation, ids: list[uuid.UUID], text: str, model: str) -> list[Attachment]:
+    """The user's own unsent files of this thread, locked, that the model takes and that fit its budget."""
+    if not ids:
+        return []
+    files = list(
+        Attachment.objects.select_for_update()
+        .filter(pk__in=ids, owner_id=conv.owner_id, conversation=conv, message__isnull=True)
+        .order_by("created_at", "id")
+    )
+    if len(files) != len(ids):
+        raise ChatError("invalid", "An attached file was not found: it was removed, already sent, or is not yours.")
+    taken = model_takes(model).kinds
+    for f in files:
+        if f.kind not in taken:
+            raise ChatError("invalid", f"{model} does not take {KIND_NAMES[f.kind]}: {f.name} cannot be sent to it.")
+    provider = model.partition(":")[0]
+    tokens = estimate_tokens(text) + sum(attachment_tokens(f.as_ref(), provider) for f in files)
+    budget = effective_persona(conv).budget_tokens()
+    if tokens > budget:
+        raise ChatError(
+            "invalid",
+            f"With its files this message is about {tokens:,} tokens; this chat's budget is {budget:,}. "
+            "Attach fewer or smaller files.",
+        )
+    # Sorted as the user attached them.
+    order = {pk: i for i, pk in enumerate(ids)}
+    return sorted(files, key=lambda f: order[f.pk])
+
+
 def _point_path_to(conv: Conversation, leaf_id: int) -> None:
     """Make the path from the root to `leaf_id` the active one: every message on it points at its
     child on it (what switching back to it continues to), and the conversation at the leaf."""
@@ -250,6 +302,7 @@ def message_send(
     parent_id: int | None | str = FOLLOW_LEAF,
     edit_of: int | None = None,
     model: object = None,
+    attachments: object = None,
 ) -> Sent:
     """Store the user's message and open the reply; a resent `client_id` changes nothing.
 
@@ -257,9 +310,11 @@ def message_send(
     of the active leaf. `edit_of` (any user message's id) stores a new version of that message: a
     sibling of it. Nothing is hidden or deleted: the old version stays, one switch away.
     `model` (`provider:model`), where the persona allows a choice, becomes the thread's model.
+    `attachments`: ids of the user's unsent uploads to this thread, bound to the message.
     Refusals (`invalid`, `busy`, `rate_limited`, `quota_exceeded`) store nothing.
     """
-    text = clean_content(content)
+    ids = clean_attachment_ids(attachments)
+    text = "" if ids and isinstance(content, str) and not content.strip() else clean_content(content)
     try:
         with transaction.atomic():
             conv = _lock(conversation)
@@ -271,12 +326,14 @@ def message_send(
             )
             existing = next((m for m in found if m.client_id == client_id), None)
             if existing:
+                existing.files = list(existing.attachments.all())  # type: ignore[attr-defined]
                 return Sent(existing, None, _children(conv, existing.parent_id))
             if found:
                 raise ChatError("busy", BUSY)
             parent = _parent_for_send(conv, parent_id, edit_of)
             _check_persona(conv)
             spec = _check_model(conv, model)
+            files = _check_attachments(conv, ids, text, spec)
             _check_limits(conv.owner_id, _quota(conv))
             follows_leaf = parent is not None and parent == conv.active_leaf_id
             # The message and its reply in one INSERT; the partial unique index turns a race into `busy`.
@@ -298,7 +355,7 @@ def message_send(
             Message.objects.filter(pk=message.pk).update(active_child_id=reply.pk)
             reply.parent_id = message.pk
             message.active_child_id = reply.pk
-            if follows_leaf:
+            if follows_leaf and parent is not None:
                 # The common case: the new message continues the active path.
                 Message.objects.filter(pk=parent).update(active_child_id=message.pk)
                 Conversation.objects.filter(pk=conv.pk).update(active_leaf_id=reply.pk)
@@ -306,19 +363,23 @@ def message_send(
             else:
                 _point_path_to(conv, reply.pk)
                 siblings = _children(conv, parent)
+            if files:
+                Attachment.objects.filter(pk__in=[f.pk for f in files]).update(message=message)
+            message.files = files  # type: ignore[attr-defined]
             fields = ["updated_at"]
             if spec != conv.model and effective_persona(conv).allow_model_choice:
                 conv.model = spec  # the choice sticks to the thread
                 fields.append("model")
             conv.updated_at = timezone.now()
             if not conv.title:
-                conv.title = " ".join(text.split()[:TITLE_WORDS])[:200]
+                conv.title = " ".join(text.split()[:TITLE_WORDS])[:200] or ", ".join(f.name for f in files)[:200]
                 fields.append("title")
             conv.save(update_fields=fields)
     except IntegrityError:
         # Another send won a race: the same client_id (a resend) or a reply opened meanwhile.
         existing = Message.objects.filter(conversation=conversation, client_id=client_id).first()
         if existing:
+            existing.files = list(existing.attachments.all())  # type: ignore[attr-defined]
             return Sent(existing, None, _children(conversation, existing.parent_id))
         raise ChatError("busy", BUSY) from None
     return Sent(message, reply, siblings)
@@ -329,13 +390,18 @@ def reply_regenerate(*, conversation: Conversation, message_id: int | None = Non
     the active path. Returns (the new reply, the ids of it and its siblings)."""
     with transaction.atomic():
         conv = _lock(conversation)
+        asked: int | None
         if message_id is not None:
             old = Message.objects.filter(conversation=conv, pk=message_id, role=Message.Role.ASSISTANT).first()
             if old is None or old.parent_id is None:
                 raise ChatError("invalid", "`message_id` must be a reply in this conversation.")
             asked = old.parent_id
         else:
-            leaf = Message.objects.filter(pk=conv.active_leaf_id).only("id", "role", "parent_id").first()
+            leaf = (
+                Message.objects.filter(pk=conv.active_leaf_id).only("id", "role", "parent_id").first()
+                if conv.active_leaf_id is not None
+                else None
+            )
             if leaf is None:
                 raise ChatError("invalid", "There is no message to answer yet.")
             asked = leaf.pk if leaf.role == Message.Role.USER else leaf.parent_id

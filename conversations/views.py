@@ -75,6 +75,9 @@ def _page(request: HttpRequest, conversation: Conversation | None) -> HttpRespon
         messages = [p.message for p in path]
         for p in path:
             p.message.siblings = p.siblings  # type: ignore[attr-defined]
+        files = selectors.attachments_by_message(messages)
+        for m in messages:
+            m.files = files.get(m.pk, [])  # type: ignore[attr-defined]
         for m, article in zip(messages, rendering.render_messages(messages, ERROR_HINTS), strict=True):
             m.article = article  # type: ignore[attr-defined]
         model = pricing.thread_model(conversation, persona)
@@ -223,4 +226,8 @@ def message_detail(request: HttpRequest, conversation_id: str, message_id: int) 
         raise Http404
     if request.GET.get("format") == "text":
         return HttpResponse(message.content, content_type="text/plain; charset=utf-8")
+    # Its versions, so the rendering the page swaps in keeps `‹ i / n ›`.
+    message.siblings = list(  # type: ignore[attr-defined]
+        conversation.messages.filter(parent_id=message.parent_id).order_by("id").values_list("id", flat=True)
+    )
     return HttpResponse(rendering.render_messages([message], ERROR_HINTS)[0])

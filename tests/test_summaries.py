@@ -360,7 +360,7 @@ def test_requests_and_summary_checks_read_only_the_newest_turns_yet_decide_as_th
         # user turn: what fit_turns keeps, or less where a stable cut point (for the prompt cache) is.
         kept = everything[len(everything) - len(request.messages) :]
         assert request.messages == [{"role": t.role, "content": t.content} for t in kept]
-        assert kept == expected[len(expected) - len(kept) :] and kept[0].role == "user"
+        assert kept == expected[len(expected) - len(kept) :] and (len(kept) == 1 or kept[0].role == "user")
         assert len(kept) == 1 or history_tokens(system, kept) <= budget
         if budget < 1000 and page == 50:
             # The reply, the path's ids, its summaries, then one or two pages of 50.

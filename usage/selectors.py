@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -58,7 +59,7 @@ def _rows(qs: QuerySet[UsageRecord], key: Any, order: str = "-cost", limit: int 
     return [_clean(r) for r in (rows[:limit] if limit else rows)]
 
 
-def _clean(row: dict[str, Any]) -> dict[str, Any]:
+def _clean(row: Mapping[str, Any]) -> dict[str, Any]:
     return {**row, **{c: row.get(c) or (Decimal(0) if c == "cost" else 0) for c in COLUMNS}}
 
 

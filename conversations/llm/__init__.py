@@ -17,6 +17,7 @@ __all__ = [
     "Usage",
     "complete_once",
     "configured_providers",
+    "kinds_taken",
     "list_models",
     "provider_for",
 ]
@@ -37,6 +38,22 @@ def configured_providers() -> set[str]:
     if settings.ANTHROPIC_API_KEY or settings.ANTHROPIC_BASE_URL:
         found.add("anthropic")
     return found
+
+
+# What each provider's models take besides text, until the model registry says per model:
+# OpenAI reads images (and PDFs as their extracted text); Anthropic reads images and PDFs natively;
+# the offline demo reads text only (a PDF as its text).
+_KINDS = {
+    "openai": frozenset({"image", "pdf", "text"}),
+    "anthropic": frozenset({"image", "pdf", "text"}),
+    "offline": frozenset({"pdf", "text"}),
+}
+
+
+def kinds_taken(spec: str) -> frozenset[str]:
+    """The attachment kinds (`image`, `pdf`, `text`) the model `provider:model` can be sent."""
+    provider = spec.partition(":")[0]
+    return _KINDS.get(provider, frozenset({"text"}))
 
 
 def split_model(spec: str) -> tuple[str, str]:

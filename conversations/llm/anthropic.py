@@ -19,7 +19,7 @@ from anthropic.types import (
 )
 from django.conf import settings
 
-from .base import ChatRequest, Provider, ProviderError, Usage, error_for_status, parse_retry_after
+from .base import ChatRequest, Content, Provider, ProviderError, Usage, error_for_status, parse_retry_after
 
 DEFAULT_MAX_TOKENS = 4096
 
@@ -49,14 +49,42 @@ def map_error(exc: Exception) -> ProviderError:
     return ProviderError("provider_unavailable", f"Unexpected provider failure: {type(exc).__name__}")
 
 
-def merged_turns(messages: list[dict[str, str]]) -> list[dict[str, str]]:
-    """Anthropic wants alternating turns starting with the user: merge repeats, drop a leading reply."""
-    turns: list[dict[str, str]] = []
+def anthropic_content(content: Content) -> list[dict[str, Any]]:
+    """A turn's content as Messages API blocks: images as base64 `image`, PDFs as base64 `document`."""
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}] if content else []
+    blocks: list[dict[str, Any]] = []
+    for part in content:
+        if part["type"] == "image":
+            source = {"type": "base64", "media_type": part["media_type"], "data": part["data"]}
+            blocks.append({"type": "image", "source": source})
+        elif part["type"] == "document" and part.get("data"):
+            source = {"type": "base64", "media_type": "application/pdf", "data": part["data"]}
+            blocks.append({"type": "document", "source": source, "title": part.get("name") or "document.pdf"})
+        elif part.get("text"):  # text, or a PDF for a model that does not read PDFs: its text
+            blocks.append({"type": "text", "text": part["text"]})
+    return blocks
+
+
+def merged_turns(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Anthropic wants alternating turns starting with the user: merge repeats, drop a leading reply.
+
+    Plain-text turns stay strings; a turn with files (or merged with one) becomes a list of blocks.
+    """
+    turns: list[dict[str, Any]] = []
     for m in messages:
+        content = m["content"]
         if turns and turns[-1]["role"] == m["role"]:
-            turns[-1] = {"role": m["role"], "content": turns[-1]["content"] + "\n\n" + m["content"]}
+            before = turns[-1]["content"]
+            if isinstance(before, str) and isinstance(content, str):
+                merged: Any = before + "\n\n" + content
+            else:
+                merged = anthropic_content(before) + anthropic_content(content)
+            turns[-1] = {"role": m["role"], "content": merged}
         else:
-            turns.append({"role": m["role"], "content": m["content"]})
+            turns.append(
+                {"role": m["role"], "content": content if isinstance(content, str) else anthropic_content(content)}
+            )
     while turns and turns[0]["role"] != "user":
         turns.pop(0)
     return turns
@@ -65,17 +93,19 @@ def merged_turns(messages: list[dict[str, str]]) -> list[dict[str, str]]:
 EPHEMERAL = {"type": "ephemeral"}
 
 
-def cached_turns(messages: list[dict[str, str]]) -> list[dict[str, Any]]:
+def cached_turns(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The turns with a cache breakpoint on the last one: the whole request (system prompt included)
     is written to the cache, and the next request (the same turns plus two) reads it back up to there
     (Anthropic looks back up to 20 blocks from a breakpoint for an earlier cached prefix)."""
     turns: list[dict[str, Any]] = list(merged_turns(messages))
     if turns:
         last = turns[-1]
-        turns[-1] = {
-            "role": last["role"],
-            "content": [{"type": "text", "text": last["content"], "cache_control": EPHEMERAL}],
-        }
+        content = last["content"]
+        if isinstance(content, str):
+            blocks = [{"type": "text", "text": content, "cache_control": EPHEMERAL}]
+        else:  # a turn with files: the breakpoint goes on its last block
+            blocks = [*content[:-1], {**content[-1], "cache_control": EPHEMERAL}]
+        turns[-1] = {"role": last["role"], "content": blocks}
     return turns
 
 

@@ -10,6 +10,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -18,13 +19,35 @@ class ChatRequest:
 
     model: str
     system: str
-    messages: list[dict[str, str]] = field(default_factory=list)  # {"role": "user"|"assistant", "content": ...}
+    # {"role": "user"|"assistant", "content": str, or a user turn with files: a list of parts, below}
+    messages: list[dict[str, Any]] = field(default_factory=list)
     temperature: float | None = None
     max_output_tokens: int | None = None
     # What the request is for ("chat", "summary", "title"): only the offline demo model looks.
     purpose: str = "chat"
     # One value per conversation: OpenAI routes requests with the same key to the same prompt cache.
     cache_key: str | None = None
+
+
+# A user turn with files has a list of provider-neutral parts as its content, which each adapter
+# turns into its own format:
+#   {"type": "text", "text": ...}
+#   {"type": "image", "media_type": "image/png", "data": <base64>, "name": ...}
+#   {"type": "document", "media_type": "application/pdf", "data": <base64>, "name": ..., "text": <fenced text>}
+Content = str | list[dict[str, Any]]
+
+
+def text_of(content: Content) -> str:
+    """The content as plain text, for a model that reads only text: a PDF as its text, an image by name."""
+    if isinstance(content, str):
+        return content
+    pieces = []
+    for part in content:
+        if part["type"] == "text" or part["type"] == "document":
+            pieces.append(part["text"])
+        elif part["type"] == "image":
+            pieces.append(f"[image: {part.get('name') or 'unnamed'}]")
+    return "\n\n".join(p for p in pieces if p)
 
 
 @dataclass

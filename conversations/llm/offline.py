@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 from django.conf import settings
 
-from .base import ChatRequest, Provider, Usage
+from .base import ChatRequest, Provider, Usage, text_of
 
 DEMO_REPLY = """\
 **This is the offline demo model.** It runs with no network and no API key, so it cannot \
@@ -47,9 +47,9 @@ def estimate(text: str) -> int:
 
 def demo_text(request: ChatRequest) -> str:
     """The reply the demo model gives to `request`: the same request, the same reply."""
-    last = next((m["content"] for m in reversed(request.messages) if m["role"] == "user"), "")
+    last = next((text_of(m["content"]) for m in reversed(request.messages) if m["role"] == "user"), "")
     if request.purpose == "summary":
-        lines = [m["content"].strip().replace("\n", " ")[:60] for m in request.messages]
+        lines = [text_of(m["content"]).strip().replace("\n", " ")[:60] for m in request.messages]
         return "Earlier, the conversation covered: " + "; ".join(line for line in lines if line) + "."
     if request.purpose == "title":
         return " ".join(last.split()[:5]) or "New chat"
@@ -74,5 +74,5 @@ class OfflineProvider(Provider):
             if delay:
                 await asyncio.sleep(delay)
             yield chunk
-        prompt = request.system + "".join(m["content"] for m in request.messages)
+        prompt = request.system + "".join(text_of(m["content"]) for m in request.messages)
         yield Usage(input_tokens=estimate(prompt), output_tokens=len(chunks))

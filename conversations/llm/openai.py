@@ -12,7 +12,7 @@ import openai
 import orjson
 from django.conf import settings
 
-from .base import ChatRequest, Provider, ProviderError, Usage, error_for_status, parse_retry_after
+from .base import ChatRequest, Content, Provider, ProviderError, Usage, error_for_status, parse_retry_after
 
 
 def map_error(exc: Exception) -> ProviderError:
@@ -48,6 +48,22 @@ def _refused(exc: BaseException) -> bool:
     return False
 
 
+def openai_content(content: Content) -> Any:
+    """A turn's content in Chat Completions' format: images as `image_url` data URLs, PDFs as their text."""
+    if isinstance(content, str):
+        return content
+    parts: list[dict[str, Any]] = []
+    for part in content:
+        if part["type"] == "image":
+            url = f"data:{part['media_type']};base64,{part['data']}"
+            parts.append({"type": "image_url", "image_url": {"url": url}})
+        elif part["type"] == "document":
+            parts.append({"type": "text", "text": part["text"]})
+        else:
+            parts.append({"type": "text", "text": part["text"]})
+    return parts
+
+
 class OpenAIProvider(Provider):
     """Streams with `stream_options.include_usage` so the last chunk carries usage."""
 
@@ -76,7 +92,7 @@ class OpenAIProvider(Provider):
         messages: list[Any] = []
         if request.system:
             messages.append({"role": "system", "content": request.system})
-        messages.extend({"role": m["role"], "content": m["content"]} for m in request.messages)
+        messages.extend({"role": m["role"], "content": openai_content(m["content"])} for m in request.messages)
         kwargs: dict[str, Any] = {}
         if request.temperature is not None:
             kwargs["temperature"] = request.temperature

@@ -292,7 +292,9 @@
 
   function updateSendState() {
     const n = input.value.length;
-    sendBtn.disabled = generatingId !== null || pending !== null || !input.value.trim() || n > maxChars;
+    const files = window.chatFiles;
+    const empty = !input.value.trim() && !(files && files.count());
+    sendBtn.disabled = generatingId !== null || pending !== null || empty || n > maxChars || !!(files && files.uploading());
   }
 
   // -- notes and errors, inline in the thread -------------------------------------------------------
@@ -503,7 +505,7 @@
         openLeaf = null;
       }
       if (pending) {
-        send({ type: "send", client_id: pending.client_id, content: pending.content, ...(pending.edit_of ? { edit_of: pending.edit_of } : {}), ...modelField(pending) });
+        send({ type: "send", client_id: pending.client_id, content: pending.content, ...(pending.edit_of ? { edit_of: pending.edit_of } : {}), ...modelField(pending), ...(pending.attachments ? { attachments: pending.attachments } : {}) });
       } else if (!g) {
         sendFirstMessage();
       }
@@ -516,10 +518,12 @@
       if (!existed) truncateAfter(m.parent_id);
       const el = messageEl(m.id, m.role, "complete");
       el.querySelector(".msg-content").textContent = m.content;
+      if (m.attachments && window.chatFiles) window.chatFiles.showOnMessage(el, m.attachments);
       if (m.parent_id) el.dataset.parentId = m.parent_id;
       if (frame.siblings) setVersions(el, m.id, frame.siblings);
       if (m.client_id) el.dataset.clientId = m.client_id;
       if (mine) {
+        if (pending.attachments && window.chatFiles) window.chatFiles.clear();
         if (!pending.edit_of) {
           input.value = "";
           input.dispatchEvent(new Event("input"));
@@ -779,12 +783,14 @@
   // -- the composer ---------------------------------------------------------------------------------------
   function submit() {
     const content = input.value;
-    if (!content.trim() || generatingId !== null || pending || content.length > maxChars) return;
-    pending = { client_id: crypto.randomUUID(), content, edit_of: null, model: picker ? picker.value : null };
+    const files = window.chatFiles ? window.chatFiles.ids() : [];
+    if (files === null) return; // an upload is still running
+    if ((!content.trim() && !files.length) || generatingId !== null || pending || content.length > maxChars) return;
+    pending = { client_id: crypto.randomUUID(), content, edit_of: null, model: picker ? picker.value : null, attachments: files.length ? files : null };
     updateSendState();
     followAgain();
     stick = true;
-    if (!send({ type: "send", client_id: pending.client_id, content, ...modelField(pending) })) {
+    if (!send({ type: "send", client_id: pending.client_id, content, ...modelField(pending), ...(pending.attachments ? { attachments: pending.attachments } : {}) })) {
       setConnection("Not connected: your message will be sent as soon as the connection is back.", "lost");
     }
   }
@@ -801,6 +807,7 @@
   }
 
   form.addEventListener("submit", (event) => { event.preventDefault(); submit(); });
+  if (window.chatFiles) window.chatFiles.onChange(updateSendState);
   if (ui.wireComposer) ui.wireComposer(input, submit, maxChars, document.getElementById("char-count"), updateSendState);
   // A stop can be lost (the socket dropped as it went out): when no `end` follows within
   // STOP_WAIT ms, Stop works again, so the user can ask once more.

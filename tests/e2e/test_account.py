@@ -123,3 +123,34 @@ async def test_a_thread_exports_from_its_menu_and_an_export_imports_on_the_setti
     await expect(settings.get_by_role("status")).to_contain_text("is not valid JSON")
     await screenshot(settings, "account-import-error")
     web.errors[:] = [e for e in web.errors if "400" not in e]  # the refused upload's own status
+
+
+@pytest.mark.parametrize("theme", ["light", "dark"])
+async def test_the_new_pages_have_no_serious_axe_violations(web, alice, theme):
+    from accounts.models import ImportJob
+    from accounts.services import profile_update, share_create
+    from tests.e2e.test_accessibility import axe, serious
+
+    conversation = await db(thread_with, alice, "Axe thread", "How do I read JSON?", CODE_REPLY)
+    link = await db(share_create, conversation=conversation)
+    await db(lambda: ImportJob.objects.create(owner=alice, filename="old.json", status="failed", error="Bad JSON."))
+    await db(lambda: ImportJob.objects.create(owner=alice, filename="big.json", status="running", total=3))
+    await db(profile_update, user=alice, theme=theme)
+    found: list[str] = []
+    page = await web.page(alice, "/account/")
+    await page.get_by_label("Display name").fill("Alice")
+    await page.get_by_role("button", name="Save profile").click()  # a notice on the page
+    await expect(page.get_by_role("status").first).to_contain_text("saved")
+    found += serious(await axe(web, page, f"account-{theme}"), f"/account/ {theme}")
+    for path in ("/account/delete/", "/accounts/email/", "/accounts/password/change/", "/account/api-keys/"):
+        await page.goto(path)
+        found += serious(await axe(web, page, f"{path.strip('/').replace('/', '-')}-{theme}"), f"{path} {theme}")
+    await page.goto(f"/conversations/{conversation.pk}/")
+    item = await open_menu(page, "Axe thread")
+    await expect(item.get_by_role("link", name="Export as JSON")).to_be_visible()
+    found += serious(await axe(web, page, f"chat-thread-menu-{theme}"), f"thread menu {theme}")
+    reader = await web.page(None, f"/s/{link.token}/", dark=theme == "dark")
+    found += serious(await axe(web, reader, f"share-{theme}"), f"/s/ {theme}")
+    signed_in_reader = await web.page(alice, f"/s/{link.token}/")
+    found += serious(await axe(web, signed_in_reader, f"share-signed-in-{theme}"), f"/s/ signed in {theme}")
+    assert not found, "\n".join(found)
