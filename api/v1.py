@@ -90,6 +90,14 @@ def _api(view: Any) -> Any:
 
 
 @_api
+async def unknown(request: HttpRequest, rest: str) -> HttpResponse:
+    """Any other /v1/ path: OpenAI's 404 error object, not an HTML page."""
+    raise ApiError(
+        404, f"Invalid URL ({request.method} /v1/{rest}): this site serves /v1/models and /v1/chat/completions."
+    )
+
+
+@_api
 @require_GET
 async def models(request: HttpRequest) -> HttpResponse:
     """The personas this key's user may use, as OpenAI's model list (a persona's id is its slug)."""
