@@ -13,8 +13,8 @@ from django.core.cache import cache
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.db import transaction
-from django.db.models import Max, Sum
-from django.db.models.functions import TruncDate
+from django.db.models import IntegerField, Max, Sum
+from django.db.models.functions import Cast, TruncDate
 from django.utils import timezone
 
 from conversations import selectors
@@ -188,7 +188,8 @@ def _anonymize_usage(user: User) -> int:
     groups = (
         rows.annotate(day=TruncDate("created_at", tzinfo=dt.UTC))
         .values("day", "model", "persona_id", "kind")
-        .annotate(estimated_any=Max("estimated"), **{f"sum_{f}": Sum(f) for f in _SUMS})
+        # Max over 0/1, not the boolean itself: PostgreSQL has no max(boolean).
+        .annotate(estimated_any=Max(Cast("estimated", IntegerField())), **{f"sum_{f}": Sum(f) for f in _SUMS})
         .order_by()
     )
     folded = [
