@@ -10,7 +10,7 @@ TEST_WORKERS ?= auto
 # The packages mypy checks: chatsite and every app (a top-level folder with an apps.py).
 APPS := $(patsubst %/apps.py,%,$(wildcard */apps.py))
 
-.PHONY: run test bench lint typecheck migrations-check check venv deps dev-deps
+.PHONY: run test bench lint typecheck migrations-check check deps dev-deps
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)

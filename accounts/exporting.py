@@ -19,7 +19,7 @@ from . import paths
 
 def message_json(m: Message, parent_id: int | None, files: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """One message in the export format (a user message's files by name, type and size)."""
-    out = {
+    out: dict[str, Any] = {
         "id": m.pk,
         "parent_id": parent_id,
         "role": m.role,
@@ -66,8 +66,13 @@ HEADINGS: dict[str, str] = {Message.Role.USER: "## User", Message.Role.ASSISTANT
 def conversation_markdown(conversation: Conversation) -> Iterator[str]:
     """The active path as Markdown: the title, then each message under `## User` / `## Assistant`."""
     yield f"# {conversation}\n"
+    names: dict[int, list[str]] = {}
+    sent = Attachment.objects.filter(conversation=conversation, message__isnull=False).order_by("created_at", "id")
+    for message_id, name in sent.values_list("message_id", "name"):
+        names.setdefault(message_id, []).append(name)
     for m in paths.active_path(conversation):
-        yield f"\n{HEADINGS.get(m.role, '## ' + m.role.title())}\n\n{m.content.rstrip()}\n"
+        files = "".join(f"\n_Attached: {name}_\n" for name in names.get(m.pk, ()))
+        yield f"\n{HEADINGS.get(m.role, '## ' + m.role.title())}\n{files}\n{m.content.rstrip()}\n"
 
 
 class _Pipe:

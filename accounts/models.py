@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import secrets
 import uuid
 
 from django.conf import settings
 from django.db import models
+from django.utils import timezone
 
 from conversations.models import Conversation
+
+STALLED_AFTER = dt.timedelta(hours=1)
 
 
 def new_share_token() -> str:
@@ -77,3 +81,14 @@ class ImportJob(models.Model):
 
     def __str__(self) -> str:
         return f"{self.filename}: {self.status}"
+
+    @property
+    def in_progress(self) -> bool:
+        """Queued or running, and recently enough that a worker may still finish it."""
+        return self.status in (self.Status.QUEUED, self.Status.RUNNING) and not self.stalled
+
+    @property
+    def stalled(self) -> bool:
+        """Never finished: its worker died (the import's single transaction then stored nothing)."""
+        old = timezone.now() - STALLED_AFTER
+        return self.status in (self.Status.QUEUED, self.Status.RUNNING) and self.created_at < old

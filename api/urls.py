@@ -12,4 +12,5 @@ urlpatterns = [
     path("v1/models", v1.models, name="api_models"),
     path("v1/models/<str:model_id>", v1.model_detail, name="api_model"),
     path("v1/chat/completions", v1.chat_completions, name="api_chat_completions"),
+    path("v1/<path:rest>", v1.unknown, name="api_unknown"),
 ]

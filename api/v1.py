@@ -90,6 +90,14 @@ def _api(view: Any) -> Any:
 
 
 @_api
+async def unknown(request: HttpRequest, rest: str) -> HttpResponse:
+    """Any other /v1/ path: OpenAI's 404 error object, not an HTML page."""
+    raise ApiError(
+        404, f"Invalid URL ({request.method} /v1/{rest}): this site serves /v1/models and /v1/chat/completions."
+    )
+
+
+@_api
 @require_GET
 async def models(request: HttpRequest) -> HttpResponse:
     """The personas this key's user may use, as OpenAI's model list (a persona's id is its slug)."""
@@ -125,7 +133,11 @@ async def chat_completions(request: HttpRequest) -> HttpResponseBase:
     except RequestDataTooBig:
         body = None
     parsed, plan = await sync_to_async(_authorize_and_plan)(request.headers.get("Authorization", ""), body)
-    provider, model = provider_for(plan.spec)
+    try:
+        provider, model = provider_for(plan.spec)
+    except ProviderError as exc:  # a persona naming an unknown provider: staff's to fix
+        log.error("api: persona model %r: %s", plan.spec, exc.message)
+        raise _provider_error(exc) from exc
     chat_request = ChatRequest(
         model=model,
         system=plan.system,
@@ -210,6 +222,8 @@ class Exchange:
     async def finish(self, error: ProviderError | None = None) -> dict[str, int]:
         """Record the usage (and the thread's turns) once; the usage object."""
         counted = self.counted()
+        if error is not None and not self.parts and self.usage.input_tokens is None:
+            counted = Usage(0, 0)  # failed before any text: nothing to charge the user for
         usage = wire.usage_object(counted.input_tokens or 0, counted.output_tokens or 0)
         if self.done:
             return usage

@@ -87,7 +87,7 @@ def image_tokens(width: int, height: int, provider: str = "") -> int:
 
 def _openai_image_tokens(width: int, height: int) -> int:
     """85 + 170 per 512-pixel tile, after fitting in 2048×2048 and scaling the short side to 768."""
-    w, h = max(1, width), max(1, height)
+    w, h = float(max(1, width)), float(max(1, height))
     if max(w, h) > 2048:
         scale = 2048 / max(w, h)
         w, h = w * scale, h * scale
@@ -99,7 +99,7 @@ def _openai_image_tokens(width: int, height: int) -> int:
 
 def _anthropic_image_tokens(width: int, height: int) -> int:
     """width × height / 750, after Anthropic scales the long edge down to 1568 pixels."""
-    w, h = max(1, width), max(1, height)
+    w, h = float(max(1, width)), float(max(1, height))
     if max(w, h) > 1568:
         scale = 1568 / max(w, h)
         w, h = w * scale, h * scale

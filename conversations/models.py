@@ -129,11 +129,6 @@ class Conversation(models.Model):
     def get_absolute_url(self) -> str:
         return reverse("conversation", args=[self.id])
 
-    @property
-    def group_name(self) -> str:
-        """The channel group every socket of this conversation listens on."""
-        return f"conv.{self.id.hex}"
-
 
 class Message(models.Model):
     """One user message or one assistant reply."""

@@ -109,8 +109,28 @@ def _db_id(conversation_id: uuid.UUID | str) -> str | uuid.UUID:
     return Conversation._meta.pk.get_db_prep_value(uuid.UUID(str(conversation_id)), connection)
 
 
+def _with_summaries(qs: QuerySet[Message], fields: tuple[str, ...], summaries: bool) -> QuerySet[Message]:
+    if not summaries:
+        return qs.only(*fields)
+    # The summary through each message, if any, in the same query (a reverse one-to-one join).
+    return qs.select_related("summary").only(*fields, "summary__id", "summary__text", "summary__through_id")
+
+
+def path_summary(path: list[Message]) -> Summary | None:
+    """The summary reaching furthest along a path loaded with `summaries=True` (no query)."""
+    for m in reversed(path):
+        summary = getattr(m, "summary", None)
+        if summary is not None:
+            return summary
+    return None
+
+
 def path_messages(
-    conversation: Conversation, *, leaf_id: int | None = None, fields: tuple[str, ...] = PAGE_FIELDS
+    conversation: Conversation,
+    *,
+    leaf_id: int | None = None,
+    fields: tuple[str, ...] = PAGE_FIELDS,
+    summaries: bool = False,
 ) -> list[Message]:
     """The messages of the path from the root to `leaf_id` (default: the active leaf), in order, in one
     query: the rows whose id the recursive query finds (`id IN (WITH RECURSIVE …)`, a primary-key
@@ -121,7 +141,7 @@ def path_messages(
         return []
     on_path = RawSQL(f"{_PATH_CTE} SELECT id FROM path", (leaf, _db_id(conversation.pk)))
     fields = tuple(dict.fromkeys((*fields, "parent_id")))
-    rows = {m.pk: m for m in Message.objects.filter(pk__in=on_path).only(*fields)}
+    rows = {m.pk: m for m in _with_summaries(Message.objects.filter(pk__in=on_path), fields, summaries)}
     path: list[Message] = []
     node = rows.get(leaf)
     while node is not None:
@@ -158,11 +178,15 @@ class PathMessage:
 
 
 def active_path(
-    conversation: Conversation, *, leaf_id: int | None = None, fields: tuple[str, ...] = PAGE_FIELDS
+    conversation: Conversation,
+    *,
+    leaf_id: int | None = None,
+    fields: tuple[str, ...] = PAGE_FIELDS,
+    summaries: bool = False,
 ) -> list[PathMessage]:
-    """The active path (or the path to `leaf_id`) with each message's versions: two queries, however
-    many branches there are."""
-    path = path_messages(conversation, leaf_id=leaf_id, fields=fields)
+    """The active path (or the path to `leaf_id`) with each message's versions (and, with `summaries`,
+    the summary through each): two queries, however many branches there are."""
+    path = path_messages(conversation, leaf_id=leaf_id, fields=fields, summaries=summaries)
     siblings = sibling_ids(conversation, path)
     return [PathMessage(m, siblings[m.pk]) for m in path]
 

@@ -76,9 +76,9 @@ def conversation_start(*, owner: AbstractBaseUser, persona: Persona) -> Conversa
         return conversation_create(owner=owner, persona=persona)
     conversation = Conversation.objects.select_for_update().get(pk=oldest[0])
     conversation.persona = persona
-    conversation.title, conversation.title_is_auto, conversation.pinned = "", True, False
+    conversation.title, conversation.title_is_auto, conversation.pinned, conversation.model = "", True, False, ""
     conversation.updated_at = timezone.now()
-    conversation.save(update_fields=["persona", "title", "title_is_auto", "pinned", "updated_at"])
+    conversation.save(update_fields=["persona", "title", "title_is_auto", "pinned", "model", "updated_at"])
     return conversation
 
 

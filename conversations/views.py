@@ -71,7 +71,9 @@ def _page(request: HttpRequest, conversation: Conversation | None) -> HttpRespon
         # The active path only, with each message's versions: two queries, however many branches.
         # Only what the page shows: 1,000 rows' timestamps alone cost more than rendering them.
         fields = selectors.PAGE_FIELDS + rendering.USAGE_FIELDS
-        path = selectors.active_path(conversation, leaf_id=_opened_leaf(request, conversation), fields=fields)
+        path = selectors.active_path(
+            conversation, leaf_id=_opened_leaf(request, conversation), fields=fields, summaries=True
+        )
         messages = [p.message for p in path]
         for p in path:
             p.message.siblings = p.siblings  # type: ignore[attr-defined]
@@ -81,7 +83,7 @@ def _page(request: HttpRequest, conversation: Conversation | None) -> HttpRespon
         for m, article in zip(messages, rendering.render_messages(messages, ERROR_HINTS), strict=True):
             m.article = article  # type: ignore[attr-defined]
         model = pricing.thread_model(conversation, persona)
-        summary = selectors.summary_for_path(conversation.pk, [m.pk for m in messages])
+        summary = selectors.path_summary(messages)
         context.update(
             persona=persona,
             model=model,

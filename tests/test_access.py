@@ -273,7 +273,7 @@ def test_the_api_answers_only_to_a_key_never_to_a_session(world):
     from api import urls as api_urls
 
     routes = {p.name for p in api_urls.urlpatterns}
-    assert routes == {"api_keys", "api_key_revoke", "api_models", "api_model", "api_chat_completions"}
+    assert routes == {"api_keys", "api_key_revoke", "api_models", "api_model", "api_chat_completions", "api_unknown"}
     _, key = keys.api_key_create(user=world["users"]["alice"], name="k")
     body = '{"model": "assistant", "messages": [{"role": "user", "content": "hi"}]}'
     for who in VISITORS:
@@ -284,6 +284,9 @@ def test_the_api_answers_only_to_a_key_never_to_a_session(world):
             assert response.json()["error"]["code"] == "invalid_api_key"
         response = client.post(reverse("api_chat_completions"), body, content_type="application/json")
         assert response.status_code == 401, who
+    # Any other /v1/ path is OpenAI's 404 object, for everyone.
+    missing = Client().post("/v1/embeddings", body, content_type="application/json")
+    assert missing.status_code == 404 and missing.json()["error"]["type"] == "invalid_request_error"
     # A key with a session's CSRF-less POST would be the same: the API never looks at cookies.
     assert Client().get(reverse("api_models"), HTTP_AUTHORIZATION=f"Bearer {key}").status_code == 200
 

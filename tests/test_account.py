@@ -15,7 +15,7 @@ from django.urls import reverse
 
 from accounts.models import ImportJob, Profile, ShareLink
 from api.models import ApiKey
-from conversations.models import Conversation, Message, UsageRecord
+from conversations.models import Attachment, Conversation, Message, UsageRecord
 from tests.factories import make_conversation, make_turns, make_user
 
 pytestmark = pytest.mark.django_db
@@ -103,12 +103,17 @@ def populate(user, client) -> None:
     client.post(reverse("conversation_share", args=[conv.pk]))
     client.post(reverse("account_theme"), {"theme": "dark"})
     assert client.post(reverse("api_keys"), {"name": "scripts"}).status_code == 201
+    note = io.BytesIO(f"{user.username}'s notes\n".encode())
+    note.name = "notes.txt"
+    assert client.post(reverse("attachment_upload", args=[conv.pk]), {"file": note}).status_code == 201
     f = io.BytesIO(b'{"id": "x", "title": "t", "messages": []}')
     f.name = "big.json"
     client.post(reverse("account_import"), {"file": f})  # queued: its file waits in storage
 
 
-def test_delete_account_removes_every_row_and_file_of_that_user_and_nothing_else(settings, tmp_path):
+def test_delete_account_removes_every_row_and_file_of_that_user_and_nothing_else(
+    settings, tmp_path, django_capture_on_commit_callbacks
+):
     settings.ACCOUNT_IMPORT_INLINE_KB = 0
     alice, bob = make_user("alice"), make_user("bob")
     alices, bobs, alices_phone = Client(), Client(), Client()
@@ -117,9 +122,9 @@ def test_delete_account_removes_every_row_and_file_of_that_user_and_nothing_else
     bobs.login(username="bob", password="pw-bobbobbob")
     populate(alice, alices)
     populate(bob, bobs)
-    alice_file = ImportJob.objects.get(owner=alice).path
-    bob_file = ImportJob.objects.get(owner=bob).path
-    assert default_storage.exists(alice_file) and default_storage.exists(bob_file)
+    alice_files = [ImportJob.objects.get(owner=alice).path, Attachment.objects.get(owner=alice).file.name]
+    bob_files = [ImportJob.objects.get(owner=bob).path, Attachment.objects.get(owner=bob).file.name]
+    assert all(default_storage.exists(name) for name in alice_files + bob_files)
     expected = {
         get_user_model()._meta.label: {alice.pk},
         Conversation._meta.label: set(Conversation.objects.filter(owner=alice).values_list("pk", flat=True)),
@@ -130,6 +135,7 @@ def test_delete_account_removes_every_row_and_file_of_that_user_and_nothing_else
         Session._meta.label: {alices.session.session_key, alices_phone.session.session_key},
         UsageRecord._meta.label: set(UsageRecord.objects.filter(user=alice).values_list("pk", flat=True)),
         ApiKey._meta.label: set(ApiKey.objects.filter(user=alice).values_list("pk", flat=True)),
+        Attachment._meta.label: set(Attachment.objects.filter(owner=alice).values_list("pk", flat=True)),
     }
     assert all(expected.values()), expected  # alice has a row in each
     before = everything()
@@ -142,7 +148,8 @@ def test_delete_account_removes_every_row_and_file_of_that_user_and_nothing_else
     assert unticked.status_code == 400
     assert everything() == before
 
-    response = alices.post(reverse("account_delete"), {"password": "pw-alicealicealice", "confirm": "delete"})
+    with django_capture_on_commit_callbacks(execute=True):  # files go once the deletion is committed
+        response = alices.post(reverse("account_delete"), {"password": "pw-alicealicealice", "confirm": "delete"})
     assert response.status_code == 302 and response["Location"] == "/accounts/login/"
     after = everything()
     for label, rows in before.items():
@@ -160,7 +167,8 @@ def test_delete_account_removes_every_row_and_file_of_that_user_and_nothing_else
             assert not added, label
     assert not UsageRecord.objects.filter(user__username="alice").exists()
     assert UsageRecord.objects.filter(user=bob).count() == 2
-    assert not default_storage.exists(alice_file) and default_storage.exists(bob_file)
+    assert not any(default_storage.exists(name) for name in alice_files)
+    assert all(default_storage.exists(name) for name in bob_files)
     # Every session of hers is over: the other device is signed out too.
     assert alices_phone.get("/").status_code == 302
     assert alices_phone.get("/")["Location"].startswith("/accounts/login/")

@@ -313,3 +313,18 @@ def test_stateless_usage_counts_against_the_quota_after_the_cache_is_lost(site, 
     client_for(site(), key).chat.completions.create(model="assistant", messages=[{"role": "user", "content": "hi"}])
     assert UsageRecord.objects.get(user=alice).persona.slug == "assistant"
     assert limits.tokens_used_today(alice.pk) == 42  # this process's cache never saw it: rebuilt from rows
+
+
+def test_a_provider_failure_before_any_text_is_an_http_error_and_costs_nothing(site, fake_provider, alice_key):
+    alice, key = alice_key
+    make_persona("broken", model="nowhere:model")
+    fake_provider.script(Reply(status=401, error_type="authentication_error"))
+    client = client_for(site(), key)
+    with pytest.raises(openai.APIStatusError) as caught:
+        client.chat.completions.create(model="assistant", messages=[{"role": "user", "content": "hi"}], stream=True)
+    assert caught.value.status_code == 502 and caught.value.code == "provider_auth"
+    with pytest.raises(openai.APIStatusError) as caught:  # a persona staff misconfigured: an error, not a 500
+        client.chat.completions.create(model="broken", messages=[{"role": "user", "content": "hi"}])
+    assert caught.value.status_code == 502
+    record = UsageRecord.objects.get(user=alice)
+    assert (record.input_tokens, record.output_tokens) == (0, 0)

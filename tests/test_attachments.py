@@ -316,3 +316,34 @@ def test_a_share_link_shows_the_snapshots_files_and_nothing_else(alice, bob):
     assert client_for(bob).get(f"/attachments/{shown.pk}/").status_code == 404
     share_revoke(owner=alice, conversation_id=None, token=link.token)
     assert Client().get(f"/s/{link.token}/files/{shown.pk}/").status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "provider", "tokens"),
+    [
+        # OpenAI's published examples (high detail): 1024×1024 is 4 tiles, 2048×4096 is 6 tiles.
+        (1024, 1024, "openai", 765),
+        (2048, 4096, "openai", 1105),
+        (512, 512, "openai", 255),
+        # Anthropic's: width × height / 750; 1092×1092 is about 1,590; a long side over 1568 is scaled down.
+        (1092, 1092, "anthropic", 1590),
+        (3136, 1568, "anthropic", 1640),
+        (200, 200, "anthropic", 54),
+        # Unknown: the dearer of the two.
+        (1092, 1092, "", 1590),
+    ],
+)
+def test_images_count_by_their_providers_formula(width, height, provider, tokens):
+    from conversations.context import image_tokens
+
+    assert image_tokens(width, height, provider) == tokens
+
+
+def test_a_summary_request_names_the_files_of_a_turn():
+    from conversations.context import AttachmentRef, Turn, summary_prompt
+
+    files = (AttachmentRef(id="1", name="q3.pdf", kind="pdf", content_type="application/pdf", tokens=900, pages=2),)
+    turn = Turn(id=1, role="user", content="What changed?", attachments=files, provider="openai")
+    _, messages = summary_prompt("", [turn])
+    assert "What changed?\n(attached: q3.pdf)" in messages[0]["content"]
+    assert turn.cost() == 900 + 3 + 4  # the PDF's text, the words, the framing

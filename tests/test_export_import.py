@@ -14,7 +14,7 @@ from django.urls import reverse
 
 from accounts import importing, paths
 from accounts.models import ImportJob
-from conversations.models import Conversation, Message
+from conversations.models import Attachment, Conversation, Message
 from tests.factories import add_message, make_conversation, make_turns
 
 pytestmark = pytest.mark.django_db
@@ -80,6 +80,21 @@ def test_it_exports_the_active_path_as_markdown(client, alice):
     assert text.startswith("# Plans for the *weekend*\n")
     assert text.count("## User") == 3 and text.count("## Assistant") == 3
     assert text.index("user0w0") < text.index("assistant1w0") < text.index("partly <b>written</b>")
+
+
+def test_exports_name_a_messages_attachments(client, alice):
+    conv = a_thread(alice)
+    first = paths.active_path(conv).__next__()
+    Attachment.objects.create(
+        owner=alice, conversation=conv, message=first, name="plan.pdf", kind="pdf",
+        content_type="application/pdf", size=1234, file="attachments/x/plan",
+    )  # fmt: skip
+    client.force_login(alice)
+    text = b"".join(client.get(reverse("conversation_export_md", args=[conv.pk])).streaming_content).decode()
+    assert "## User\n\n_Attached: plan.pdf_\n\nuser0w0" in text
+    doc = json.loads(b"".join(client.get(reverse("conversation_export_json", args=[conv.pk])).streaming_content))
+    assert doc["messages"][0]["attachments"] == [{"name": "plan.pdf", "content_type": "application/pdf", "size": 1234}]
+    assert "attachments" not in doc["messages"][1]
 
 
 def test_it_exports_the_tree_as_json_in_the_contracts_format(client, alice):
@@ -338,6 +353,15 @@ def test_a_large_file_is_imported_by_the_worker_with_progress(
     assert Conversation.objects.filter(owner=alice).count() == 1
     status = client.get(reverse("account_import_status", args=[job.pk])).content.decode()
     assert "Imported 1 conversation." in status and "hx-get" not in status
+
+
+def test_an_import_whose_worker_died_says_so_and_stops_polling(client, alice):
+    job = ImportJob.objects.create(owner=alice, filename="big.json", status="running")
+    client.force_login(alice)
+    assert "hx-get" in client.get(reverse("account_import_status", args=[job.pk])).content.decode()
+    ImportJob.objects.filter(pk=job.pk).update(created_at=job.created_at - dt.timedelta(hours=2))
+    status = client.get(reverse("account_import_status", args=[job.pk])).content.decode()
+    assert "stopped without finishing: nothing was imported" in status and "hx-get" not in status
 
 
 def test_a_large_broken_file_fails_in_the_worker_with_its_reason(client, alice, settings):

@@ -214,8 +214,8 @@ async def test_a_switch_on_one_process_reaches_the_socket_on_the_other_while_a_b
     # A reply streams on the edited branch (run by process B) while process A's socket switches away.
     fake_provider.script(Reply(text=TEXT, token_delay=0.01))
     await on_b.send_message("go on")
-    start = await on_a.until("start", timeout=10)
-    await on_a.until("delta")
+    start = await on_b.until("start", timeout=10)
+    await on_a.until("delta", timeout=10, message_id=start["message_id"])
     await on_a.send({"type": "switch", "message_id": first["id"]})
     for ws in (on_a, on_b):
         path = await ws.until("path", timeout=10)
@@ -223,7 +223,9 @@ async def test_a_switch_on_one_process_reaches_the_socket_on_the_other_while_a_b
         assert path["messages"][0]["siblings"] == [first["id"], edited["message"]["id"]]
     # Switching back shows the running reply where it was, and it ends whole on both sockets.
     await on_b.send({"type": "switch", "message_id": edited["message"]["id"]})
-    path = await on_a.until("path", timeout=10)
+    path = await on_b.until("path", timeout=20)
+    assert path["messages"][-1]["id"] == start["message_id"]
+    path = await on_a.until("path", timeout=20)
     assert path["messages"][-1]["id"] == start["message_id"]
     for ws in (on_a, on_b):
         end = await ws.until("end", timeout=30)

@@ -84,14 +84,14 @@ async def test_a_layer_failure_during_a_send_loses_no_reply(alice, fake_provider
     ok, ws = await open_socket(alice, conv.pk)
     await ws.recv()
     layer = get_channel_layer()
-    original = type(layer).group_send
+    original = layer.group_send
 
-    async def failing(self, group, message):
+    async def failing(group, message):
         if message.get("type") == "chat.message":
             raise ConnectionError("Redis went away")
-        return await original(self, group, message)
+        return await original(group, message)
 
-    monkeypatch.setattr(type(layer), "group_send", failing)
+    monkeypatch.setattr(layer, "group_send", failing)
     await ws.send_message("hello")
     message = await ws.until("message")
     assert message["message"]["content"] == "hello"

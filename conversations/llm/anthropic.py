@@ -129,8 +129,6 @@ def add_usage(usage: Usage, counted: Any) -> None:
 class AnthropicProvider(Provider):
     """Streams raw message events: text deltas, input tokens at the start, output tokens at the end."""
 
-    name = "anthropic"
-
     def __init__(self) -> None:
         self.client = anthropic.AsyncAnthropic(
             api_key=settings.ANTHROPIC_API_KEY or "not-set",

@@ -81,8 +81,6 @@ class ProviderError(Exception):
 class Provider(ABC):
     """One LLM service. `stream` yields text chunks, then exactly one Usage at the end."""
 
-    name: str = ""
-
     @abstractmethod
     def stream(self, request: ChatRequest) -> AsyncIterator[str | Usage]:
         """Stream the reply to `request`; raise ProviderError on failure."""

@@ -61,8 +61,6 @@ def demo_text(request: ChatRequest) -> str:
 class OfflineProvider(Provider):
     """Always available; what `make run` talks to when no key is set."""
 
-    name = "offline"
-
     async def list_models(self) -> list[tuple[str, str]]:
         return [("demo", "Offline demo")]
 

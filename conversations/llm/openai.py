@@ -67,8 +67,6 @@ def openai_content(content: Content) -> Any:
 class OpenAIProvider(Provider):
     """Streams with `stream_options.include_usage` so the last chunk carries usage."""
 
-    name = "openai"
-
     def __init__(self) -> None:
         self.client = openai.AsyncOpenAI(
             api_key=settings.OPENAI_API_KEY or "not-set",

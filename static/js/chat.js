@@ -23,9 +23,6 @@
   const REFUSALS = ["invalid", "busy", "rate_limited", "quota_exceeded", "not_found"];
 
   const replies = new Map(); // reply id -> {text, length, el, status, announced}
-  const assembled = new Map(); // reply id -> the text the deltas built, at its `end`
-  const mismatches = []; // replies whose deltas did not add up to the stored text
-  let connections = 0;
   let generatingId = null;
   let socket = null;
   let failures = 0;
@@ -165,10 +162,11 @@
   // Everything shown after message `parentId` goes (null: everything): a new version replaces that
   // part of the path on screen; the old one stays on the server, one `‹` away.
   function truncateAfter(parentId) {
-    const parent = parentId === null || parentId === undefined ? null : document.getElementById(`m${parentId}`);
+    const root = parentId === null || parentId === undefined;
+    const parent = root ? null : document.getElementById(`m${parentId}`);
+    if (!root && (!parent || parent.parentElement !== messagesEl)) return; // not shown (yet): leave it
     const children = Array.from(messagesEl.children);
-    let cut = parent === null ? 0 : children.indexOf(parent) + 1;
-    if (parent !== null && cut === 0) return;
+    const cut = parent === null ? 0 : children.indexOf(parent) + 1;
     for (const node of children.slice(cut)) {
       if (node === emptyEl || node.tagName === "TEMPLATE") continue;
       node.remove(); // a reply's record keeps its (now detached) element and text
@@ -516,9 +514,13 @@
       const m = frame.message;
       const mine = pending && m.client_id === pending.client_id;
       const existed = !!document.getElementById(`m${m.id}`);
+      // Its reply's `start` may have come first (the reply starts before the message is published).
+      const early = existed ? null : messagesEl.querySelector(`article[data-parent-id="${m.id}"]`);
+      if (early) early.remove();
       // The new message continues the path after its parent: what was shown below that goes.
       if (!existed) truncateAfter(m.parent_id);
       const el = messageEl(m.id, m.role, "complete");
+      if (early) messagesEl.append(early);
       el.querySelector(".msg-content").textContent = m.content;
       if (m.attachments && window.chatFiles) window.chatFiles.showOnMessage(el, m.attachments);
       if (m.parent_id) el.dataset.parentId = m.parent_id;
@@ -579,9 +581,6 @@
     end(frame) {
       const r = replyFor(frame.message_id);
       resumesAsked.delete(frame.message_id);
-      // What the deltas added up to, kept for tests: it must be exactly the stored reply.
-      assembled.set(frame.message_id, r.text);
-      if (r.text !== frame.content && r.length > 0) mismatches.push(frame.message_id);
       r.text = frame.content;
       r.length = codePoints(frame.content);
       setStatus(r, frame.status);
@@ -724,7 +723,6 @@
     let opened = false;
     ws.addEventListener("open", () => {
       opened = true;
-      connections += 1;
       failures = 0;
       retryDelay = 500;
       connectionBack();
@@ -776,16 +774,6 @@
     if (!socket || socket.readyState === WebSocket.CLOSED) { retryDelay = 500; connect(); }
   });
   window.addEventListener("offline", () => { if (lostShown) connectionLost(); });
-
-  // For tests and debugging: drop the socket as a network failure would.
-  window.chatDebug = {
-    dropSocket: () => socket && socket.close(),
-    replyText: (id) => (replies.get(id) || {}).text,
-    assembledText: (id) => assembled.get(id),
-    mismatches: () => mismatches.slice(),
-    connections: () => connections,
-    isConnected: () => !!socket && socket.readyState === WebSocket.OPEN,
-  };
 
   // -- the composer ---------------------------------------------------------------------------------------
   function submit() {

@@ -28,6 +28,36 @@ WATCH_PAGE = """
 window.__csp = [];
 document.addEventListener("securitypolicyviolation",
   (e) => window.__csp.push(e.violatedDirective + " " + e.blockedURI));
+// The tests' view of the page's sockets (the page ships no test hooks): every socket it opens, the
+// frames it receives, a way to drop the connection as a network failure would, and to lose frames.
+(() => {
+  const Native = window.WebSocket;
+  const probe = { sockets: [], opened: 0, frames: [], lose: new Set() };
+  class Probed extends Native {
+    constructor(...args) {
+      super(...args);
+      probe.sockets.push(this);
+      this.addEventListener("open", () => { probe.opened += 1; });
+      this.addEventListener("message", (e) => { try { probe.frames.push(JSON.parse(e.data)); } catch (err) {} });
+    }
+    send(data) {
+      try {
+        const type = JSON.parse(data).type;
+        if (probe.lose.has(type)) { probe.lose.delete(type); return; }  // lost on the way, once
+      } catch (err) {}
+      super.send(data);
+    }
+  }
+  window.WebSocket = Probed;
+  const last = () => probe.sockets[probe.sockets.length - 1];
+  window.__sockets = {
+    drop: () => { const s = last(); if (s) s.close(); },
+    connections: () => probe.opened,
+    isConnected: () => !!last() && last().readyState === Native.OPEN,
+    frames: () => probe.frames.slice(),
+    loseNext: (type) => { probe.lose.add(type); },
+  };
+})();
 """
 
 _skipped: list[str] = []

@@ -23,7 +23,24 @@ async def until(page: Page, js: str, timeout: float = 10, interval: float = 0.05
 
 
 async def connected(page: Page) -> None:
-    await until(page, "window.chatDebug && window.chatDebug.isConnected()")
+    await until(page, "window.__sockets && window.__sockets.isConnected()")
+
+
+async def assembled_text(page: Page, reply_id: int) -> str:
+    """The reply's text as the frames the page received build it: `state`, then deltas by offset
+    (a delta past the end is a gap the page resumes, so it is skipped, as the page skips it)."""
+    text = ""
+    for f in await page.evaluate("window.__sockets.frames()"):
+        if f["type"] == "state" and f["generating"] and f["generating"]["message_id"] == reply_id:
+            text = f["generating"]["text"]
+        elif (
+            f["type"] == "delta"
+            and f["message_id"] == reply_id
+            and f["offset"] <= len(text) < f["offset"] + len(f["text"])
+        ):
+            assert text[f["offset"] :] == f["text"][: len(text) - f["offset"]], "a repeated delta disagrees"
+            text = text[: f["offset"]] + f["text"]
+    return text
 
 
 def last_reply(page: Page):

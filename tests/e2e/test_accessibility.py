@@ -73,6 +73,13 @@ def history(owner) -> Conversation:
     return current
 
 
+def share(conversation: Conversation) -> str:
+    """A share link's token for the conversation as it is now."""
+    from accounts import services as account_services
+
+    return account_services.share_create(conversation=conversation).token
+
+
 def over_quota(user) -> None:
     UserQuota.objects.update_or_create(user=user, defaults={"daily_token_quota": 10})
 
@@ -138,12 +145,24 @@ async def test_the_other_pages_have_no_serious_violations(web, alice, dark):
     await page.get_by_role("radio", name=re.compile("Demo")).check()
     await expect(page.locator("#offline-banner")).to_be_visible()
     found += serious(await axe(web, page, f"new-chat-{theme}"), f"new chat {theme}")
+    # The account pages, and a shared thread as anyone with the link reads it.
+    current = await db(history, alice)
+    link = await db(share, current)
+    for user, path, state in [
+        (alice, "/account/", "account"),
+        (alice, "/account/api-keys/", "api-keys"),
+        (None, f"/s/{link}/", "shared"),
+    ]:
+        page = await web.page(user, path, dark=dark)
+        assert (await page.request.get(path)).status == 200, path
+        found += serious(await axe(web, page, f"{state}-{theme}"), f"{state} {theme}")
     staff = await db(make_user, "sam", is_staff=True, is_superuser=True)
     persona = await db(make_persona, "admin-made", name="Made in admin")
     for path, state in [
         ("/admin/conversations/persona/", "admin-personas"),
         (f"/admin/conversations/persona/{persona.pk}/change/", "admin-persona"),
         (f"/admin/conversations/persona/{persona.pk}/preview/", "admin-preview"),
+        ("/admin/usage/", "admin-usage"),
     ]:
         page = await web.page(staff, path, dark=dark)
         found += serious(await axe(web, page, f"{state}-{theme}"), f"{state} {theme}")

@@ -10,7 +10,16 @@ from playwright.async_api import expect
 
 from conversations.models import Message
 from tests.e2e.conftest import db, screenshot
-from tests.e2e.helpers import REPLY_TIMEOUT, connected, last_reply, reply_ends, reply_length, send, until
+from tests.e2e.helpers import (
+    REPLY_TIMEOUT,
+    assembled_text,
+    connected,
+    last_reply,
+    reply_ends,
+    reply_length,
+    send,
+    until,
+)
 from tests.factories import default_persona, make_conversation, make_persona
 from tests.fakes.provider import Reply
 
@@ -113,16 +122,15 @@ async def test_it_shows_the_exact_text_after_the_socket_drops_mid_reply(web, ali
     await connected(page)
     await send(page, "Go")
     await until(page, "document.querySelector('article.msg-assistant .msg-content')?.textContent.length > 60")
-    await page.evaluate("window.chatDebug.dropSocket()")
-    await until(page, "window.chatDebug.connections() >= 2")
+    await page.evaluate("window.__sockets.drop()")
+    await until(page, "window.__sockets.connections() >= 2")
     await until(page, "document.querySelector('article.msg-assistant .msg-content')?.textContent.length > 400")
-    await page.evaluate("window.chatDebug.dropSocket()")
+    await page.evaluate("window.__sockets.drop()")
     await reply_ends(page)
 
     reply_id = int(await last_reply(page).get_attribute("data-message-id"))
-    assert await page.evaluate("window.chatDebug.connections()") >= 3
-    assert await page.evaluate(f"window.chatDebug.assembledText({reply_id})") == text
-    assert await page.evaluate("window.chatDebug.mismatches()") == []
+    assert await page.evaluate("window.__sockets.connections()") >= 3
+    assert await assembled_text(page, reply_id) == text  # what the deltas built: exactly the stored reply
     await expect(last_reply(page).locator(".msg-content")).to_have_text(text)
 
 
@@ -323,3 +331,25 @@ async def test_it_sanitizes_in_the_browser_with_the_servers_allow_list(web, alic
         in_browser = await page.evaluate("(html) => window.ChatMarkdown.sanitize(html)", html)
         assert in_browser is not None, "the page has no allow-list"
         assert structure(in_browser) == structure(sanitize(html)), html
+
+
+async def test_stop_works_again_after_a_stop_was_lost(web, alice, _provider_server):
+    """The stop frame is lost on the way (the socket dropped as it went out, say): Stop does not stay
+    dead; after a few seconds without `end` it works again, and the second stop lands."""
+    conversation = await db(make_conversation, alice)
+    text = words(3000, "w")
+    _provider_server.script(Reply(text=text, token_delay=0.01))
+    page = await web.page(alice, f"/conversations/{conversation.pk}/")
+    await connected(page)
+    await send(page, "Go on for a long while")
+    await until(page, "document.querySelector('article.msg-assistant .msg-content')?.textContent.length > 40")
+    await page.evaluate("window.__sockets.loseNext('stop')")
+    stop = page.get_by_role("button", name="Stop")
+    await stop.click()
+    await expect(stop).to_be_disabled()
+    await expect(stop).to_be_enabled(timeout=8_000)  # before: disabled for good, the reply ran on
+    assert await last_reply(page).get_attribute("data-status") == "streaming"
+    await stop.click()
+    await reply_ends(page, "stopped")
+    stored = await db(lambda: Message.objects.filter(conversation=conversation, role="assistant").get())
+    assert stored.status == "stopped" and 0 < len(stored.content) < len(text)
