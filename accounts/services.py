@@ -9,6 +9,7 @@ import uuid
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.contrib.sessions.models import Session
+from django.core.cache import cache
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.db import transaction
@@ -20,6 +21,7 @@ from conversations import selectors
 from conversations.models import Attachment, Conversation, Message, UsageRecord
 
 from . import importing, paths
+from .context_processors import profile_cache_key
 from .models import ImportJob, Profile, ShareLink
 
 log = logging.getLogger(__name__)
@@ -41,6 +43,7 @@ def profile_update(*, user: User, display_name: str | None = None, theme: str | 
     if display_name is not None:
         profile.display_name = display_name.strip()[:100]
     profile.save()
+    cache.delete(profile_cache_key(user.pk))
     return profile
 
 
@@ -215,6 +218,7 @@ def account_delete(*, user: User) -> None:
         # Conversations first: the persona/PROTECT graph below them is the conversations app's.
         Conversation.objects.filter(owner=user).delete()
         user.delete()
+    cache.delete(profile_cache_key(user_id))
     for path in paths_to_delete:
         default_storage.delete(path)
     _end_sessions(user_id)

@@ -142,7 +142,11 @@ else:
             "CONFIG": {"capacity": 1000, "expiry": 60},
         }
     }
-    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+    # Room for a long thread's rendered messages beside the small per-user entries (Django's default,
+    # 300, culls a third of the cache at random when one 1,000-message thread is opened).
+    CACHES = {
+        "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "OPTIONS": {"MAX_ENTRIES": 20000}}
+    }
 
 # --- Your data (accounts/): import limits ----------------------------------------------
 ACCOUNT_IMPORT_MAX_MB = env.int("ACCOUNT_IMPORT_MAX_MB", default=100)
