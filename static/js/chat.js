@@ -34,6 +34,7 @@
   let stopping = false;
   let openLeaf = main.dataset.openLeaf ? parseInt(main.dataset.openLeaf, 10) : null;
   let stopTimer = null;
+  const frameLog = []; // the last frames' types, for tests and for debugging by hand
 
   // -- text by code points (the protocol's offsets count code points, not UTF-16 units) -------------
   function codePoints(text) {
@@ -732,6 +733,8 @@
       let frame;
       try { frame = JSON.parse(event.data); } catch (e) { return; }
       const handler = handlers[frame.type];
+      frameLog.push(frame.type === "delta" ? "d" : `${frame.type}:${frame.message_id || (frame.message && frame.message.id) || ""}`);
+      if (frameLog.length > 200) frameLog.shift();
       if (handler) handler(frame);
     });
     ws.addEventListener("close", (event) => {
@@ -781,6 +784,7 @@
     replyText: (id) => (replies.get(id) || {}).text,
     assembledText: (id) => assembled.get(id),
     mismatches: () => mismatches.slice(),
+    frames: () => frameLog.slice(),
     connections: () => connections,
     isConnected: () => !!socket && socket.readyState === WebSocket.OPEN,
   };
