@@ -501,7 +501,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     async def chat_recheck(self, event: dict[str, Any]) -> None:
         """The user signed out, was deactivated or deleted somewhere: close unless still signed in."""
-        if not await _signed_in(self.session_key(), self.conversation.owner_id):
+        signed_out = event.get("session_key")
+        if (signed_out and signed_out == self.session_key()) or not await _signed_in(
+            self.session_key(), self.conversation.owner_id
+        ):
             await self.close(code=CLOSE_SIGNED_OUT)
 
     async def chat_message(self, event: dict[str, Any]) -> None:

@@ -16,6 +16,7 @@ from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.contrib.auth import HASH_SESSION_KEY, SESSION_KEY, get_user_model
+from django.db import transaction
 from django.utils.crypto import constant_time_compare
 
 from .generation import group_name
@@ -54,21 +55,27 @@ def conversation_deleted(conversation_id: uuid.UUID) -> None:
     _publish(group_name(conversation_id), {"type": "chat.deleted"})
 
 
-def user_changed(user_id: int) -> None:
-    """Have every socket of the user (any process) check its session, and close if it no longer signs in."""
-    _publish(user_group_name(user_id), {"type": "chat.recheck"})
+def user_changed(user_id: int, *, signed_out_session: str | None = None) -> None:
+    """Have every socket of the user (any process) check its session, and close if it no longer signs
+    in; sockets of `signed_out_session` close without checking (Django sends `user_logged_out`
+    before it deletes the session, so a check made then would still find it)."""
+    _publish(user_group_name(user_id), {"type": "chat.recheck", "session_key": signed_out_session})
 
 
 # -- receivers (connected in apps.py) ---------------------------------------------------------------
 def on_logged_out(sender: Any, request: Any = None, user: Any = None, **kwargs: Any) -> None:
     if user is not None and user.pk is not None:
-        user_changed(user.pk)
+        session = getattr(request, "session", None)
+        user_changed(user.pk, signed_out_session=session.session_key if session is not None else None)
 
 
 def on_user_saved(sender: Any, instance: Any, created: bool = False, **kwargs: Any) -> None:
     if not created and not instance.is_active:
-        user_changed(instance.pk)
+        # After the commit: a socket checking before it would still find the user active.
+        user_id = instance.pk
+        transaction.on_commit(lambda: user_changed(user_id))
 
 
 def on_user_deleted(sender: Any, instance: Any, **kwargs: Any) -> None:
-    user_changed(instance.pk)
+    user_id = instance.pk
+    transaction.on_commit(lambda: user_changed(user_id))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 
 import pytest
 from asgiref.sync import sync_to_async
@@ -17,8 +18,10 @@ from conversations.models import Conversation, Message
 from tests.conftest import open_socket, session_cookie
 from tests.factories import make_conversation
 from tests.fakes.provider import Reply
+from tests.wsclient import connect_live
 
 pytestmark = pytest.mark.django_db(transaction=True)
+ON_REDIS = os.environ.get("DATABASE_URL", "").startswith("postgres") and bool(os.environ.get("REDIS_URL"))
 
 
 @pytest.fixture(autouse=True)
@@ -150,3 +153,36 @@ async def test_deactivating_a_user_closes_their_sockets_and_refuses_their_sends(
     await sync_to_async(alice.save)()
     assert await closed_with(ws) == 4401
     assert await count(Message, conversation=conv) == 0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not ON_REDIS, reason="needs PostgreSQL and Redis shared by several processes")
+async def test_logging_out_in_one_process_closes_the_socket_in_another(alice, live_server_factory):
+    import aiohttp
+
+    a, b = live_server_factory(), live_server_factory()
+    conv = await sync_to_async(make_conversation)(alice)
+    cookie = await sync_to_async(session_cookie)(alice)
+    ws = await connect_live(a, alice, conv.pk, cookie=cookie)
+    await ws.recv()
+    # Log out through B's real logout form (CSRF token and all).
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
+        async with http.get(f"{b.url}/accounts/logout/", headers={"Cookie": f"sessionid={cookie}"}) as page:
+            html = await page.text()
+            csrf = page.cookies["csrftoken"].value
+        token = html.split('name="csrfmiddlewaretoken" value="', 1)[1].split('"', 1)[0]
+        async with http.post(
+            f"{b.url}/accounts/logout/",
+            data={"csrfmiddlewaretoken": token},
+            headers={
+                "Cookie": f"sessionid={cookie}; csrftoken={csrf}",
+                "Referer": f"{b.url}/accounts/logout/",
+                "Origin": b.url,
+            },
+            allow_redirects=False,
+        ) as response:
+            assert response.status == 302
+    message = await ws.c.ws.receive(timeout=5)
+    assert message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+    assert ws.c.ws.close_code == 4401
+    await ws.close()

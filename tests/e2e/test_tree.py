@@ -28,8 +28,10 @@ async def test_it_edits_an_earlier_message_and_switches_between_its_versions(web
     )
     page = await web.page(alice, f"/conversations/{conversation.pk}/")
     await connected(page)
-    for text in ("Question one", "Question two", "Question three"):
+    for n, text in enumerate(("Question one", "Question two", "Question three"), start=1):
         await send(page, text)
+        # The new reply, not the previous one (whose status is already `complete`).
+        await expect(page.locator("article.msg-assistant")).to_have_count(n, timeout=REPLY_TIMEOUT)
         await reply_ends(page)
     await expect(contents(page, "user")).to_have_text(["Question one", "Question two", "Question three"])
 
