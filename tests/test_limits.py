@@ -69,14 +69,24 @@ async def test_it_refuses_messages_over_the_rate_before_storing_anything(alice, 
 
 
 async def test_the_rate_window_resets(alice, settings):
-    settings.CHAT_RATE_LIMIT = "1/2s"
+    """Fixed windows: the second message in a window is refused until the window ends, then accepted."""
+    window = 3
+    settings.CHAT_RATE_LIMIT = f"1/{window}s"
     conv, ws = await opened(alice)
-    # Start at the beginning of a window so both sends fall in it.
-    await asyncio.sleep(2 - time.time() % 2 + 0.05)
-    assert (await exchange(ws, "first"))["type"] == "end"
-    refused = await exchange(ws, "second")
-    assert refused["code"] == "rate_limited" and refused["retry_after"] <= 2
-    await asyncio.sleep(refused["retry_after"] + 0.1)
+    for _attempt in range(3):
+        # Start at the beginning of a window so both sends fall in it.
+        await asyncio.sleep(window - time.time() % window + 0.05)
+        started = time.time()
+        assert (await exchange(ws, "first"))["type"] == "end"
+        second = await exchange(ws, "second")
+        if second["type"] == "error" or time.time() // window == started // window:
+            break
+        # Only a loaded machine gets here: the second send was answered in the next window, where it
+        # is rightly the first. That shows nothing either way; try again from a fresh window.
+    # The two sends fell in one window (the loop's condition), so the second must have been refused.
+    assert second.get("code") == "rate_limited", second
+    assert 0 < second["retry_after"] <= window
+    await asyncio.sleep(second["retry_after"] + 0.1)
     assert (await exchange(ws, "third"))["type"] == "end"
     await ws.close()
 
@@ -230,8 +240,9 @@ async def test_frames_over_the_byte_limit_are_refused(alice, settings):
 async def test_a_flood_of_frames_is_rate_limited_then_disconnected(alice, settings):
     settings.CHAT_MAX_FRAMES_PER_10S = 5
     conv, ws = await opened(alice)
-    for _ in range(5):
-        await ws.send({"type": "stop"})  # allowed, and answered by nothing
+    for _ in range(5):  # allowed: with no reply running, each is answered `stopping` null and does nothing
+        await ws.send({"type": "stop"})
+        assert await ws.recv() == {"type": "stopping", "message_id": None}
     await ws.send({"type": "stop"})
     refused = await ws.recv()
     assert (refused["code"], refused["retry_after"]) == ("rate_limited", 10.0)
