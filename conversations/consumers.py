@@ -423,7 +423,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
             return False
         now = time.monotonic()
         self.resume_times = [t for t in self.resume_times if now - t < 10]
-        if len(self.resume_times) >= settings.CHAT_MAX_FRAMES_PER_10S or frame.get("message_id") in self.resumes:
+        message_id = frame.get("message_id")
+        if len(self.resume_times) >= settings.CHAT_MAX_FRAMES_PER_10S or (
+            _is_id(message_id) and message_id in self.resumes  # an id of any JSON type: a list is unhashable
+        ):
             return True
         self.resume_times.append(now)
         try:

@@ -49,8 +49,9 @@ ERROR_CODES = {
     "provider_rate_limited",
     "provider_unavailable",
     "context_too_long",
-}
-SERVER_FRAMES = {"state", "message", "start", "delta", "end", "error", "retrying"}
+}  # not `unavailable`: a frame that fails on the server for an unexpected reason is a bug here
+# The contract's frames and the protocol's additions (docs/protocol.md): `retrying`, `stopping`, `path`.
+SERVER_FRAMES = {"state", "message", "start", "delta", "end", "error", "retrying", "stopping", "path"}
 
 # -- strategies -------------------------------------------------------------------------------------
 HOSTILE = [
@@ -106,7 +107,7 @@ json_values = st.recursive(
     max_leaves=8,
 )
 frame_types = st.one_of(
-    st.sampled_from(["send", "stop", "regenerate", "resume"]),
+    st.sampled_from(["send", "stop", "regenerate", "resume", "switch"]),
     st.sampled_from(["", "SEND", "send ", "__init__", "dispatch", "chat.delta", "websocket.disconnect"]),
     json_values,
 )
@@ -227,6 +228,9 @@ EDGE_FRAMES = [
     {"type": "resume", "message_id": True, "offset": False},
     {"type": "resume", "message_id": 0, "offset": 0},
     {"type": "resume", "message_id": 1.0, "offset": 0},
+    {"type": "resume", "message_id": {}, "offset": 0},  # unhashable: once a TypeError that closed the socket
+    {"type": "resume", "message_id": [1], "offset": 0},
+    {"type": "switch", "message_id": {}},
     {"type": "send", "client_id": str(uuid.uuid5(uuid.NAMESPACE_URL, "edge-1")), "content": "x", "edit_of": 2**64},
     {"type": "send", "client_id": str(uuid.uuid5(uuid.NAMESPACE_URL, "edge-2")), "content": "x", "edit_of": True},
     {"type": "send", "client_id": str(uuid.uuid5(uuid.NAMESPACE_URL, "edge-3")), "content": "x", "edit_of": -1},
