@@ -142,6 +142,25 @@ class ChatConsumer(AsyncWebsocketConsumer):
     conversation: Conversation
     group: str
 
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            # A consumer that ends without `disconnect` (an unexpected exception, a cancelled task)
+            # still counts its socket out: a leaked count refuses the user's sockets for up to an hour.
+            shutdown.sockets.discard(self)
+            await self.count_out()
+
+    async def count_out(self) -> None:
+        """Take this socket out of its user's count, once."""
+        counted: int | None = getattr(self, "counted_user", None)
+        if counted is not None:
+            self.counted_user = None
+            try:
+                await presence.release(counted)
+            except Exception:
+                log.exception("could not count out a socket of user %s", counted)
+
     async def connect(self) -> None:
         user = self.scope.get("user")
         conversation = None
@@ -180,13 +199,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         for pending in getattr(self, "resumes", {}).values():
             pending.cancel()
         shutdown.sockets.discard(self)
-        counted: int | None = getattr(self, "counted_user", None)
-        if counted is not None:
-            self.counted_user = None
-            try:
-                await presence.release(counted)
-            except Exception:
-                log.exception("could not count out a socket of user %s", counted)
+        await self.count_out()
         if hasattr(self, "group"):
             await self.channel_layer.group_discard(self.group, self.channel_name)
             await self.channel_layer.group_discard(

@@ -75,6 +75,30 @@ async def test_it_limits_the_sockets_a_user_holds_open(alice, bob, settings):
         await ws.close()
 
 
+async def test_a_socket_whose_consumer_fails_unexpectedly_is_counted_out(alice, settings, monkeypatch):
+    """A bug's exception ends the consumer without `disconnect`: its socket still leaves the user's count
+    (before: the count leaked, and after CHAT_MAX_SOCKETS_PER_USER such failures the user's sockets were
+    all refused for an hour)."""
+    from conversations.consumers import ChatConsumer
+
+    settings.CHAT_MAX_SOCKETS_PER_USER = 1
+    conv = await sync_to_async(make_conversation)(alice)
+
+    async def broken(self, text_data=None, bytes_data=None):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(ChatConsumer, "receive", broken)
+    ok, ws = await open_socket(alice, conv.pk)
+    assert ok and (await ws.recv())["type"] == "state"
+    await ws.send({"type": "stop"})
+    with pytest.raises(RuntimeError, match="a bug"):
+        await ws.c.wait(timeout=5)
+    monkeypatch.undo()
+    ok, again = await open_socket(alice, conv.pk)
+    assert ok  # the failed socket's count was given back
+    await again.close()
+
+
 async def test_a_layer_failure_during_a_send_loses_no_reply(alice, fake_provider, monkeypatch):
     """Publishing the user's message fails (Redis down, say): the reply still runs and is stored, the
     socket says the layer failed and stays open (before: the publish raised before the reply task
