@@ -96,12 +96,15 @@ async def test_it_starts_a_chat_with_a_chosen_persona_and_streams_the_reply(web,
 
 async def test_it_stops_a_reply_and_keeps_what_was_written(web, alice, _provider_server):
     conversation = await db(make_conversation, alice)
-    text = words(400)
+    # Long enough (a minute at this pace) that a loaded machine cannot finish it before Stop lands.
+    text = words(2000)
     _provider_server.script(Reply(text=text, token_delay=0.03))
     page = await web.page(alice, f"/conversations/{conversation.pk}/")
     await connected(page)
     await send(page, "Tell me everything")
-    await until(page, "document.querySelector('article.msg-assistant .msg-content')?.textContent.length > 40")
+    await until(
+        page, "document.querySelector('article.msg-assistant .msg-content')?.textContent.length > 40", timeout=30
+    )
     await page.get_by_role("button", name="Stop").click()
     await reply_ends(page, "stopped")
     await expect(last_reply(page).locator(".msg-note")).to_have_text("Stopped.")

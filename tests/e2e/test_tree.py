@@ -98,10 +98,12 @@ async def test_it_regenerates_an_earlier_reply_into_versions(web, alice, _provid
     _provider_server.script(Reply(text="First take."), Reply(text="Later answer."), Reply(text="Second take."))
     page = await web.page(alice, f"/conversations/{conversation.pk}/")
     await connected(page)
-    await send(page, "Question one")
-    await reply_ends(page)
-    await send(page, "Question two")
-    await reply_ends(page)
+    for n, text in enumerate(("Question one", "Question two"), start=1):
+        await send(page, text)
+        # The new reply, not the previous one (whose status is already `complete`): else Regenerate
+        # below is clicked while "Later answer." still streams, and is refused as busy.
+        await expect(page.locator("article.msg-assistant")).to_have_count(n, timeout=REPLY_TIMEOUT)
+        await reply_ends(page)
     # Regenerate the first reply, not the last: every reply has the button.
     reply = page.locator("article.msg-assistant").first
     await reply.hover()
