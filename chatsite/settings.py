@@ -119,6 +119,9 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Redis: channel layer and cache ------------------------------------------------------
 REDIS_URL = env.str("REDIS_URL", default="")
+# Prefix of this site's cache keys and channel-layer names in Redis: sites (or test runs) that share
+# one Redis keep apart by it (Redis pub/sub channels ignore the database number).
+REDIS_PREFIX = env.str("REDIS_PREFIX", default="")
 if REDIS_URL:
     # RedisPubSubChannelLayer, not the classic RedisChannelLayer: measured at 200 concurrent
     # streams the classic layer (a blocking BZPOPMIN per channel, each holding a pooled connection
@@ -128,13 +131,15 @@ if REDIS_URL:
         "default": {
             # channels-redis's pub/sub layer with its publishes pipelined (conversations/layers/).
             "BACKEND": "conversations.layers.RedisPubSubChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL]},
+            "CONFIG": {"hosts": [REDIS_URL], "prefix": f"{REDIS_PREFIX}asgi"},
         }
     }
     # django-redis, not Django's own RedisCache: Django builds a cache object per async context (every
     # sync_to_async call), and its RedisCache then opens a new pool and connection for one command;
     # django-redis keeps one connection pool per process (docs/performance.md: TTFT 1,132 -> 768 ms).
-    CACHES = {"default": {"BACKEND": "django_redis.cache.RedisCache", "LOCATION": REDIS_URL}}
+    CACHES = {
+        "default": {"BACKEND": "django_redis.cache.RedisCache", "LOCATION": REDIS_URL, "KEY_PREFIX": REDIS_PREFIX}
+    }
 else:
     CHANNEL_LAYERS = {
         "default": {

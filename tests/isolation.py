@@ -8,6 +8,9 @@ the environment is what the settings (and every server process a test starts) re
 - Under pytest-xdist, each worker gets its own Redis database (the one in REDIS_URL plus the worker's
   number), as it gets its own test database: a test that clears the cache, or counts a user's
   messages, never sees another worker's keys.
+- `REDIS_PREFIX` names this run (its process id): runs side by side on one Redis (two developers, CI
+  jobs) never see each other's cache keys or channel-layer messages either (pub/sub channels ignore
+  the database number). Server processes a test starts inherit it, and so share this run's keys.
 """
 
 from __future__ import annotations
@@ -24,6 +27,9 @@ def redis_url_for_worker(url: str, worker: str) -> str:
     base = int(parts.path.strip("/") or 0)
     return urlunsplit(parts._replace(path=f"/{base + int(worker.removeprefix('gw'))}"))
 
+
+# The run's id: the controller's process id (xdist workers inherit it), never a prefix from outside.
+os.environ["REDIS_PREFIX"] = f"test{os.environ.setdefault('CHAT_TEST_RUN', str(os.getpid()))}:"
 
 _worker = os.environ.get("PYTEST_XDIST_WORKER", "")
 if _worker and os.environ.get("REDIS_URL"):

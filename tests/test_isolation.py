@@ -51,3 +51,13 @@ def test_it_gives_each_xdist_worker_its_own_redis_database():
     worker = os.environ.get("PYTEST_XDIST_WORKER")
     if worker and settings.REDIS_URL:
         assert settings.REDIS_URL.endswith(f"/{int(worker.removeprefix('gw'))}")
+
+
+def test_each_run_keeps_its_redis_keys_and_channels_apart():
+    """Runs side by side on one Redis (pub/sub ignores the database number) use the run's own prefix."""
+    assert os.environ["REDIS_PREFIX"] == f"test{os.environ['CHAT_TEST_RUN']}:" == settings.REDIS_PREFIX
+    if settings.REDIS_URL:
+        from django.core.cache import cache
+
+        assert cache.make_key("chat:x").startswith(settings.REDIS_PREFIX)
+        assert settings.CHANNEL_LAYERS["default"]["CONFIG"]["prefix"] == f"{settings.REDIS_PREFIX}asgi"
