@@ -86,7 +86,7 @@ async def test_it_pastes_an_image_drops_a_pdf_sends_them_and_shows_them_after_a_
     with_parts = [turn[0]["content"] for turn in last_turns if turn and isinstance(turn[0]["content"], list)]
     assert len(with_parts) == 1
     parts = with_parts[0]
-    assert parts[0]["type"] == "image_url"
+    assert parts[0]["type"] == "image_url", parts
     assert base64.b64decode(parts[0]["image_url"]["url"].split(",", 1)[1]) == image
     assert "Minutes of the meeting." in parts[1]["text"]
     assert parts[2] == {"type": "text", "text": "What is in these?"}
