@@ -18,6 +18,8 @@ DARK_BG, LIGHT_BG = "rgb(13, 17, 23)", "rgb(255, 255, 255)"
 
 
 async def background(page) -> str:
+    """The page's background once its stylesheet applies (transparent until then, on a busy machine)."""
+    await page.wait_for_function("getComputedStyle(document.body).backgroundColor !== 'rgba(0, 0, 0, 0)'")
     return await page.evaluate("getComputedStyle(document.body).backgroundColor")
 
 

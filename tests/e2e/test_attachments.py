@@ -78,9 +78,15 @@ async def test_it_pastes_an_image_drops_a_pdf_sends_them_and_shows_them_after_a_
     await expect(user.locator(".file-thumb img")).to_have_count(1)
     await expect(user.locator(".file-chip")).to_contain_text("minutes.pdf")
 
-    body = _provider_server.requests[-1].json
-    parts = [m for m in body["messages"] if m["role"] == "user"][-1]["content"]
-    assert parts[0]["type"] == "image_url"
+    # The reply's request: the one whose last user turn carries the files (a background title
+    # request, plain text, may have come after it).
+    last_turns = [
+        [m for m in r.json.get("messages", []) if m["role"] == "user"][-1:] for r in _provider_server.requests
+    ]
+    with_parts = [turn[0]["content"] for turn in last_turns if turn and isinstance(turn[0]["content"], list)]
+    assert len(with_parts) == 1
+    parts = with_parts[0]
+    assert parts[0]["type"] == "image_url", parts
     assert base64.b64decode(parts[0]["image_url"]["url"].split(",", 1)[1]) == image
     assert "Minutes of the meeting." in parts[1]["text"]
     assert parts[2] == {"type": "text", "text": "What is in these?"}

@@ -8,6 +8,7 @@ from django.contrib.auth import get_user_model
 from playwright.async_api import expect
 
 from tests.e2e.conftest import db, screenshot
+from tests.factories import default_persona
 from tests.fakes.oidc import FakeOIDC
 from tests.live import LiveServer
 
@@ -41,6 +42,8 @@ def server(django_db_setup, _provider_server, tmp_path_factory, idp):
 
 
 async def test_it_signs_in_with_the_identity_provider_and_lands_on_the_chat(web, idp):
+    # An earlier test's flush may have taken the migrated default persona: the picker needs one.
+    await db(default_persona)
     idp.user = {
         "sub": "dana-42",
         "email": "dana@example.com",
