@@ -141,6 +141,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     conversation: Conversation
     group: str
+    counted_user: int | None  # the user whose socket count this socket holds (set once accepted)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         try:
@@ -173,7 +174,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             log.warning("user %s has %s sockets open: one more refused", user.pk, settings.CHAT_MAX_SOCKETS_PER_USER)
             await self.close()
             return
-        self.counted_user: int | None = user.pk
+        self.counted_user = user.pk
         self.conversation = conversation
         self.group = generation.group_name(conversation.pk)
         self.offsets: dict[int, int] = {}  # reply id -> characters the client has
