@@ -399,8 +399,27 @@ def record_read(request: HttpRequest, conversation: Conversation) -> None:
     audit_log.info("%s read %s's conversation %s in the admin", reader.get_username(), owner_name, conversation.pk)
 
 
+class ReadOthersOnly(admin.ModelAdmin):
+    """Seen only by staff with the read_others_conversations permission; nobody adds, edits or deletes."""
+
+    def has_module_permission(self, request: HttpRequest) -> bool:
+        return may_read_others(request)
+
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return may_read_others(request)
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
 @admin.register(Conversation)
-class ConversationAdmin(admin.ModelAdmin):
+class ConversationAdmin(ReadOthersOnly):
     """Threads, readable only with the read_others_conversations permission, each reading recorded;
     nobody edits or deletes them here."""
 
@@ -426,21 +445,6 @@ class ConversationAdmin(admin.ModelAdmin):
     def message_count(self, conversation: Conversation) -> int:
         return conversation.n_messages  # type: ignore[attr-defined]
 
-    def has_module_permission(self, request: HttpRequest) -> bool:
-        return may_read_others(request)
-
-    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return may_read_others(request)
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
     def change_view(
         self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: dict[str, Any] | None = None
     ) -> HttpResponse:
@@ -452,28 +456,13 @@ class ConversationAdmin(admin.ModelAdmin):
 
 
 @admin.register(ConversationRead)
-class ConversationReadAdmin(admin.ModelAdmin):
+class ConversationReadAdmin(ReadOthersOnly):
     """The audit trail of readings: visible to whoever may read conversations; nobody edits it."""
 
     list_display = ["read_at", "reader_name", "owner_name", "conversation_ref"]
     list_filter = ["read_at"]
     search_fields = ["reader_name", "owner_name", "=conversation_ref"]
     fields = readonly_fields = ("read_at", "reader_name", "owner_name", "conversation_ref", "conversation")
-
-    def has_module_permission(self, request: HttpRequest) -> bool:
-        return may_read_others(request)
-
-    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return may_read_others(request)
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
 
 @admin.register(UserQuota)
