@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from pathlib import Path
 
@@ -19,8 +20,13 @@ DARK_BG, LIGHT_BG = "rgb(13, 17, 23)", "rgb(255, 255, 255)"
 
 async def background(page) -> str:
     """The page's background once its stylesheet applies (transparent until then, on a busy machine)."""
-    await page.wait_for_function("getComputedStyle(document.body).backgroundColor !== 'rgba(0, 0, 0, 0)'")
-    return await page.evaluate("getComputedStyle(document.body).backgroundColor")
+    # Polled from here: wait_for_function evaluates a string, which the page's CSP (no unsafe-eval) refuses.
+    for _ in range(100):
+        colour = await page.evaluate("getComputedStyle(document.body).backgroundColor")
+        if colour != "rgba(0, 0, 0, 0)":
+            return colour
+        await asyncio.sleep(0.1)
+    return colour
 
 
 async def test_the_settings_page_is_reached_from_the_chat_page(web, alice):
