@@ -18,7 +18,7 @@ from django.db.models.functions import Cast, TruncDate
 from django.utils import timezone
 
 from conversations import selectors
-from conversations.models import Attachment, Conversation, Message, UsageRecord
+from conversations.models import Attachment, Conversation, DailyUsage, Message, UsageRecord
 
 from . import importing, paths
 from .context_processors import profile_cache_key
@@ -170,7 +170,7 @@ def _end_sessions(user_id: int) -> int:
 # as it, and sign-up cannot make the name: parentheses and a space are not allowed in usernames).
 DELETED_ACCOUNTS = "(deleted accounts)"
 
-_SUMS = ("input_tokens", "cached_input_tokens", "cache_write_tokens", "output_tokens", "cost")
+_SUMS = ("calls", "input_tokens", "cached_input_tokens", "cache_write_tokens", "output_tokens", "cost")
 
 
 def _deleted_accounts() -> User:
@@ -183,18 +183,23 @@ def _deleted_accounts() -> User:
 
 def _anonymize_usage(user: User) -> int:
     """Fold the user's usage rows into one row per UTC day, model, persona and kind, owned by nobody in
-    particular (DELETED_ACCOUNTS): the totals stay in the charts, nothing points back at the person."""
+    particular (DELETED_ACCOUNTS): the totals stay in the charts, nothing points back at the person.
+
+    The daily rollup follows: the user's rows go, each folded row is added to the anonymous account's.
+    """
     rows = UsageRecord.objects.filter(user=user)
-    groups = (
+    groups = list(
         rows.annotate(day=TruncDate("created_at", tzinfo=dt.UTC))
         .values("day", "model", "persona_id", "kind")
         # Max over 0/1, not the boolean itself: PostgreSQL has no max(boolean).
         .annotate(estimated_any=Max(Cast("estimated", IntegerField())), **{f"sum_{f}": Sum(f) for f in _SUMS})
-        .order_by()
+        # One order for every deletion, so two at once take the anonymous rollup rows in the same order.
+        .order_by("day", "model", "persona_id", "kind")
     )
+    owner = _deleted_accounts() if groups else None
     folded = [
         UsageRecord(
-            user=_deleted_accounts(),
+            user=owner,
             persona_id=g["persona_id"],
             model=g["model"],
             kind=g["kind"],
@@ -205,7 +210,10 @@ def _anonymize_usage(user: User) -> int:
         for g in groups
     ]
     rows.delete()
-    UsageRecord.objects.bulk_create(folded)
+    DailyUsage.objects.filter(user=user).delete()
+    UsageRecord.objects.bulk_create(folded)  # bulk_create skips save(): the rollup is added to here
+    for record in folded:
+        DailyUsage.add(record)
     return len(folded)
 
 

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import Group
-from django.db import models
-from django.db.models import Q
+from django.db import IntegrityError, models, transaction
+from django.db.models import F, Q, Sum
+from django.db.models.functions import Coalesce, TruncDate
 from django.urls import reverse
 from django.utils import timezone
 
@@ -230,7 +232,12 @@ class UserQuota(models.Model):
 
 
 class UsageRecord(models.Model):
-    """One provider call (a reply, a summary, a title): its tokens and its cost at the prices of that moment."""
+    """One provider call (a reply, a summary, a title): its tokens and its cost at the prices of that moment.
+
+    Saving a new record adds it to its day's `DailyUsage` row in the same transaction; a stored record
+    never changes. `bulk_create` skips that (the account deletion's fold and the benchmark's seed add
+    to the rollup themselves).
+    """
 
     class Kind(models.TextChoices):
         REPLY = "reply"
@@ -243,6 +250,9 @@ class UsageRecord(models.Model):
     message = models.OneToOneField(Message, on_delete=models.SET_NULL, null=True, blank=True, related_name="usage")
     model = models.CharField(max_length=200)
     kind = models.CharField(max_length=16, choices=Kind.choices)
+    calls = models.PositiveIntegerField(
+        default=1, help_text="Provider calls this row stands for: 1, or a deleted account's daily total."
+    )
     # Input includes cached and cache-write tokens; where the provider said nothing, the site's estimate.
     input_tokens = models.PositiveIntegerField(default=0)
     cached_input_tokens = models.PositiveIntegerField(default=0)
@@ -260,6 +270,105 @@ class UsageRecord(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} {self.model} {self.created_at:%Y-%m-%d}"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        """Store a new record and add it to its day's rollup, both or neither."""
+        if not self._state.adding:
+            raise ValueError("A usage record never changes once stored (the daily rollup holds its numbers).")
+        with transaction.atomic():
+            super().save(*args, **kwargs)
+            DailyUsage.add(self)
+
+
+SUMMED = ("calls", "input_tokens", "cached_input_tokens", "cache_write_tokens", "output_tokens", "cost")
+
+
+class DailyUsage(models.Model):
+    """The usage records of one UTC day summed per user, model, persona and kind: what /admin/usage/ reads.
+
+    Kept in step by `UsageRecord.save` (in the record's transaction) and by the account deletion's fold,
+    so its sums always equal the records'.
+    """
+
+    day = models.DateField(help_text="UTC.")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    model = models.CharField(max_length=200)
+    # The persona's id, 0 for none; not a foreign key: a key column must never be NULL (a unique
+    # constraint does not compare NULLs, so the upsert would add rows), and a deleted persona's rows
+    # keep its id and show under their kind, as records whose persona was set to NULL do.
+    persona_ref = models.BigIntegerField(default=0)
+    kind = models.CharField(max_length=16, choices=UsageRecord.Kind.choices)
+    calls = models.PositiveBigIntegerField(default=0)
+    input_tokens = models.PositiveBigIntegerField(default=0)
+    cached_input_tokens = models.PositiveBigIntegerField(default=0)
+    cache_write_tokens = models.PositiveBigIntegerField(default=0)
+    output_tokens = models.PositiveBigIntegerField(default=0)
+    cost = models.DecimalField(max_digits=18, decimal_places=8, default=Decimal(0), help_text="USD.")
+
+    class Meta:
+        verbose_name_plural = "daily usage"
+        constraints = [
+            models.UniqueConstraint(fields=["day", "user", "model", "persona_ref", "kind"], name="usage_daily_key")
+        ]
+        # Every column the page reads, day first: a period is one range of this index, never a lookup
+        # of each row in the table (SQLite picks the day-first unique index for any period, and those
+        # lookups made a year of rows several times slower: docs/performance.md, "Usage page").
+        indexes = [
+            models.Index(fields=["day", "model", "persona_ref", "kind", "user", *SUMMED], name="usage_daily_cover")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.day} {self.kind} {self.model}"
+
+    @classmethod
+    def add(cls, record: UsageRecord) -> None:
+        """Add a record's numbers to its row: an UPDATE of increments, else an INSERT.
+
+        Two writers that both find no row both INSERT; the unique key makes the later one fail (on
+        PostgreSQL once the first commits), and it then UPDATEs the row the first one made. Call it
+        inside the record's transaction.
+        """
+        created = record.created_at
+        if timezone.is_naive(created):
+            created = timezone.make_aware(created, dt.UTC)
+        key = {
+            "day": created.astimezone(dt.UTC).date(),
+            "user_id": record.user_id,
+            "model": record.model,
+            "persona_ref": record.persona_id or 0,
+            "kind": record.kind,
+        }
+        numbers = {f: Decimal(str(record.cost or 0)) if f == "cost" else int(getattr(record, f) or 0) for f in SUMMED}
+        increments = {f: F(f) + n for f, n in numbers.items()}
+        if cls.objects.filter(**key).update(**increments):
+            return
+        try:
+            with transaction.atomic():
+                cls.objects.create(**key, **numbers)
+        except IntegrityError:
+            cls.objects.filter(**key).update(**increments)
+
+    @classmethod
+    def rebuild(cls) -> int:
+        """Refill the whole table from the records (after a bulk load, not while calls are recorded); rows made."""
+        groups = (
+            UsageRecord.objects.annotate(the_day=TruncDate("created_at", tzinfo=dt.UTC), ref=Coalesce("persona_id", 0))
+            .values_list("the_day", "user_id", "model", "ref", "kind")
+            .annotate(*(Sum(f) for f in SUMMED))
+            .order_by()
+        )
+        made = 0
+        with transaction.atomic():
+            DailyUsage.objects.all().delete()
+            batch: list[DailyUsage] = []
+            for day, user_id, model, ref, kind, *sums in groups.iterator(chunk_size=5000):
+                numbers = {f: n or 0 for f, n in zip(SUMMED, sums, strict=True)}
+                batch.append(DailyUsage(day=day, user_id=user_id, model=model, persona_ref=ref, kind=kind, **numbers))
+                if len(batch) >= 5000:
+                    made += len(DailyUsage.objects.bulk_create(batch))
+                    batch = []
+            made += len(DailyUsage.objects.bulk_create(batch))
+        return made
 
 
 class ConversationRead(models.Model):
@@ -285,4 +394,13 @@ class ConversationRead(models.Model):
 
 from .attachment import Attachment  # noqa: E402 - the model lives in its own module
 
-__all__ = ["Attachment", "Conversation", "Message", "ConversationRead", "Persona", "UsageRecord", "UserQuota"]
+__all__ = [
+    "Attachment",
+    "Conversation",
+    "ConversationRead",
+    "DailyUsage",
+    "Message",
+    "Persona",
+    "UsageRecord",
+    "UserQuota",
+]

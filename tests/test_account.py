@@ -15,7 +15,7 @@ from django.urls import reverse
 
 from accounts.models import ImportJob, Profile, ShareLink
 from api.models import ApiKey
-from conversations.models import Attachment, Conversation, Message, UsageRecord
+from conversations.models import Attachment, Conversation, DailyUsage, Message, UsageRecord
 from tests.factories import make_conversation, make_turns, make_user
 
 pytestmark = pytest.mark.django_db
@@ -134,6 +134,7 @@ def test_delete_account_removes_every_row_and_file_of_that_user_and_nothing_else
         ImportJob._meta.label: set(ImportJob.objects.filter(owner=alice).values_list("pk", flat=True)),
         Session._meta.label: {alices.session.session_key, alices_phone.session.session_key},
         UsageRecord._meta.label: set(UsageRecord.objects.filter(user=alice).values_list("pk", flat=True)),
+        DailyUsage._meta.label: set(DailyUsage.objects.filter(user=alice).values_list("pk", flat=True)),
         ApiKey._meta.label: set(ApiKey.objects.filter(user=alice).values_list("pk", flat=True)),
         Attachment._meta.label: set(Attachment.objects.filter(owner=alice).values_list("pk", flat=True)),
     }
@@ -160,7 +161,10 @@ def test_delete_account_removes_every_row_and_file_of_that_user_and_nothing_else
             folded = UsageRecord.objects.get(pk__in=added)
             assert folded.user.username == "(deleted accounts)" and not folded.user.is_active
             assert (folded.input_tokens, folded.output_tokens, folded.cost) == (150, 75, Decimal("0.02"))
-            assert folded.conversation_id is None and folded.message_id is None
+            assert folded.conversation_id is None and folded.message_id is None and folded.calls == 2
+        elif label == DailyUsage._meta.label:  # ...and so is her row of the daily rollup the page reads
+            day = DailyUsage.objects.get(pk__in=added)
+            assert day.user.username == "(deleted accounts)" and (day.calls, day.input_tokens) == (2, 150)
         elif label == get_user_model()._meta.label:  # ...which belong to this one account, not a person
             assert get_user_model().objects.get(pk__in=added).username == "(deleted accounts)"
         else:

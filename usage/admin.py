@@ -151,6 +151,7 @@ class UsageRecordAdmin(admin.ModelAdmin):
         "kind",
         "model",
         "persona",
+        "calls",
         "input_tokens",
         "cached_input_tokens",
         "output_tokens",
