@@ -179,6 +179,8 @@ class Site:
                 "PYTHONUNBUFFERED": "1",
                 "LOG_LEVEL": "WARNING",
                 "BENCH_VARIANTS": self.variants,
+                # Each reply logs where its send's time went before the first token (conversations/timing.py).
+                "CHAT_STAGE_TIMING": "1",
             }
         )
         if self.kind == "postgres":

@@ -38,7 +38,7 @@ from .procs import (
     start_provider,
 )
 from .report import render
-from .stats import combine, median, ratio, summarize_streams
+from .stats import combine, median, ratio, stage_summary, summarize_streams
 
 MB = 1024 * 1024
 
@@ -213,6 +213,8 @@ class Bench:
         summary["rss_peak_mb"] = sum(sampler.peak.values()) / MB
         summary["rss_peak_max_process_mb"] = max(sampler.peak.values()) / MB
         summary |= self.writes(site, results)
+        logs = "".join(d.log.read_text(errors="replace") for d in site.daphnes)
+        summary |= stage_summary(logs, {r.reply_id for r in results if r.reply_id is not None})
         site.check_alive()
         return summary
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Exists, OuterRef, Q
+from django.db.models import Case, Exists, F, OuterRef, Q, Value, When
 from django.utils import timezone
 
 from . import limits, pricing
@@ -350,15 +350,23 @@ def message_send(
                     ),
                 ]
             )
-            # bulk_create cannot point the reply at a row of the same INSERT: link them now.
-            Message.objects.filter(pk=reply.pk).update(parent_id=message.pk)
-            Message.objects.filter(pk=message.pk).update(active_child_id=reply.pk)
+            # bulk_create cannot point the reply at a row of the same INSERT: link them now, and in
+            # the common case (the new message continues the active path) its parent to it, in one UPDATE.
             reply.parent_id = message.pk
             message.active_child_id = reply.pk
-            if follows_leaf and parent is not None:
-                # The common case: the new message continues the active path.
-                Message.objects.filter(pk=parent).update(active_child_id=message.pk)
-                Conversation.objects.filter(pk=conv.pk).update(active_leaf_id=reply.pk)
+            continues = follows_leaf and parent is not None
+            link = Message._meta.pk
+            links = [When(pk=message.pk, then=Value(reply.pk))]
+            if continues:
+                links.append(When(pk=parent, then=Value(message.pk)))
+            Message.objects.filter(pk__in=[message.pk, reply.pk, *([parent] if continues else [])]).update(
+                parent_id=Case(When(pk=reply.pk, then=Value(message.pk)), default=F("parent_id"), output_field=link),
+                active_child_id=Case(*links, default=F("active_child_id"), output_field=link),
+            )
+            fields = ["updated_at"]
+            if continues:
+                conv.active_leaf_id = reply.pk
+                fields.append("active_leaf")  # saved with the rest below
                 siblings: tuple[int, ...] = (message.pk,)
             else:
                 _point_path_to(conv, reply.pk)
@@ -366,7 +374,6 @@ def message_send(
             if files:
                 Attachment.objects.filter(pk__in=[f.pk for f in files]).update(message=message)
             message.files = files  # type: ignore[attr-defined]
-            fields = ["updated_at"]
             if spec != conv.model and effective_persona(conv).allow_model_choice:
                 conv.model = spec  # the choice sticks to the thread
                 fields.append("model")
