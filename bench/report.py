@@ -110,7 +110,7 @@ def render(results: dict[str, Any]) -> str:
     ]
     for kind, config in results["configs"].items():
         title = "SQLite + in-memory layer" if kind == "sqlite" else "PostgreSQL + Redis (pub/sub layer)"
-        out.append(f"#### {title}, one daphne process")
+        out.append(f"#### {title}, one {plan.get('server', 'daphne')} process")
         out.append("")
         if "skipped" in config:
             out += [f"Skipped: {config['skipped']}.", ""]
