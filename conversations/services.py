@@ -318,18 +318,20 @@ def message_send(
     try:
         with transaction.atomic():
             conv = _lock(conversation)
-            # The resend and the reply in progress, in one query.
+            # The resend, the reply in progress and the first messages (the versions a new first
+            # message joins), in one query.
             found = list(
                 Message.objects.filter(conversation=conv)
-                .filter(Q(client_id=client_id) | Q(status=Message.Status.STREAMING))
+                .filter(Q(client_id=client_id) | Q(status=Message.Status.STREAMING) | Q(parent__isnull=True))
                 .order_by("id")
             )
             existing = next((m for m in found if m.client_id == client_id), None)
             if existing:
                 existing.files = list(existing.attachments.all())  # type: ignore[attr-defined]
                 return Sent(existing, None, _children(conv, existing.parent_id))
-            if found:
+            if any(m.status == Message.Status.STREAMING for m in found):
                 raise ChatError("busy", BUSY)
+            roots = tuple(m.pk for m in found if m.parent_id is None)
             parent = _parent_for_send(conv, parent_id, edit_of)
             _check_persona(conv)
             spec = _check_model(conv, model)
@@ -364,10 +366,12 @@ def message_send(
                 active_child_id=Case(*links, default=F("active_child_id"), output_field=link),
             )
             fields = ["updated_at"]
-            if continues:
+            if continues or parent is None:
+                # The path ends at the new reply: after the active leaf, or from a new first message
+                # (the two rows just linked are the whole path). Saved with the rest below.
                 conv.active_leaf_id = reply.pk
-                fields.append("active_leaf")  # saved with the rest below
-                siblings: tuple[int, ...] = (message.pk,)
+                fields.append("active_leaf")
+                siblings: tuple[int, ...] = (message.pk,) if continues else (*roots, message.pk)
             else:
                 _point_path_to(conv, reply.pk)
                 siblings = _children(conv, parent)
