@@ -104,7 +104,7 @@ async def measure(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         info = json.loads(made.stdout.strip().splitlines()[-1])
         model, keys = info["model"], info["keys"]
         site.start(worker=False)
-        daphne = site.daphnes[0].pid
+        daphne = site.daphnes[0].app_pid or site.daphnes[0].pid
         base = f"http://127.0.0.1:{site.ports[0]}/v1"
         direct = openai_client(port)
         api_clients = [openai.AsyncOpenAI(api_key=k, base_url=base, max_retries=0) for k in keys]

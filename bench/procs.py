@@ -37,6 +37,15 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime (fields 14, 15 of stat)
 
 
+def children_of(pid: int) -> list[int]:
+    """The child processes of `pid`."""
+    found = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as f:
+            found += [int(x) for x in f.read().split()]
+    return found
+
+
 def rss_bytes(pid: int) -> int:
     """Resident set size now, in bytes."""
     with open(f"/proc/{pid}/statm", "rb") as f:
@@ -98,6 +107,26 @@ def wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float
     raise RuntimeError(f"{url} did not answer in {timeout}s:\n{log.read_text(errors='replace')[-3000:]}")
 
 
+SERVERS = ("daphne", "uvicorn", "granian")
+
+
+def server_command(server: str, port: int, app: str) -> list[str]:
+    """One ASGI server process serving `app` on 127.0.0.1:`port`. daphne is what `make run` starts;
+    uvicorn and granian run the same Channels application unchanged (the benchmark compares them):
+    one worker each, their default event loop (uvloop when installed), no access log; the site's ASGI
+    application has no lifespan handler, so lifespan is off."""
+    host = "127.0.0.1"
+    if server == "daphne":
+        return [PYTHON, "-m", "daphne", "-b", host, "-p", str(port), app]
+    if server == "uvicorn":
+        return [PYTHON, "-m", "uvicorn", "--host", host, "--port", str(port), "--lifespan", "off", "--no-access-log",
+                app]  # fmt: skip
+    if server == "granian":
+        return [PYTHON, "-m", "granian", "--interface", "asginl", "--host", host, "--port", str(port), "--workers", "1",
+                app]  # fmt: skip
+    raise ValueError(f"unknown server {server!r}: one of {', '.join(SERVERS)}")
+
+
 @dataclass
 class Proc:
     """A child process with its log file."""
@@ -107,6 +136,9 @@ class Proc:
     env: dict[str, str]
     log: Path
     proc: subprocess.Popen[bytes] | None = None
+    # The process whose CPU and memory are measured: the one running the application (for granian,
+    # its worker process; the parent only supervises it).
+    app_pid: int | None = None
 
     def start(self) -> Proc:
         out = open(self.log, "ab")  # noqa: SIM115 - lives as long as the process
@@ -125,7 +157,7 @@ class Proc:
         if not self.alive():
             return
         assert self.proc is not None
-        graceful = signal.SIGINT if self.name.startswith(("daphne", "py-spy")) else signal.SIGTERM
+        graceful = signal.SIGINT if self.name.startswith(("daphne", "uvicorn", "granian", "py-spy")) else signal.SIGTERM
         self.proc.send_signal(graceful)
         try:
             self.proc.wait(timeout=timeout)
@@ -157,6 +189,7 @@ class Site:
     daphnes: list[Proc] = field(default_factory=list)
     ports: list[int] = field(default_factory=list)
     worker: Proc | None = None
+    server: str = "daphne"  # the ASGI server: daphne (the site's), uvicorn or granian (compared)
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST", "DJANGO_", "CHAT_"))}
@@ -179,6 +212,8 @@ class Site:
                 "PYTHONUNBUFFERED": "1",
                 "LOG_LEVEL": "WARNING",
                 "BENCH_VARIANTS": self.variants,
+                # Each reply logs where its send's time went before the first token (conversations/timing.py).
+                "CHAT_STAGE_TIMING": "1",
             }
         )
         if self.kind == "postgres":
@@ -232,12 +267,18 @@ class Site:
         app = "bench.variants:application" if self.variants else "chatsite.asgi:application"
         for i in range(processes):
             port = free_port()
-            name = f"daphne{i}-{self.kind}-{port}"
-            args = [PYTHON, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), app]
+            name = f"{self.server}{i}-{self.kind}-{port}"
+            args = server_command(self.server, port, app)
             self.daphnes.append(Proc(name, args, env, self.tmp / f"{name}.log").start())
             self.ports.append(port)
         for proc, port in zip(self.daphnes, self.ports, strict=True):
             wait_http(f"http://127.0.0.1:{port}/healthz", proc.proc, proc.log)  # type: ignore[arg-type]
+            proc.app_pid = proc.pid
+            if self.server == "granian":
+                children = children_of(proc.pid)
+                if len(children) != 1:
+                    raise RuntimeError(f"granian should run one worker process, found {children}")
+                proc.app_pid = children[0]
         if worker and self.worker is None:
             self.worker = Proc(
                 f"worker-{self.kind}", [PYTHON, "manage.py", "db_worker"], env, self.tmp / f"worker-{self.kind}.log"

@@ -69,6 +69,34 @@ def streams_table(config: dict[str, Any]) -> str:
     )
 
 
+STAGE_LABELS = (
+    ("db_start", "database thread starts"),
+    ("stored", "stored"),
+    ("task", "reply task runs"),
+    ("request", "request built"),
+    ("provider", "provider called"),
+    ("first_token", "first token parsed"),
+    ("published", "first delta published"),
+)
+
+
+def stages_table(config: dict[str, Any]) -> str:
+    """Where the time before the first token goes, inside the server: ms since the `send` frame
+    arrived, p50 / p95 over the phase's replies (medians over runs)."""
+    rows = []
+    for n, phase in config.get("phases", {}).items():
+        s = phase["site"]
+        if not s.get("stage_replies"):
+            continue
+        rows.append(
+            [n, f"{f(s['ttft_p50'])} / {f(s['ttft_p99'])}"]
+            + [f"{f(s.get(f'stage_{k}_p50'))} / {f(s.get(f'stage_{k}_p95'))}" for k, _ in STAGE_LABELS]
+        )
+    if not rows:
+        return ""
+    return table(["N", "TTFT at the client p50 / p99"] + [f"{label} p50 / p95" for _, label in STAGE_LABELS], rows)
+
+
 def render(results: dict[str, Any]) -> str:
     m = results.get("machine", {})
     plan = results["plan"]
@@ -82,7 +110,7 @@ def render(results: dict[str, Any]) -> str:
     ]
     for kind, config in results["configs"].items():
         title = "SQLite + in-memory layer" if kind == "sqlite" else "PostgreSQL + Redis (pub/sub layer)"
-        out.append(f"#### {title}, one daphne process")
+        out.append(f"#### {title}, one {plan.get('server', 'daphne')} process")
         out.append("")
         if "skipped" in config:
             out += [f"Skipped: {config['skipped']}.", ""]
@@ -91,6 +119,10 @@ def render(results: dict[str, Any]) -> str:
             out += [ab_table(config["ab"]), ""]
             continue
         out += [streams_table(config), ""]
+        stages = stages_table(config)
+        if stages:
+            head = "Before the first token, inside the server (ms since the `send` frame arrived, p50 / p95):"
+            out += [head, "", stages, ""]
         if config.get("server_vmhwm_mb"):
             out += [f"daphne's peak RSS over all the phases above (VmHWM): {config['server_vmhwm_mb']:.0f} MB.", ""]
         idle = config.get("idle")

@@ -26,6 +26,7 @@ from . import client as C
 from .procs import (
     PYTHON,
     ROOT,
+    SERVERS,
     Proc,
     Site,
     cpu_seconds,
@@ -38,7 +39,7 @@ from .procs import (
     start_provider,
 )
 from .report import render
-from .stats import combine, median, ratio, summarize_streams
+from .stats import combine, median, ratio, stage_summary, summarize_streams
 
 MB = 1024 * 1024
 
@@ -62,6 +63,7 @@ class Plan:
     multi_n: int
     ab_n: int = 200
     ab_variants: list[str] = field(default_factory=list)
+    server: str = "daphne"
     max_minutes: float = 20
     # Fewer runs at large N on one process: it is overloaded there, and each run takes minutes.
     big_n: int = 10**9
@@ -147,7 +149,7 @@ class Bench:
             "provider": sum(cpu_seconds(p.pid) for p in self.providers if p.alive()),
         }
         if site is not None:
-            snap["server"] = sum(cpu_seconds(d.pid) for d in site.daphnes)
+            snap["server"] = sum(cpu_seconds(d.app_pid or d.pid) for d in site.daphnes)
             # PostgreSQL backends come and go; those alive at both ends of a phase are counted.
             snap["infra"] = infra_cpu_seconds(self.infra) if site.kind == "postgres" else 0.0
             snap["worker"] = cpu_seconds(site.worker.pid) if site.worker and site.worker.alive() else 0.0
@@ -196,7 +198,7 @@ class Bench:
         spies = self.spy(site)
         try:
             await asyncio.sleep(0.3)
-            with Sampler([d.pid for d in site.daphnes]) as sampler:
+            with Sampler([d.app_pid or d.pid for d in site.daphnes]) as sampler:
                 self.infra = infra_pids()
                 before, t0 = self.cpu(site), time.monotonic()
                 results = await C.site_phase(
@@ -213,6 +215,8 @@ class Bench:
         summary["rss_peak_mb"] = sum(sampler.peak.values()) / MB
         summary["rss_peak_max_process_mb"] = max(sampler.peak.values()) / MB
         summary |= self.writes(site, results)
+        logs = "".join(d.log.read_text(errors="replace") for d in site.daphnes)
+        summary |= stage_summary(logs, {r.reply_id for r in results if r.reply_id is not None})
         site.check_alive()
         return summary
 
@@ -225,7 +229,8 @@ class Bench:
         spies = []
         for d in site.daphnes:
             out = self.plan_out / f"py-spy-{d.name}-{self.spied}.txt"
-            args = [tool, "record", "--pid", str(d.pid), "--rate", "250", "--format", "raw", "--nonblocking"]
+            pid = str(d.app_pid or d.pid)
+            args = [tool, "record", "--pid", pid, "--rate", "250", "--format", "raw", "--nonblocking"]
             spies.append(Proc("py-spy", [*args, "-o", str(out)], dict(os.environ), self.tmp / "py-spy.log").start())
         return spies
 
@@ -242,7 +247,7 @@ class Bench:
         return {"writes_per_reply": median(per), "writes_per_reply_max": max(per)}
 
     async def idle_sockets(self, http: Any, site: Site, users: list[dict[str, Any]]) -> dict[str, Any]:
-        pid = site.daphnes[0].pid
+        pid = site.daphnes[0].app_pid or site.daphnes[0].pid
         await asyncio.sleep(1)
         rss0 = rss_bytes(pid)
         t0 = time.monotonic()
@@ -292,7 +297,7 @@ class Bench:
     async def config(self, kind: str) -> dict[str, Any]:
         plan = self.plan
         out: dict[str, Any] = {"phases": {}, "notes": []}
-        site = Site(kind, self.tmp, self.provider_port)
+        site = Site(kind, self.tmp, self.provider_port, server=plan.server)
         self.say(f"{kind}: creating and migrating the database")
         site.create_database()
         try:
@@ -339,7 +344,7 @@ class Bench:
                         "ratios": combine(ratios),
                         "runs": {"direct": direct_runs, "site": site_runs},
                     }
-                out["server_vmhwm_mb"] = peak_rss_bytes(site.daphnes[0].pid) / MB
+                out["server_vmhwm_mb"] = peak_rss_bytes(site.daphnes[0].app_pid or site.daphnes[0].pid) / MB
                 if plan.thread_lengths and not self.out_of_time():
                     self.say(f"{kind}: thread lengths {plan.thread_lengths}")
                     out["threads"] = await self.thread_lengths(http, site, seed["threads"])
@@ -433,7 +438,7 @@ class Bench:
             "direct": combine(direct_runs),
             "site": combine(site_runs),
             "ratios": combine(ratios),
-            "vmhwm_mb": [peak_rss_bytes(d.pid) / MB for d in site.daphnes],
+            "vmhwm_mb": [peak_rss_bytes(d.app_pid or d.pid) / MB for d in site.daphnes],
         }
 
     async def warm_up_all(self, http: Any, site: Site, users: list[dict[str, Any]]) -> None:
@@ -537,6 +542,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--multi-n", type=int, help="conversations in the multi-process run")
     parser.add_argument("--ab-n", type=int, help="conversations in each A/B run")
     parser.add_argument("--ab-variants", help="semicolon-separated BENCH_VARIANTS values ('' = all on)")
+    parser.add_argument("--server", choices=SERVERS, help="the ASGI server to run the site on (default daphne)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results", help="where the JSON and table go")
     args = parser.parse_args(argv)
     name = args.mode or "full"
@@ -548,6 +554,8 @@ def main(argv: list[str] | None = None) -> int:
         settings["configs"] = args.configs.split(",")
     if args.ns:
         settings["ns"] = [int(x) for x in args.ns.split(",")]
+    if args.server:
+        settings["server"] = args.server
     if args.ab_variants is not None:
         settings["ab_variants"] = args.ab_variants.split(";")
     plan = Plan(mode=name, **settings)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import statistics
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -77,3 +78,29 @@ def combine(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
+
+
+STAGES = ("db_start", "stored", "task", "request", "provider", "first_token", "published")
+
+
+def stage_summary(log_text: str, reply_ids: set[int]) -> dict[str, Any]:
+    """The server's per-stage timings of these replies' sends (conversations/timing.py: one
+    `stage-timing {json}` line per reply, seconds since the frame arrived), as `stage_<name>_p50`
+    and `_p95` in milliseconds."""
+    rows = []
+    for line in log_text.splitlines():
+        _, mark, payload = line.partition("stage-timing ")
+        if not mark:
+            continue
+        try:
+            row = json.loads(payload)
+        except ValueError:
+            continue
+        if row.get("reply") in reply_ids:
+            rows.append(row)
+    out: dict[str, Any] = {"stage_replies": len(rows)}
+    for stage in STAGES:
+        values = [r[stage] * 1000 for r in rows if stage in r]
+        out[f"stage_{stage}_p50"] = percentile(values, 50)
+        out[f"stage_{stage}_p95"] = percentile(values, 95)
+    return out

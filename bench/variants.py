@@ -15,6 +15,10 @@
   under the shard lock), not conversations.layers' pipelined one;
 - `cache-per-call`: Django's own RedisCache (a new client, pool and connection per async context),
   not django-redis (one connection pool per process);
+- `no-coalesce`: every queued delta leaves a socket's channel as its own event (not joined with the
+  contiguous deltas of the same reply queued behind it: conversations/layers/coalesce.py);
+- `no-read-join`: the openai adapter yields each SSE event's text on its own, even when one read of
+  the stream brought several (conversations/llm/openai.py, `JOIN_READS`);
 - `switch=SECONDS`: sys.setswitchinterval (how soon a DB thread gets the GIL from a busy event loop);
 - `profile=PATH`: cProfile the event loop thread, written to PATH when daphne stops.
 Only the benchmark uses this module (`daphne bench.variants:application`).
@@ -173,6 +177,14 @@ for variant in VARIANTS:
 
         if settings.CACHES["default"]["BACKEND"] == "django_redis.cache.RedisCache":
             settings.CACHES["default"]["BACKEND"] = "django.core.cache.backends.redis.RedisCache"
+    elif variant == "no-read-join":
+        from conversations.llm import openai as openai_adapter
+
+        openai_adapter.JOIN_READS = False
+    elif variant == "no-coalesce":
+        from conversations.layers import coalesce
+
+        coalesce.ENABLED = False
     elif variant.startswith("switch="):
         import sys
 

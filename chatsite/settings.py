@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import sys
 import warnings
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -37,7 +38,6 @@ else:
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 
 INSTALLED_APPS = [
-    "daphne",
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
@@ -56,6 +56,10 @@ INSTALLED_APPS = [
     "accounts",
     "attachments",
 ]
+# daphne's app only replaces `runserver` with its ASGI version; loading it imports Twisted (about
+# 40 MB), which the task worker and management commands never use. `make run` starts daphne itself.
+if sys.argv[1:2] == ["runserver"]:
+    INSTALLED_APPS.insert(0, "daphne")
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",

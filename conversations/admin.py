@@ -27,7 +27,6 @@ from django.utils.safestring import mark_safe
 from . import pricing
 from .llm import ChatRequest, ProviderError, Usage, complete_once, configured_providers, provider_for, split_model
 from .models import Conversation, ConversationRead, Message, Persona, UserQuota
-from .rendering import render_markdown
 
 STATS_DAYS = 30
 # Where the streamed reply goes in the rendered preview page.
@@ -312,6 +311,8 @@ class PersonaAdmin(admin.ModelAdmin):
             except ProviderError as exc:
                 context["error"] = exc.message
             else:
+                from .rendering import render_markdown  # markdown-it: loaded where it is used, not in the worker
+
                 context.update(reply=render_markdown(text), usage=_usage_text(usage))
         return TemplateResponse(request, "admin/conversations/persona/preview.html", context)
 

@@ -19,7 +19,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.http import Http404
 
-from . import generation, presence, services, sockets
+from . import generation, presence, services, sockets, timing
 from .generation import shutdown
 from .models import Conversation, Message
 from .pricing import usage_payload
@@ -69,10 +69,12 @@ def _send(
     edit_of: int | None,
     model: object = None,
     attachments: object = None,
+    marks: timing.Marks | None = None,
 ) -> services.Sent:
+    timing.mark(marks, "db_start")
     if not sockets.signed_in(session_key, conversation.owner_id):
         raise SignedOut
-    return services.message_send(
+    sent = services.message_send(
         conversation=conversation,
         client_id=client_id,
         content=content,
@@ -81,6 +83,8 @@ def _send(
         model=model,
         attachments=attachments,
     )
+    timing.mark(marks, "stored")
+    return sent
 
 
 @database_sync_to_async
@@ -348,6 +352,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self.send_error("unavailable", "Something went wrong on the server. Try again in a moment.")
 
     async def on_send(self, frame: dict[str, Any]) -> None:
+        marks = timing.begin()
         try:
             client_id = uuid.UUID(str(frame.get("client_id")))
         except ValueError:
@@ -361,7 +366,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
             if parent_id is not None and not _is_id(parent_id):
                 raise ChatError("invalid", "`parent_id` must be a message id or null.")
         content, model, files = frame.get("content"), frame.get("model"), frame.get("attachments")
-        sent = await _send(self.session_key(), self.conversation, client_id, content, parent_id, edit_of, model, files)
+        sent = await _send(
+            self.session_key(), self.conversation, client_id, content, parent_id, edit_of, model, files, marks
+        )
         event: dict[str, Any] = {
             "type": "message",
             "message": sent.message.as_event(),
@@ -374,7 +381,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         # The reply first: the row is committed, and a layer failure below must not leave it
         # `streaming` with nothing behind it. (`message` still goes out before `start`: the reply's
         # first event is sent only once this handler yields.)
-        generation.start(sent.reply, owner_id=self.conversation.owner_id, siblings=(sent.reply.pk,))
+        generation.start(sent.reply, owner_id=self.conversation.owner_id, siblings=(sent.reply.pk,), marks=marks)
         try:
             await self.channel_layer.group_send(self.group, {**event, "type": "chat.message"})
         except Exception:

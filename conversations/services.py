@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Exists, OuterRef, Q
+from django.db.models import Case, Exists, F, OuterRef, Q, Value, When
 from django.utils import timezone
 
 from . import limits, pricing
@@ -318,18 +318,20 @@ def message_send(
     try:
         with transaction.atomic():
             conv = _lock(conversation)
-            # The resend and the reply in progress, in one query.
+            # The resend, the reply in progress and the first messages (the versions a new first
+            # message joins), in one query.
             found = list(
                 Message.objects.filter(conversation=conv)
-                .filter(Q(client_id=client_id) | Q(status=Message.Status.STREAMING))
+                .filter(Q(client_id=client_id) | Q(status=Message.Status.STREAMING) | Q(parent__isnull=True))
                 .order_by("id")
             )
             existing = next((m for m in found if m.client_id == client_id), None)
             if existing:
                 existing.files = list(existing.attachments.all())  # type: ignore[attr-defined]
                 return Sent(existing, None, _children(conv, existing.parent_id))
-            if found:
+            if any(m.status == Message.Status.STREAMING for m in found):
                 raise ChatError("busy", BUSY)
+            roots = tuple(m.pk for m in found if m.parent_id is None)
             parent = _parent_for_send(conv, parent_id, edit_of)
             _check_persona(conv)
             spec = _check_model(conv, model)
@@ -350,23 +352,32 @@ def message_send(
                     ),
                 ]
             )
-            # bulk_create cannot point the reply at a row of the same INSERT: link them now.
-            Message.objects.filter(pk=reply.pk).update(parent_id=message.pk)
-            Message.objects.filter(pk=message.pk).update(active_child_id=reply.pk)
+            # bulk_create cannot point the reply at a row of the same INSERT: link them now, and in
+            # the common case (the new message continues the active path) its parent to it, in one UPDATE.
             reply.parent_id = message.pk
             message.active_child_id = reply.pk
-            if follows_leaf and parent is not None:
-                # The common case: the new message continues the active path.
-                Message.objects.filter(pk=parent).update(active_child_id=message.pk)
-                Conversation.objects.filter(pk=conv.pk).update(active_leaf_id=reply.pk)
-                siblings: tuple[int, ...] = (message.pk,)
+            continues = follows_leaf and parent is not None
+            link = Message._meta.pk
+            links = [When(pk=message.pk, then=Value(reply.pk))]
+            if continues:
+                links.append(When(pk=parent, then=Value(message.pk)))
+            Message.objects.filter(pk__in=[message.pk, reply.pk, *([parent] if continues else [])]).update(
+                parent_id=Case(When(pk=reply.pk, then=Value(message.pk)), default=F("parent_id"), output_field=link),
+                active_child_id=Case(*links, default=F("active_child_id"), output_field=link),
+            )
+            fields = ["updated_at"]
+            if continues or parent is None:
+                # The path ends at the new reply: after the active leaf, or from a new first message
+                # (the two rows just linked are the whole path). Saved with the rest below.
+                conv.active_leaf_id = reply.pk
+                fields.append("active_leaf")
+                siblings: tuple[int, ...] = (message.pk,) if continues else (*roots, message.pk)
             else:
                 _point_path_to(conv, reply.pk)
                 siblings = _children(conv, parent)
             if files:
                 Attachment.objects.filter(pk__in=[f.pk for f in files]).update(message=message)
             message.files = files  # type: ignore[attr-defined]
-            fields = ["updated_at"]
             if spec != conv.model and effective_persona(conv).allow_model_choice:
                 conv.model = spec  # the choice sticks to the thread
                 fields.append("model")

@@ -21,7 +21,10 @@ async def messages_of(conversation):
     return await sync_to_async(lambda: list(Message.objects.filter(conversation=conversation).order_by("id")))()
 
 
-async def test_it_streams_a_reply_and_stores_it(alice):
+async def test_it_streams_a_reply_and_stores_it(alice, settings):
+    # Words a few milliseconds apart, as a provider sends them (with no delay at all, every delta is
+    # queued before the socket runs, and the queued ones leave as one frame: test_layers.py).
+    settings.CHAT_OFFLINE_WORD_DELAY = 0.003
     conv = await sync_to_async(make_conversation)(alice)
     ok, ws = await open_socket(alice, conv.pk)
     assert ok

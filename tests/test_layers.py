@@ -19,7 +19,7 @@ from channels.layers import InMemoryChannelLayer as StockInMemoryLayer
 from channels_redis import pubsub as channels_redis_pubsub
 from channels_redis import utils as channels_redis_utils
 
-from conversations.layers import InMemoryChannelLayer, RedisPubSubChannelLayer
+from conversations.layers import InMemoryChannelLayer, RedisPubSubChannelLayer, coalesce
 from conversations.layers.redis_pubsub import _PipelinedLoopLayer, _PipelinedShard
 
 REDIS_URL = os.environ.get("REDIS_URL", "")
@@ -177,6 +177,66 @@ async def test_it_delivers_in_order_with_publishes_batched():
         received = [await asyncio.wait_for(layer.receive(channel), 5) for _ in range(50)]
         assert [m["n"] for m in received] == list(range(50))
         assert rounds < 50, "each publish took its own round trip"
+    finally:
+        await layer.group_discard(group, channel)
+        await layer.flush()
+
+
+# -- queued deltas leave as one event (conversations/layers/coalesce.py) --------------------------------
+
+QUEUED = [
+    {"type": "chat.delta", "message_id": 7, "offset": 0, "text": "Hel"},
+    {"type": "chat.delta", "message_id": 7, "offset": 3, "text": "lo "},
+    {"type": "chat.delta", "message_id": 7, "offset": 6, "text": "you"},
+    {"type": "chat.delta", "message_id": 8, "offset": 0, "text": "other reply"},  # another reply: not joined
+    {"type": "chat.delta", "message_id": 8, "offset": 20, "text": "gap"},  # not contiguous: not joined
+    {"type": "chat.end", "message_id": 8, "status": "complete"},  # keeps its place
+    {"type": "chat.delta", "message_id": 9, "offset": 0, "text": "a"},
+    {"type": "chat.delta", "message_id": 9, "offset": 1, "text": "b"},
+]
+JOINED = [
+    {"type": "chat.delta", "message_id": 7, "offset": 0, "text": "Hello you"},
+    {"type": "chat.delta", "message_id": 8, "offset": 0, "text": "other reply"},
+    {"type": "chat.delta", "message_id": 8, "offset": 20, "text": "gap"},
+    {"type": "chat.end", "message_id": 8, "status": "complete"},
+    {"type": "chat.delta", "message_id": 9, "offset": 0, "text": "ab"},
+]
+
+
+async def _drain(layer, channel, count):
+    return [await asyncio.wait_for(layer.receive(channel), 5) for _ in range(count)]
+
+
+async def test_the_in_memory_layer_joins_contiguous_queued_deltas_of_one_reply_and_keeps_the_order():
+    assert coalesce.ENABLED
+    layer = InMemoryChannelLayer()
+    channel = await layer.new_channel()
+    await layer.group_add("g", channel)
+    for event in QUEUED:
+        await layer.group_send("g", event)
+    assert await _drain(layer, channel, len(JOINED)) == JOINED
+    assert channel not in layer.channels  # drained queues are dropped, as the base class does
+    # Nothing waits for more: a lone delta leaves as it came.
+    await layer.send(channel, QUEUED[0])
+    assert await layer.receive(channel) == QUEUED[0]
+
+
+@needs_redis
+async def test_the_redis_layer_joins_contiguous_queued_deltas_of_one_reply_and_keeps_the_order():
+    layer = RedisPubSubChannelLayer(hosts=[REDIS_URL])
+    group = f"test-layers-{uuid.uuid4().hex}"
+    channel = await layer.new_channel()
+    await layer.group_add(group, channel)
+    try:
+        for event in QUEUED:
+            await layer.group_send(group, event)
+        queue = layer._get_layer().channels[channel]
+        for _ in range(50):  # until Redis has delivered all of them to the socket's queue
+            if queue.qsize() == len(QUEUED):
+                break
+            await asyncio.sleep(0.05)
+        assert queue.qsize() == len(QUEUED)
+        assert await _drain(layer, channel, len(JOINED)) == JOINED
     finally:
         await layer.group_discard(group, channel)
         await layer.flush()

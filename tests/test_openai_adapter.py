@@ -33,13 +33,38 @@ def request(**fields) -> ChatRequest:
     return ChatRequest(**fields)
 
 
-async def test_it_streams_every_chunk_and_the_usage(fake_provider):
+def _ends(pieces: list[str]) -> set[int]:
+    """Where each piece ends in the joined text."""
+    ends, at = set(), 0
+    for piece in pieces:
+        at += len(piece)
+        ends.add(at)
+    return ends
+
+
+async def test_it_streams_the_text_exactly_and_the_usage(fake_provider):
     text = "Raw lines " + " ".join(f"t{i}" for i in range(50)) + ' ünï 漢字 🎉 "quoted" \\ end'
     fake_provider.script(Reply(text=text, input_tokens=11, output_tokens=55))
     texts, usage = await collect(request())
     assert "".join(texts) == text
-    assert len(texts) == len(Reply(text=text).pieces())
+    # Events that arrived in one read are joined; never is a provider's chunk split.
+    assert _ends(texts) <= _ends(Reply(text=text).pieces())
     assert usage == Usage(11, 55, cached_input_tokens=0, cache_write_tokens=0)
+
+
+async def test_it_yields_chunks_as_they_come_and_joins_those_that_wait(fake_provider, monkeypatch):
+    from conversations.llm import openai as adapter
+
+    words = " ".join(f"w{i}" for i in range(10))
+    # 30 ms apart: each read finds one event (a reader held up for 30 ms would find two, joined).
+    fake_provider.script(Reply(text=words, token_delay=0.03))
+    texts, _ = await collect(request())
+    assert "".join(texts) == words and len(texts) > 1
+    # With the join off (the benchmark's `no-read-join`), every event is its own piece, however they arrive.
+    monkeypatch.setattr(adapter, "JOIN_READS", False)
+    fake_provider.script(Reply(text=words))
+    texts, _ = await collect(request())
+    assert texts == Reply(text=words).pieces()
 
 
 async def test_it_sends_the_history_as_the_requests_messages(fake_provider):
@@ -65,7 +90,7 @@ async def test_it_maps_an_error_object_inside_the_stream(fake_provider):
         async for item in provider.stream(request()):
             texts.append(item)
     await provider.aclose()
-    assert texts == ["a", " b"]
+    assert "".join(texts) == "a b"  # what came before the error, whether in one read or two
     assert (caught.value.code, caught.value.retryable) == ("provider_unavailable", True)
 
 
@@ -98,4 +123,12 @@ async def test_it_finds_data_lines_however_the_bytes_are_split():
 
     for size in (1, 3, 7, len(body)):
         response = httpx2.Response(200, content=pieces(size))
-        assert [d async for d in _sse_data(response)] == [b'{"a": 1}', b'{"b": 2}', b'{"c": "x\\ny"}', b"[DONE]"]
+        assert [d async for batch in _sse_data(response) for d in batch] == [
+            b'{"a": 1}',
+            b'{"b": 2}',
+            b'{"c": "x\\ny"}',
+            b"[DONE]",
+        ]
+    # The events one read completes come as one batch.
+    whole = httpx2.Response(200, content=pieces(len(body)))
+    assert [len(batch) async for batch in _sse_data(whole)] == [3, 1]

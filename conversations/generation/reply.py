@@ -13,7 +13,7 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import close_old_connections
 
-from .. import services
+from .. import services, timing
 from ..context import estimate_tokens
 from ..history import Followups, build_for_reply, trimmed
 from ..llm import ChatRequest, ProviderError, Usage, provider_for
@@ -30,10 +30,18 @@ from .retry import backoff
 log = logging.getLogger(__package__)
 
 
-def start(reply: Message, *, owner_id: int | None = None, siblings: tuple[int, ...] = ()) -> Generation:
+def start(
+    reply: Message,
+    *,
+    owner_id: int | None = None,
+    siblings: tuple[int, ...] = (),
+    marks: timing.Marks | None = None,
+) -> Generation:
     """Start generating `reply` (a streaming row just created) in this process; `owner_id` (the
-    conversation's owner, for the quota counter) saves a lookup at the end."""
+    conversation's owner, for the quota counter) saves a lookup at the end; `marks`: the send's stage
+    timings, when the benchmark asks for them (timing.py)."""
     generation = Generation(reply, owner_id=owner_id, siblings=siblings or (reply.pk,))
+    generation.marks = marks
     registry.running[reply.conversation_id] = generation
     generation.task = spawn(generation.run())
     ensure_janitor()
@@ -66,6 +74,7 @@ class Generation:
         self.over = False  # set once the outcome is decided: other processes' requests go unanswered
         self._stream_task: asyncio.Task[None] | None = None
         self.layer = get_channel_layer()
+        self.marks: timing.Marks | None = None  # stage timings of the send (timing.py), when on
 
     # -- reading ------------------------------------------------------------------------
     def text(self) -> str:
@@ -108,6 +117,7 @@ class Generation:
     # -- running --------------------------------------------------------------------------
     async def run(self) -> None:
         """Generate, then store the outcome and tell every socket."""
+        timing.mark(self.marks, "task")
         listener = control.listen(self)
         flusher(self)
         status, error = Message.Status.COMPLETE, None
@@ -124,6 +134,7 @@ class Generation:
             self.request, self.followups, stop_asked = await sync_to_async(_build_request, thread_sensitive=False)(
                 self.reply_id
             )
+            timing.mark(self.marks, "request")
             if stop_asked:  # a `stop` that came before this reply's process could hear it
                 self._stopping = True
             if self._stopping:
@@ -156,6 +167,7 @@ class Generation:
         attempt = 0
         trimmed_once = False
         while True:
+            timing.mark(self.marks, "provider")
             try:
                 async for item in within_gap(provider.stream(request), settings.CHAT_READ_TIMEOUT):
                     if isinstance(item, Usage):
@@ -164,7 +176,12 @@ class Generation:
                     offset = self.length
                     self.chunks.append(item)
                     self.length += len(item)
+                    if self.marks is not None and "published" not in self.marks:
+                        timing.mark(self.marks, "first_token")
                     await self.send({"type": "chat.delta", "message_id": self.reply_id, "offset": offset, "text": item})
+                    if self.marks is not None and "published" not in self.marks:
+                        timing.mark(self.marks, "published")
+                        timing.report(self.marks, self.reply_id)
                     if self._stopping or self._interrupting:  # though the cancellation itself got lost
                         raise asyncio.CancelledError
                 return

@@ -9,8 +9,11 @@ Channels' InMemoryChannelLayer costs grow with the number of streams (see docs/a
 - every message is deep-copied per channel; a message of plain scalars (every `chat.delta`)
   gets a flat copy instead, which is the same thing for such a message.
 
+- a delta received with more deltas of the same reply queued behind it leaves as one (coalesce.py).
+
 Private parts of the base class relied on (pinned by tests/test_layers.py): `_clean_expired` (which
-its `receive` calls), and its `channels` dict of `asyncio.Queue`s holding `(expires_at, message)`.
+its `receive` calls), and its `channels` dict of `asyncio.Queue`s holding `(expires_at, message)`
+(an `asyncio.Queue`'s `_queue` deque, peeked at by `receive`).
 Measured: CPU per token 1.01 ms with the base class, 0.54 ms with this one (docs/performance.md).
 """
 
@@ -23,6 +26,8 @@ from typing import Any
 
 from channels.exceptions import ChannelFull
 from channels.layers import InMemoryChannelLayer as BaseInMemoryChannelLayer
+
+from .coalesce import coalesce
 
 _SCALARS = (str, int, float, bool, type(None))
 
@@ -57,6 +62,17 @@ class InMemoryChannelLayer(BaseInMemoryChannelLayer):
             queue.put_nowait((time.time() + self.expiry, _copy(message)))
         except asyncio.QueueFull:
             raise ChannelFull(channel) from None
+
+    async def receive(self, channel: str) -> dict[str, Any]:
+        """The next message; a delta with the contiguous deltas queued behind it joined (coalesce.py)."""
+        message: dict[str, Any] = await super().receive(channel)
+        queue = self.channels.get(channel)
+        if queue is None:
+            return message
+        message = coalesce(message, queue._queue, lambda item: item[1], queue.get_nowait)
+        if queue.empty():  # as the base class does once a queue is drained
+            self.channels.pop(channel, None)
+        return message
 
     async def send(self, channel: str, message: dict[str, Any]) -> None:
         """Put a message on a channel (the base class's checks, then one put)."""

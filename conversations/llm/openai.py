@@ -14,6 +14,10 @@ from django.conf import settings
 
 from .base import ChatRequest, Content, Provider, ProviderError, Usage, error_for_status, parse_retry_after
 
+# The text of the events one read of the stream completes is yielded as one piece (the benchmark's
+# `no-read-join` variant sets this off: docs/performance.md).
+JOIN_READS = True
+
 
 def map_error(exc: Exception) -> ProviderError:
     """The SDK's (and httpx's) exceptions as our one error type."""
@@ -117,23 +121,35 @@ class OpenAIProvider(Provider):
                 stream_options={"include_usage": True},
                 **kwargs,
             ) as response:
-                async for data in _sse_data(response.http_response):
-                    if data.startswith(b"[DONE]"):
-                        finished = True
-                        continue  # read on to the end of the body so the connection can be reused
-                    chunk = orjson.loads(data)
-                    if not isinstance(chunk, dict):
-                        continue
-                    if chunk.get("error"):
-                        raise _stream_error(chunk["error"], response.http_response.request)
-                    if chunk.get("usage"):
-                        usage = parse_usage(chunk["usage"])
-                    for choice in chunk.get("choices") or ():
-                        content = (choice.get("delta") or {}).get("content")
-                        if content:
-                            yield content
-                        if choice.get("finish_reason"):
+                async for batch in _sse_data(response.http_response):
+                    # The events of one read leave as one piece of text: when the process is behind,
+                    # several tokens wait in the socket's buffer, and relaying them as one delta costs
+                    # one event instead of many (docs/performance.md). Unhurried, a read holds one event.
+                    texts: list[str] = []
+                    for data in batch:
+                        if data.startswith(b"[DONE]"):
                             finished = True
+                            continue  # read on to the end of the body so the connection can be reused
+                        chunk = orjson.loads(data)
+                        if not isinstance(chunk, dict):
+                            continue
+                        if chunk.get("error"):
+                            if texts:
+                                yield "".join(texts)  # what came before the error is the reply's
+                            raise _stream_error(chunk["error"], response.http_response.request)
+                        if chunk.get("usage"):
+                            usage = parse_usage(chunk["usage"])
+                        for choice in chunk.get("choices") or ():
+                            content = (choice.get("delta") or {}).get("content")
+                            if content:
+                                texts.append(content)
+                            if choice.get("finish_reason"):
+                                finished = True
+                    if not JOIN_READS:
+                        for text in texts:
+                            yield text
+                    elif texts:
+                        yield texts[0] if len(texts) == 1 else "".join(texts)
             if not finished:
                 # The body ended cleanly but without a finish_reason or [DONE] (a proxy or a server
                 # that cut it): a partial reply, not a whole one.
@@ -167,8 +183,9 @@ def parse_usage(counted: dict[str, Any]) -> Usage:
     )
 
 
-async def _sse_data(response: httpx2.Response) -> AsyncIterator[bytes]:
-    """The `data:` payloads of a server-sent event stream, one per line (OpenAI sends one-line events).
+async def _sse_data(response: httpx2.Response) -> AsyncIterator[list[bytes]]:
+    """The `data:` payloads of a server-sent event stream, one per line (OpenAI sends one-line events),
+    in batches: those completed by one read of the body.
 
     Transport failures surface as the SDK's own APITimeoutError / APIConnectionError, as they do
     from its parsed stream, so `map_error` treats both paths alike.
@@ -180,15 +197,15 @@ async def _sse_data(response: httpx2.Response) -> AsyncIterator[bytes]:
             if b"\n" not in piece:
                 continue
             *lines, buffer = buffer.split(b"\n")
-            for line in lines:
-                if line.startswith(b"data:"):
-                    yield line[5:].strip()
+            batch = [line[5:].strip() for line in lines if line.startswith(b"data:")]
+            if batch:
+                yield batch
     except httpx2.TimeoutException as exc:
         raise openai.APITimeoutError(request=response.request) from exc
     except (httpx2.RequestError, aiohttp.ClientError) as exc:
         raise openai.APIConnectionError(request=response.request) from exc
     if buffer.startswith(b"data:"):
-        yield buffer[5:].strip()
+        yield [buffer[5:].strip()]
 
 
 def _stream_error(error: object, request: httpx2.Request) -> openai.APIError:
