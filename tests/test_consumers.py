@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import uuid
 
 import pytest
@@ -321,3 +323,57 @@ async def test_the_offline_demo_streams_the_same_reply_to_the_same_request():
     assert "> same words" in first and "2 words" in first
     assert other != first and "> other words entirely" in other
     assert len(usage) == 1 and usage[0].output_tokens == len(words_of(first))
+
+
+class _Lines(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+async def test_with_stage_timing_on_a_reply_logs_its_stages(alice, fake_provider, monkeypatch):
+    from conversations import timing
+
+    monkeypatch.setenv("CHAT_STAGE_TIMING", "1")
+    fake_provider.script(Reply(text="one two three", first_token_delay=0.05))
+    conv = await sync_to_async(make_conversation)(alice)
+    ok, ws = await open_socket(alice, conv.pk)
+    await ws.recv()
+    handler = _Lines()
+    logging.getLogger(timing.__name__).addHandler(handler)
+    try:
+        await ws.send_message("Time me")
+        start = await ws.until("start")
+        await ws.until("end")
+    finally:
+        logging.getLogger(timing.__name__).removeHandler(handler)
+    lines = [line for line in handler.lines if line.startswith("stage-timing ")]
+    assert len(lines) == 1, lines  # one line per reply, at its first token
+    stages = json.loads(lines[0].removeprefix("stage-timing "))
+    assert stages.pop("reply") == start["message_id"]
+    assert list(stages) == ["db_start", "stored", "task", "request", "provider", "first_token", "published"]
+    times = list(stages.values())
+    assert times == sorted(times) and times[0] >= 0
+    assert stages["first_token"] - stages["provider"] >= 0.04  # the provider's 50 ms before its first token
+    await ws.close()
+
+
+async def test_without_stage_timing_nothing_is_logged(alice, monkeypatch):
+    from conversations import timing
+
+    monkeypatch.delenv("CHAT_STAGE_TIMING", raising=False)
+    conv = await sync_to_async(make_conversation)(alice)
+    ok, ws = await open_socket(alice, conv.pk)
+    await ws.recv()
+    handler = _Lines()
+    logging.getLogger(timing.__name__).addHandler(handler)
+    try:
+        await ws.send_message("Quiet")
+        await ws.until("end")
+    finally:
+        logging.getLogger(timing.__name__).removeHandler(handler)
+    assert handler.lines == []
+    await ws.close()
