@@ -123,12 +123,13 @@ def render(results: dict[str, Any]) -> str:
         if stages:
             head = "Before the first token, inside the server (ms since the `send` frame arrived, p50 / p95):"
             out += [head, "", stages, ""]
+        server = plan.get("server", "daphne")
         if config.get("server_vmhwm_mb"):
-            out += [f"daphne's peak RSS over all the phases above (VmHWM): {config['server_vmhwm_mb']:.0f} MB.", ""]
+            out += [f"{server}'s peak RSS over all the phases above (VmHWM): {config['server_vmhwm_mb']:.0f} MB.", ""]
         idle = config.get("idle")
         if idle:
             out += [
-                f"Idle sockets: {idle['sockets']} open (in {idle['connect_s']:.1f} s): daphne RSS "
+                f"Idle sockets: {idle['sockets']} open (in {idle['connect_s']:.1f} s): {server} RSS "
                 f"{idle['rss_before_mb']:.0f} → {idle['rss_open_mb']:.0f} MB, "
                 f"**{idle['kb_per_socket']:.1f} KB per socket**; CPU while they idle "
                 f"{idle['idle_cpu_cores'] * 100:.1f}% of a core; {idle['rss_after_close_mb']:.0f} MB after closing.",

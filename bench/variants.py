@@ -17,6 +17,8 @@
   not django-redis (one connection pool per process);
 - `no-coalesce`: every queued delta leaves a socket's channel as its own event (not joined with the
   contiguous deltas of the same reply queued behind it: conversations/layers/coalesce.py);
+- `send-threads=K`: the socket's `send` stores its message on a pool of K threads of its own instead of
+  Channels' one shared database thread (the socket's other database calls stay there);
 - `no-read-join`: the openai adapter yields each SSE event's text on its own, even when one read of
   the stream brought several (conversations/llm/openai.py, `JOIN_READS`);
 - `switch=SECONDS`: sys.setswitchinterval (how soon a DB thread gets the GIL from a busy event loop);
@@ -121,6 +123,29 @@ def build_from_whole_history(reply_id: int) -> Any:
 BUILD_FOR_REPLY: Any = None
 
 
+def sends_on_own_threads(threads: int) -> None:
+    """The socket's `send` stores on a pool of its own (the `send-threads=K` variant)."""
+    import asyncio
+    import functools
+    from concurrent.futures import ThreadPoolExecutor
+
+    from django.db import close_old_connections
+
+    from conversations import consumers
+
+    pool = ThreadPoolExecutor(threads, thread_name_prefix="send")
+    store = consumers._send.func  # type: ignore[attr-defined]
+
+    def stored(*args: Any, **kwargs: Any) -> Any:
+        close_old_connections()
+        return store(*args, **kwargs)
+
+    async def send(*args: Any, **kwargs: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(pool, functools.partial(stored, *args, **kwargs))
+
+    consumers._send = send  # type: ignore[assignment]
+
+
 for variant in VARIANTS:
     if variant == "stock-layer":
         from django.conf import settings
@@ -177,6 +202,8 @@ for variant in VARIANTS:
 
         if settings.CACHES["default"]["BACKEND"] == "django_redis.cache.RedisCache":
             settings.CACHES["default"]["BACKEND"] = "django.core.cache.backends.redis.RedisCache"
+    elif variant.startswith("send-threads="):
+        sends_on_own_threads(int(variant.split("=", 1)[1]))
     elif variant == "no-read-join":
         from conversations.llm import openai as openai_adapter
 
