@@ -53,7 +53,7 @@ def share_create(*, conversation: Conversation) -> ShareLink:
     """A link to a snapshot of the conversation's active path as it is now."""
     path = [m for m in paths.active_path(conversation) if m.status != Message.Status.STREAMING or m.content]
     files: dict[int, list[dict[str, object]]] = {}
-    for a in Attachment.objects.filter(message_id__in=[m.pk for m in path]).order_by("created_at", "id"):
+    for a in Attachment.objects.filter(message_id__in=[m.pk for m in path]).order_by("position", "created_at", "id"):
         files.setdefault(a.message_id or 0, []).append(a.as_json())  # served within the link (attachments/)
     snapshot = [
         {"role": m.role, "content": m.content, "created_at": m.created_at.isoformat()}

@@ -60,6 +60,8 @@ class Attachment(models.Model):
     message = models.ForeignKey(
         "conversations.Message", null=True, blank=True, on_delete=models.CASCADE, related_name="attachments"
     )
+    # Its place among the message's files: the order of the send's `attachments` list (the composer's).
+    position = models.PositiveSmallIntegerField(default=0)
     name = models.CharField(max_length=255)
     kind = models.CharField(max_length=8, choices=Kind.choices)
     content_type = models.CharField(max_length=100)
@@ -75,7 +77,7 @@ class Attachment(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
-        ordering = ["created_at", "id"]
+        ordering = ["position", "created_at", "id"]
         indexes = [
             models.Index(fields=["message"]),
             models.Index(fields=["created_at"], condition=models.Q(message__isnull=True), name="unsent_attachments"),

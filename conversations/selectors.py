@@ -254,7 +254,7 @@ def attachments_by_message(messages: list[Message]) -> dict[int, list[Attachment
     found: dict[int, list[Attachment]] = {}
     ids = [m.pk for m in messages if m.role == Message.Role.USER]
     if ids:
-        for a in Attachment.objects.filter(message_id__in=ids).order_by("created_at", "id"):
+        for a in Attachment.objects.filter(message_id__in=ids).order_by("position", "created_at", "id"):
             found.setdefault(a.message_id or 0, []).append(a)
     return found
 

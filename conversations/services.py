@@ -364,7 +364,10 @@ def message_send(
                 _point_path_to(conv, reply.pk)
                 siblings = _children(conv, parent)
             if files:
-                Attachment.objects.filter(pk__in=[f.pk for f in files]).update(message=message)
+                # In the send's order (the composer's): the page, the exports and the request follow it.
+                for position, f in enumerate(files):
+                    f.message, f.position = message, position
+                Attachment.objects.bulk_update(files, ["message", "position"])
             message.files = files  # type: ignore[attr-defined]
             fields = ["updated_at"]
             if spec != conv.model and effective_persona(conv).allow_model_choice:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import uuid
 
 import pytest
@@ -225,3 +226,31 @@ async def test_the_model_registry_decides_what_a_model_takes(alice, fake_provide
     as_text, as_document = (last_user_content(r.json) for r in fake_provider.requests)
     assert as_text[0]["type"] == "text" and "Registry says text." in as_text[0]["text"]
     assert as_document[0]["type"] == "document"
+
+
+async def test_files_reach_the_model_in_the_order_they_were_attached_not_uploaded(alice, fake_provider, client):
+    conv = await conversation_on(alice, "openai:gpt-test")
+    # The second file finishes uploading first (a small file after a large one, say).
+    second = await upload(alice, conv, "second.txt", b"two\n")
+    first = await upload(alice, conv, "first.txt", b"one\n")
+    frames = await send(alice, conv, "Both", [str(first.pk), str(second.pk)])
+    message = next(f for f in frames if f["type"] == "message")["message"]
+    assert [f["name"] for f in message["attachments"]] == ["first.txt", "second.txt"]
+    texts = [p["text"] for p in last_user_content(fake_provider.requests[-1].json)]
+    assert texts == ["File `first.txt`:\n```\none\n```", "File `second.txt`:\n```\ntwo\n```", "Both"]
+    # Later requests carry the turn's files in the same order, and so do the page and the exports.
+    await send(alice, conv, "And?", [])
+    history = [m for m in fake_provider.requests[-1].json["messages"] if m["role"] == "user"][0]["content"]
+    assert [p["text"].split("`")[1] for p in history[:2]] == ["first.txt", "second.txt"]
+    page, doc, markdown = await sync_to_async(_page_and_exports)(client, alice, conv)
+    assert page.index("first.txt") < page.index("second.txt")
+    assert [f["name"] for f in doc["messages"][0]["attachments"]] == ["first.txt", "second.txt"]
+    assert markdown.index("first.txt") < markdown.index("second.txt")
+
+
+def _page_and_exports(client, user, conv) -> tuple[str, dict, str]:
+    client.force_login(user)
+    page = client.get(f"/conversations/{conv.pk}/").content.decode()
+    doc = json.loads(b"".join(client.get(f"/conversations/{conv.pk}/export.json").streaming_content))
+    markdown = b"".join(client.get(f"/conversations/{conv.pk}/export.md").streaming_content).decode()
+    return page, doc, markdown
