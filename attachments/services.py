@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from django.conf import settings
 from django.core.files.uploadedfile import UploadedFile
 from django.db import transaction
-from django.db.models import Sum
+from django.db.models import Max, Sum
 from django.utils import timezone
 
 from conversations import pricing
@@ -42,8 +42,10 @@ def check_size(size: int) -> None:
 
 
 def user_storage_used(user_id: int) -> int:
-    """Bytes of attachments the user has stored."""
-    return Attachment.objects.filter(owner_id=user_id).aggregate(total=Sum("size"))["total"] or 0
+    """Bytes of attachments the user has stored: each stored file once, however many versions of a
+    message carry it (an edit keeps its files by sharing the bytes)."""
+    files = Attachment.objects.filter(owner_id=user_id).values("file").annotate(bytes=Max("size")).order_by()
+    return files.aggregate(total=Sum("bytes"))["total"] or 0
 
 
 def attachment_upload(*, owner: AbstractBaseUser, conversation: Conversation, upload: UploadedFile) -> Attachment:

@@ -10,6 +10,7 @@ import uuid
 from dataclasses import dataclass
 
 from django.conf import settings
+from django.core.files.storage import Storage
 from django.db import models, transaction
 from django.db.models.signals import post_delete
 from django.dispatch import receiver
@@ -80,11 +81,20 @@ class Attachment(models.Model):
         ordering = ["position", "created_at", "id"]
         indexes = [
             models.Index(fields=["message"]),
+            # Whether any row still refers to a stored file, when one that did is deleted.
+            models.Index(fields=["file"], name="attachment_file"),
             models.Index(fields=["created_at"], condition=models.Q(message__isnull=True), name="unsent_attachments"),
         ]
 
     def __str__(self) -> str:
         return self.name
+
+    def copied(self, **changes: object) -> Attachment:
+        """A new, unsaved row for the same stored bytes: a file kept by an edit (a new version of its
+        message), or copied with a shared thread. The bytes stay until no row refers to them."""
+        skip = {"id", "message", "position", "created_at", "file"}
+        fields = {f.attname: getattr(self, f.attname) for f in self._meta.concrete_fields if f.name not in skip}
+        return Attachment(**(fields | {"file": self.file.name} | changes))
 
     def as_ref(self) -> AttachmentRef:
         """The attachment as request history sees it (context.py's pure view)."""
@@ -106,12 +116,20 @@ class Attachment(models.Model):
 
 @receiver(post_delete, sender=Attachment)
 def _delete_file(sender: type[Attachment], instance: Attachment, **kwargs: object) -> None:
-    """The stored bytes go with the row, however it went (a deleted conversation, account or orphan).
+    """The stored bytes go with the last row that refers to them, however it went (a deleted conversation,
+    account or orphan).
 
     A signal rather than a service: rows disappear by cascade from several directions (a thread,
     an account, the admin), and each must take its file along. After the commit, so a rolled-back
-    delete keeps its file.
+    delete keeps its file, and so the check sees every row committed by then: one that copies a row
+    locks it first (`SELECT … FOR UPDATE`), so a delete racing the copy commits after it, and sees it.
     """
     name, storage = instance.file.name, instance.file.storage
     if name:
-        transaction.on_commit(lambda: storage.delete(name))
+        transaction.on_commit(lambda: _delete_unreferenced(storage, name))
+
+
+def _delete_unreferenced(storage: Storage, name: str) -> None:
+    if Attachment.objects.filter(file=name).exists():
+        return  # another version of the message, or a copied shared thread, still shows these bytes
+    storage.delete(name)

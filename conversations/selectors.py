@@ -183,11 +183,17 @@ def active_path(
     leaf_id: int | None = None,
     fields: tuple[str, ...] = PAGE_FIELDS,
     summaries: bool = False,
+    files: bool = False,
 ) -> list[PathMessage]:
     """The active path (or the path to `leaf_id`) with each message's versions (and, with `summaries`,
-    the summary through each): two queries, however many branches there are."""
+    the summary through each; with `files`, each message's files as `files`): two queries, however many
+    branches there are (three with files)."""
     path = path_messages(conversation, leaf_id=leaf_id, fields=fields, summaries=summaries)
     siblings = sibling_ids(conversation, path)
+    if files:
+        found = attachments_by_message(path)
+        for m in path:
+            m.files = found.get(m.pk, [])  # type: ignore[attr-defined]
     return [PathMessage(m, siblings[m.pk]) for m in path]
 
 
