@@ -9,11 +9,10 @@ from typing import TYPE_CHECKING
 from django.conf import settings
 from django.core.files.uploadedfile import UploadedFile
 from django.db import transaction
-from django.db.models import Max, Sum
 from django.utils import timezone
 
 from conversations import pricing
-from conversations.attachment import model_takes
+from conversations.attachment import MB, model_takes, storage_allowance, storage_used
 from conversations.models import Attachment, Conversation
 from conversations.services import effective_persona
 
@@ -27,7 +26,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MB = 1024 * 1024
 KIND_NAMES = {"image": "images", "pdf": "PDFs", "text": "text files"}
 
 
@@ -41,19 +39,11 @@ def check_size(size: int) -> None:
         raise Refused(f"That file is {size / MB:.1f} MB; the limit is {settings.CHAT_MAX_UPLOAD_MB} MB.")
 
 
-def user_storage_used(user_id: int) -> int:
-    """Bytes of attachments the user has stored: each stored file once, however many versions of a
-    message carry it (an edit keeps its files by sharing the bytes)."""
-    files = Attachment.objects.filter(owner_id=user_id).values("file").annotate(bytes=Max("size")).order_by()
-    return files.aggregate(total=Sum("bytes"))["total"] or 0
-
-
 def attachment_upload(*, owner: AbstractBaseUser, conversation: Conversation, upload: UploadedFile) -> Attachment:
     """Check `upload` (size, quota, kind by content, the thread's model takes it) and store it, unsent."""
     size = upload.size or 0
     check_size(size)
-    quota = settings.CHAT_USER_STORAGE_MB * MB
-    if user_storage_used(owner.pk) + size > quota:
+    if storage_used(owner.pk) + size > storage_allowance():
         raise Refused(
             f"Your files take up your whole storage allowance ({settings.CHAT_USER_STORAGE_MB} MB). "
             "Delete conversations with attachments to make room."

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from django.conf import settings
 from django.core.files.storage import Storage
 from django.db import models, transaction
+from django.db.models import Max, Sum
 from django.db.models.signals import post_delete
 from django.dispatch import receiver
 
@@ -39,6 +40,21 @@ def model_takes(spec: str) -> Takes:
         return Takes(kinds, native_pdf="pdf" in kinds and provider == "anthropic")
     listed = {"text", "pdf"} | ({"image"} if entry.supports_images else set())
     return Takes(frozenset(listed), native_pdf=entry.supports_pdf and provider == "anthropic")
+
+
+MB = 1024 * 1024
+
+
+def storage_used(owner_id: int) -> int:
+    """Bytes of attachments the user has stored: each stored file once, however many of their rows show
+    it (versions of a message that kept it, a shared thread continued twice)."""
+    files = Attachment.objects.filter(owner_id=owner_id).values("file").annotate(bytes=Max("size")).order_by()
+    return files.aggregate(total=Sum("bytes"))["total"] or 0
+
+
+def storage_allowance() -> int:
+    """Bytes of attachments a user may store (CHAT_USER_STORAGE_MB)."""
+    return int(settings.CHAT_USER_STORAGE_MB) * MB
 
 
 def attachment_path(instance: Attachment, filename: str) -> str:

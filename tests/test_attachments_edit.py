@@ -8,7 +8,7 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.core.files.storage import default_storage
 
-from attachments.services import user_storage_used
+from conversations.attachment import storage_used
 from conversations.models import Attachment, Conversation, Message
 from tests.conftest import open_socket
 from tests.factories import make_conversation
@@ -81,7 +81,7 @@ async def test_an_edit_keeps_the_files_of_the_message_it_edits(alice, fake_provi
     assert {c.pk for c in copies}.isdisjoint({image.pk, notes.pk})
     # The original keeps its own files, and the bytes count once against the owner's storage.
     assert [a.pk for a in await rows(message_id=original["id"])] == [image.pk, notes.pk]
-    assert await sync_to_async(user_storage_used)(alice.pk) == image.size + notes.size
+    assert await sync_to_async(storage_used)(alice.pk) == image.size + notes.size
 
 
 async def test_an_edit_can_leave_out_a_file_or_all_of_them(alice, fake_provider):
