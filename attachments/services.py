@@ -67,12 +67,15 @@ def attachment_upload(*, owner: AbstractBaseUser, conversation: Conversation, up
         tokens=prepared.tokens,
     )
     # The storage streams the file in chunks (a local file, or an S3 multipart upload).
-    attachment.file.save(name, prepared.content, save=False)
     try:
+        attachment.file.save(name, prepared.content, save=False)
+        if prepared.rendition is not None:
+            attachment.rendition.save(name, prepared.rendition, save=False)
         attachment.save()
     except Exception:
-        if attachment.file.name:
-            attachment.file.storage.delete(attachment.file.name)  # no row, no file
+        for stored in (attachment.file, attachment.rendition):
+            if stored.name:
+                stored.storage.delete(stored.name)  # no row, no file
         raise
     return attachment
 

@@ -84,6 +84,9 @@ class Attachment(models.Model):
     content_type = models.CharField(max_length=100)
     size = models.BigIntegerField()
     file = models.FileField(upload_to=attachment_path, max_length=300)
+    # An image larger than a provider reads: a copy at the larger of OpenAI's and Anthropic's sizes
+    # (images.rendition_size), made at upload, so a request never decodes the original again.
+    rendition = models.FileField(upload_to=attachment_path, max_length=300, blank=True)
     width = models.PositiveIntegerField(null=True, blank=True)
     height = models.PositiveIntegerField(null=True, blank=True)
     pages = models.PositiveIntegerField(null=True, blank=True)
@@ -108,9 +111,10 @@ class Attachment(models.Model):
     def copied(self, **changes: object) -> Attachment:
         """A new, unsaved row for the same stored bytes: a file kept by an edit (a new version of its
         message), or copied with a shared thread. The bytes stay until no row refers to them."""
-        skip = {"id", "message", "position", "created_at", "file"}
+        skip = {"id", "message", "position", "created_at"}
         fields = {f.attname: getattr(self, f.attname) for f in self._meta.concrete_fields if f.name not in skip}
-        return Attachment(**(fields | {"file": self.file.name} | changes))
+        files = {"file": self.file.name, "rendition": self.rendition.name}  # names: the same stored objects
+        return Attachment(**(fields | files | changes))
 
     def as_ref(self) -> AttachmentRef:
         """The attachment as request history sees it (context.py's pure view)."""
@@ -140,12 +144,14 @@ def _delete_file(sender: type[Attachment], instance: Attachment, **kwargs: objec
     delete keeps its file, and so the check sees every row committed by then: one that copies a row
     locks it first (`SELECT … FOR UPDATE`), so a delete racing the copy commits after it, and sees it.
     """
-    name, storage = instance.file.name, instance.file.storage
+    name, rendition, storage = instance.file.name, instance.rendition.name or "", instance.file.storage
     if name:
-        transaction.on_commit(lambda: _delete_unreferenced(storage, name))
+        transaction.on_commit(lambda: _delete_unreferenced(storage, name, rendition))
 
 
-def _delete_unreferenced(storage: Storage, name: str) -> None:
+def _delete_unreferenced(storage: Storage, name: str, rendition: str) -> None:
     if Attachment.objects.filter(file=name).exists():
         return  # another version of the message, or a copied shared thread, still shows these bytes
     storage.delete(name)
+    if rendition:
+        storage.delete(rendition)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import base64
+import io
 import json
+import os
 import uuid
 
 import pytest
 from asgiref.sync import sync_to_async
 from django.core.files.uploadedfile import SimpleUploadedFile
+from PIL import Image
 
 from attachments.services import attachment_upload
 from conversations.models import Attachment, Message, Persona
@@ -254,3 +257,84 @@ def _page_and_exports(client, user, conv) -> tuple[str, dict, str]:
     doc = json.loads(b"".join(client.get(f"/conversations/{conv.pk}/export.json").streaming_content))
     markdown = b"".join(client.get(f"/conversations/{conv.pk}/export.md").streaming_content).decode()
     return page, doc, markdown
+
+
+def sent_image(body: dict) -> tuple[str, bytes]:
+    """The first image of a request's last user turn: (media type, bytes), from either provider's format."""
+    part = last_user_content(body)[0]
+    if part["type"] == "image_url":
+        prefix, encoded = part["image_url"]["url"].split(",", 1)
+        return prefix.removeprefix("data:").removesuffix(";base64"), base64.b64decode(encoded)
+    return part["source"]["media_type"], base64.b64decode(part["source"]["data"])
+
+
+def size_of(data: bytes) -> tuple[int, int]:
+    with Image.open(io.BytesIO(data)) as image:
+        return image.size
+
+
+async def test_a_large_image_reaches_each_provider_at_the_size_it_reads(alice, fake_provider, client):
+    from conversations.context import attachment_tokens, image_tokens
+
+    original = png(3000, 2000, "navy")
+    sizes = {}
+    for model in ("anthropic:claude-test", "openai:gpt-test"):
+        conv = await conversation_on(alice, model)
+        attachment = await upload(alice, conv, "big.png", original)
+        assert (await send(alice, conv, "What is it?", [str(attachment.pk)]))[-1]["type"] == "end"
+        media_type, data = sent_image(fake_provider.requests[-1].json)
+        provider = model.partition(":")[0]
+        sizes[provider] = size_of(data)
+        assert media_type == "image/png"
+        # The estimate is what the provider counts for the image it got (it scales it no further).
+        assert attachment_tokens(attachment.as_ref(), provider) == image_tokens(*sizes[provider], provider)
+        # The download is still the original.
+        await sync_to_async(client.force_login)(alice)
+        served = await sync_to_async(
+            lambda a=attachment: b"".join(client.get(f"/attachments/{a.pk}/").streaming_content)
+        )()
+        assert served == original
+    # Anthropic: the long edge within 1568 and about 1.2 megapixels; OpenAI: within 2048, the short side 768.
+    assert sizes == {"anthropic": (1341, 894), "openai": (1152, 768)}
+
+
+async def test_an_upright_copy_is_kept_at_upload_and_a_turned_photo_is_sent_upright(alice, fake_provider):
+    out = io.BytesIO()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored landscape, shown turned a quarter: portrait
+    Image.new("RGB", (3000, 2000), "olive").save(out, format="JPEG", exif=exif)
+    conv = await conversation_on(alice, "anthropic:claude-test")
+    attachment = await upload(alice, conv, "photo.jpg", out.getvalue())
+    assert (attachment.width, attachment.height) == (3000, 2000)
+    with attachment.rendition.open("rb") as handle:  # the larger of the two providers' sizes, upright
+        assert size_of(handle.read()) == (894, 1341)
+    assert (await send(alice, conv, "Which way up?", [str(attachment.pk)]))[-1]["type"] == "end"
+    media_type, data = sent_image(fake_provider.requests[-1].json)
+    assert (media_type, size_of(data)) == ("image/jpeg", (894, 1341))
+
+
+async def test_an_image_too_heavy_for_anthropic_goes_as_a_jpeg_of_the_same_size(alice, fake_provider):
+    noise = Image.frombytes("RGBA", (1100, 1090), os.urandom(1100 * 1090 * 4))
+    out = io.BytesIO()
+    noise.save(out, format="PNG")
+    assert len(out.getvalue()) > 5 * 1024 * 1024 * 3 // 4  # over 5 MB once base64-encoded
+    conv = await conversation_on(alice, "anthropic:claude-test")
+    attachment = await upload(alice, conv, "noise.png", out.getvalue())
+    assert (await send(alice, conv, "Noise?", [str(attachment.pk)]))[-1]["type"] == "end"
+    media_type, data = sent_image(fake_provider.requests[-1].json)
+    assert (media_type, size_of(data)) == ("image/jpeg", (1100, 1090))
+    assert len(base64.b64encode(data)) <= 5 * 1024 * 1024
+
+
+async def test_an_animated_gif_goes_to_openai_as_its_first_frame(alice, fake_provider):
+    frames = [Image.new("RGB", (60, 40), color) for color in ("red", "blue")]
+    out = io.BytesIO()
+    frames[0].save(out, format="GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    gif = out.getvalue()
+    for model in ("openai:gpt-test", "anthropic:claude-test"):
+        conv = await conversation_on(alice, model)
+        attachment = await upload(alice, conv, "anim.gif", gif)
+        assert (await send(alice, conv, "Moving?", [str(attachment.pk)]))[-1]["type"] == "end"
+    (openai_type, openai_data), (anthropic_type, anthropic_data) = (sent_image(r.json) for r in fake_provider.requests)
+    assert openai_type == "image/png" and size_of(openai_data) == (60, 40)  # OpenAI takes still GIFs only
+    assert (anthropic_type, anthropic_data) == ("image/gif", gif)
