@@ -121,8 +121,10 @@ def _part(attachment: Attachment, takes: Takes, provider: str) -> dict[str, Any]
             "data": data,
             "text": fenced(attachment.name, attachment.text or "(no text could be extracted)"),
         }
-    if "image" not in takes.kinds:  # named only (the offline demo model): no bytes to read
-        return {"type": "image", "media_type": attachment.content_type, "name": attachment.name, "data": ""}
+    if "image" not in takes.kinds:
+        # Sent earlier to another model (the thread's model changed, or a shared thread was continued
+        # with another persona): named, as text, for a model that cannot see it.
+        return {"type": "text", "text": f"[image: {attachment.name}]"}
     media_type, image = images.for_provider(attachment, provider)
     encoded = base64.b64encode(image).decode()
     return {"type": "image", "media_type": media_type, "name": attachment.name, "data": encoded}

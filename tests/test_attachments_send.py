@@ -338,3 +338,17 @@ async def test_an_animated_gif_goes_to_openai_as_its_first_frame(alice, fake_pro
     (openai_type, openai_data), (anthropic_type, anthropic_data) = (sent_image(r.json) for r in fake_provider.requests)
     assert openai_type == "image/png" and size_of(openai_data) == (60, 40)  # OpenAI takes still GIFs only
     assert (anthropic_type, anthropic_data) == ("image/gif", gif)
+
+
+async def test_an_image_in_the_history_of_a_model_that_cannot_see_is_named_instead(alice, fake_provider):
+    from conversations.models import ChatModel
+
+    await sync_to_async(ChatModel.objects.create)(name="openai:gpt-text", supports_images=False)
+    conv = await conversation_on(alice, "openai:gpt-test")
+    image = await upload(alice, conv, "chart.png", png())
+    assert (await send(alice, conv, "Look", [str(image.pk)]))[-1]["type"] == "end"
+    # Staff point the persona at a text-only model: the earlier image goes as its name.
+    await sync_to_async(Persona.objects.filter(pk=conv.persona_id).update)(model="openai:gpt-text")
+    assert (await send(alice, conv, "And now?", []))[-1]["type"] == "end"
+    first_user = [m for m in fake_provider.requests[-1].json["messages"] if m["role"] == "user"][0]
+    assert first_user["content"] == [{"type": "text", "text": "[image: chart.png]"}, {"type": "text", "text": "Look"}]
