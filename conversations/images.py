@@ -4,7 +4,6 @@ else a copy scaled to `context.image_sent_size` (made from the upload's stored r
 from __future__ import annotations
 
 import io
-import logging
 from typing import TYPE_CHECKING
 
 from django.db.models.fields.files import FieldFile
@@ -14,8 +13,6 @@ from .context import image_sent_size
 
 if TYPE_CHECKING:
     from .attachment import Attachment
-
-log = logging.getLogger(__name__)
 
 # Largest image a provider takes, in bytes of the file (Anthropic: 5 MB of base64; OpenAI: 20 MB).
 MAX_BYTES = {"anthropic": 5 * 1024 * 1024 * 3 // 4, "openai": 20 * 1024 * 1024}
