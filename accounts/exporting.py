@@ -11,6 +11,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from django.contrib.auth.models import User
+from django.db.models import QuerySet
 
 from conversations.models import Attachment, Conversation, Message
 
@@ -51,13 +52,20 @@ def conversation_json(conversation: Conversation) -> Iterator[str]:
     }
     yield json.dumps(head, ensure_ascii=False)[:-1] + ', "messages": ['
     files: dict[int, list[dict[str, Any]]] = {}
-    sent = Attachment.objects.filter(conversation=conversation, message__isnull=False).order_by("created_at", "id")
+    sent = _sent_files(conversation)
     for message_id, name, content_type, size in sent.values_list("message_id", "name", "content_type", "size"):
         files.setdefault(message_id, []).append({"name": name, "content_type": content_type, "size": size})
     for i, (m, parent_id) in enumerate(paths.tree(conversation)):
         piece = message_json(m, parent_id, files.get(m.pk))
         yield ("," if i else "") + "\n  " + json.dumps(piece, ensure_ascii=False)
     yield "\n]}\n"
+
+
+def _sent_files(conversation: Conversation) -> QuerySet[Attachment]:
+    """The conversation's sent files, each message's in the order they were attached."""
+    return Attachment.objects.filter(conversation=conversation, message__isnull=False).order_by(
+        "position", "created_at", "id"
+    )
 
 
 HEADINGS: dict[str, str] = {Message.Role.USER: "## User", Message.Role.ASSISTANT: "## Assistant"}
@@ -67,7 +75,7 @@ def conversation_markdown(conversation: Conversation) -> Iterator[str]:
     """The active path as Markdown: the title, then each message under `## User` / `## Assistant`."""
     yield f"# {conversation}\n"
     names: dict[int, list[str]] = {}
-    sent = Attachment.objects.filter(conversation=conversation, message__isnull=False).order_by("created_at", "id")
+    sent = _sent_files(conversation)
     for message_id, name in sent.values_list("message_id", "name"):
         names.setdefault(message_id, []).append(name)
     for m in paths.active_path(conversation):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import uuid
+from dataclasses import dataclass
 
 from django.conf import settings
 from django.contrib.auth.models import User
@@ -18,6 +19,7 @@ from django.db.models.functions import Cast, TruncDate
 from django.utils import timezone
 
 from conversations import selectors
+from conversations.attachment import MB, storage_allowance, storage_used
 from conversations.models import Attachment, Conversation, DailyUsage, Message, UsageRecord
 
 from . import importing, paths
@@ -53,7 +55,7 @@ def share_create(*, conversation: Conversation) -> ShareLink:
     """A link to a snapshot of the conversation's active path as it is now."""
     path = [m for m in paths.active_path(conversation) if m.status != Message.Status.STREAMING or m.content]
     files: dict[int, list[dict[str, object]]] = {}
-    for a in Attachment.objects.filter(message_id__in=[m.pk for m in path]).order_by("created_at", "id"):
+    for a in Attachment.objects.filter(message_id__in=[m.pk for m in path]).order_by("position", "created_at", "id"):
         files.setdefault(a.message_id or 0, []).append(a.as_json())  # served within the link (attachments/)
     snapshot = [
         {"role": m.role, "content": m.content, "created_at": m.created_at.isoformat()}
@@ -75,9 +77,17 @@ def share_revoke(*, owner: User, conversation_id: uuid.UUID | None, token: str |
     return links.update(revoked_at=timezone.now())
 
 
+@dataclass(frozen=True)
+class Continued:
+    """A shared thread copied into a reader's account, and what could not come along (for the reader)."""
+
+    conversation: Conversation
+    left_out: str = ""
+
+
 @transaction.atomic
-def share_continue(*, link: ShareLink, user: User) -> Conversation:
-    """Copy a shared snapshot into a new conversation of `user`, to go on from there."""
+def share_continue(*, link: ShareLink, user: User) -> Continued:
+    """Copy a shared snapshot, with its files, into a new conversation of `user`, to go on from there."""
     persona = selectors.persona_for_user(user, None)
     if persona is None:
         raise importing.ImportFailed("No persona is available to you. Ask an admin.")
@@ -97,8 +107,48 @@ def share_continue(*, link: ShareLink, user: User) -> Conversation:
     )
     draft.persona = persona.slug
     [conversation] = importing.store(owner=user, drafts=[draft])
+    left_out = _copy_shared_files(link, user, conversation)
     Conversation.objects.filter(pk=conversation.pk).update(updated_at=timezone.now())
-    return conversation
+    return Continued(conversation, left_out)
+
+
+def _copy_shared_files(link: ShareLink, user: User, conversation: Conversation) -> str:
+    """Give the copied messages the snapshot's files: rows of `user`'s that share the owner's stored bytes
+    (counted against `user`'s storage, all or none). Returns what the reader should know, if anything."""
+    wanted = [(i, str(f.get("id"))) for i, m in enumerate(link.messages) for f in m.get("attachments", ())]
+    if not wanted:
+        return ""
+    # Locked: a delete of the owner's rows waits for this commit, then sees the copies and keeps the bytes.
+    rows = {
+        str(a.pk): a
+        for a in Attachment.objects.select_for_update().filter(pk__in=[i for _, i in wanted], owner_id=link.owner_id)
+    }
+    # The snapshot's messages were stored in order: the n-th of the new thread is the n-th of the snapshot.
+    message_ids = list(conversation.messages.order_by("id").values_list("id", flat=True))
+    positions: dict[int, int] = {}
+    copies = []
+    for index, file_id in wanted:
+        if file_id in rows:
+            position = positions[index] = positions.get(index, -1) + 1
+            copies.append(
+                rows[file_id].copied(
+                    owner_id=user.pk, conversation_id=conversation.pk, message_id=message_ids[index], position=position
+                )
+            )
+    held = set(
+        Attachment.objects.filter(owner_id=user.pk, file__in=[c.file.name for c in copies]).values_list(
+            "file", flat=True
+        )
+    )
+    added = sum({c.file.name: c.size for c in copies if c.file.name not in held}.values())
+    if added and storage_used(user.pk) + added > storage_allowance():
+        return (
+            f"The shared files ({added / MB:.1f} MB) were not copied: they do not fit in your storage allowance "
+            f"({storage_allowance() // MB} MB). Delete conversations with attachments to make room."
+        )
+    Attachment.objects.bulk_create(copies)
+    gone = len(wanted) - len(copies)
+    return "Some of the shared files are no longer there and were not copied." if gone else ""
 
 
 # -- imports -------------------------------------------------------------------------------------------

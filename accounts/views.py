@@ -198,12 +198,14 @@ def share_continue(request: HttpRequest, token: str) -> HttpResponse:
     """Copy a shared thread into a new conversation of the reader's, and open it."""
     link = account_selectors.live_share(token)
     try:
-        conversation = services.share_continue(link=link, user=request.user)  # type: ignore[arg-type]
+        continued = services.share_continue(link=link, user=request.user)  # type: ignore[arg-type]
     except importing.ImportFailed as exc:
         messages.error(request, exc.message)
         return redirect("share_view", token=token)
     messages.success(request, "The shared thread is now a conversation of yours: go on from here.")
-    return redirect(conversation)
+    if continued.left_out:
+        messages.warning(request, continued.left_out)
+    return redirect(continued.conversation)
 
 
 # -- delete the account -------------------------------------------------------------------------------------

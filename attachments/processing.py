@@ -14,6 +14,7 @@ from django.core.files.base import ContentFile, File
 from django.core.files.uploadedfile import UploadedFile
 from PIL import Image, UnidentifiedImageError
 
+from conversations import images
 from conversations.context import estimate_tokens, fenced
 
 from .sniff import HEAD_BYTES, Refused, Sniffed, check_text, sniff_head, text_content_type
@@ -32,6 +33,7 @@ class Prepared:
     kind: str
     content_type: str
     content: File
+    rendition: File | None = None  # an image larger than the providers read: the copy requests use
     width: int | None = None
     height: int | None = None
     pages: int | None = None
@@ -94,13 +96,22 @@ def _image(upload: UploadedFile, sniffed: Sniffed) -> Prepared:
                 content: File = upload
                 if GPS_IFD in exif:
                     content = ContentFile(_without_gps(image, exif, sniffed.image_format), name=upload.name)
+                scaled = images.rendition(image)
+                rendition = ContentFile(scaled, name=upload.name) if scaled is not None else None
     except Refused:
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError, Warning) as exc:
         log.info("refused an image: %s", exc)
         raise Refused(f"This file claims to be a {sniffed.image_format} image but cannot be read as one.") from None
     upload.seek(0)
-    return Prepared(kind="image", content_type=sniffed.content_type, content=content, width=width, height=height)
+    return Prepared(
+        kind="image",
+        content_type=sniffed.content_type,
+        content=content,
+        rendition=rendition,
+        width=width,
+        height=height,
+    )
 
 
 def _without_gps(image: Image.Image, exif: Image.Exif, image_format: str) -> bytes:

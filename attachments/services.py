@@ -9,11 +9,10 @@ from typing import TYPE_CHECKING
 from django.conf import settings
 from django.core.files.uploadedfile import UploadedFile
 from django.db import transaction
-from django.db.models import Sum
 from django.utils import timezone
 
 from conversations import pricing
-from conversations.attachment import model_takes
+from conversations.attachment import MB, model_takes, storage_allowance, storage_used
 from conversations.models import Attachment, Conversation
 from conversations.services import effective_persona
 
@@ -27,7 +26,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MB = 1024 * 1024
 KIND_NAMES = {"image": "images", "pdf": "PDFs", "text": "text files"}
 
 
@@ -41,17 +39,11 @@ def check_size(size: int) -> None:
         raise Refused(f"That file is {size / MB:.1f} MB; the limit is {settings.CHAT_MAX_UPLOAD_MB} MB.")
 
 
-def user_storage_used(user_id: int) -> int:
-    """Bytes of attachments the user has stored."""
-    return Attachment.objects.filter(owner_id=user_id).aggregate(total=Sum("size"))["total"] or 0
-
-
 def attachment_upload(*, owner: AbstractBaseUser, conversation: Conversation, upload: UploadedFile) -> Attachment:
     """Check `upload` (size, quota, kind by content, the thread's model takes it) and store it, unsent."""
     size = upload.size or 0
     check_size(size)
-    quota = settings.CHAT_USER_STORAGE_MB * MB
-    if user_storage_used(owner.pk) + size > quota:
+    if storage_used(owner.pk) + size > storage_allowance():
         raise Refused(
             f"Your files take up your whole storage allowance ({settings.CHAT_USER_STORAGE_MB} MB). "
             "Delete conversations with attachments to make room."
@@ -75,12 +67,15 @@ def attachment_upload(*, owner: AbstractBaseUser, conversation: Conversation, up
         tokens=prepared.tokens,
     )
     # The storage streams the file in chunks (a local file, or an S3 multipart upload).
-    attachment.file.save(name, prepared.content, save=False)
     try:
+        attachment.file.save(name, prepared.content, save=False)
+        if prepared.rendition is not None:
+            attachment.rendition.save(name, prepared.rendition, save=False)
         attachment.save()
     except Exception:
-        if attachment.file.name:
-            attachment.file.storage.delete(attachment.file.name)  # no row, no file
+        for stored in (attachment.file, attachment.rendition):
+            if stored.name:
+                stored.storage.delete(stored.name)  # no row, no file
         raise
     return attachment
 

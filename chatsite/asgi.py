@@ -14,6 +14,7 @@ django_asgi_app = get_asgi_application()
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
+from chatsite import daphne_bodies  # noqa: E402
 from chatsite.origin import SameOriginValidator  # noqa: E402
 from conversations.generation import shutdown  # noqa: E402
 from conversations.routing import websocket_urlpatterns  # noqa: E402
@@ -24,8 +25,10 @@ from conversations.routing import websocket_urlpatterns  # noqa: E402
 # load. A shorter interval hands the GIL back sooner (docs/performance.md).
 sys.setswitchinterval(float(os.environ.get("CHAT_GIL_SWITCH_INTERVAL", "0.001")))
 
-# Under daphne: drain on SIGTERM, sweep stale replies at start-up (conversations/generation/shutdown.py).
+# Under daphne: drain on SIGTERM, sweep stale replies at start-up (conversations/generation/shutdown.py),
+# and no upload parsed into memory by Twisted before Django streams it (chatsite/daphne_bodies.py).
 shutdown.install()
+daphne_bodies.install()
 
 application = ProtocolTypeRouter(
     {

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
-import tempfile
 import sys
+import tempfile
 import warnings
 from pathlib import Path
 from urllib.parse import urlsplit

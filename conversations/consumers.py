@@ -99,7 +99,7 @@ def _regenerate(
 @database_sync_to_async
 def _switch(conversation: Conversation, message_id: object) -> list[dict[str, Any]]:
     services.conversation_switch(conversation=conversation, message_id=message_id)
-    return [m.as_event() for m in active_path(conversation)]
+    return [m.as_event() for m in active_path(conversation, files=True)]
 
 
 @database_sync_to_async

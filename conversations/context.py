@@ -76,34 +76,42 @@ class AttachmentRef:
     pages: int = 0
 
 
-def image_tokens(width: int, height: int, provider: str = "") -> int:
-    """Tokens an image costs: OpenAI's tile formula, Anthropic's pixels / 750; unknown: the larger."""
+# What each provider reads of an image, from its documentation. OpenAI (high detail): the image is
+# fitted in 2048×2048, then its short side scaled to 768; 85 tokens + 170 per 512-px tile of that.
+# Anthropic: the long edge scaled to 1568 and the image to ~1,600 tokens (width × height / 750),
+# i.e. 1.2 megapixels; it refuses a side over 8000 px (2000 px with more than 20 images in a
+# request) and an image over 5 MB of base64. The site sends images at these sizes (images.py), so
+# what is counted here is what is sent.
+OPENAI_FIT, OPENAI_SHORT_SIDE = 2048, 768
+ANTHROPIC_LONG_EDGE, ANTHROPIC_MAX_PIXELS = 1568, 1_200_000
+
+
+def image_sent_size(width: int, height: int, provider: str) -> tuple[int, int]:
+    """The size an image of `width`×`height` is sent to `provider` at: never larger than the provider reads
+    it (OpenAI's and Anthropic's rules above; any other provider: the smaller of the two)."""
+    w, h = max(1, width), max(1, height)
     if provider == "openai":
-        return _openai_image_tokens(width, height)
+        scale = min(1.0, OPENAI_FIT / max(w, h))
+        scale = min(scale, OPENAI_SHORT_SIDE / min(w, h))
+    elif provider == "anthropic":
+        scale = min(1.0, ANTHROPIC_LONG_EDGE / max(w, h), math.sqrt(ANTHROPIC_MAX_PIXELS / (w * h)))
+    else:
+        return min((image_sent_size(w, h, p) for p in ("openai", "anthropic")), key=lambda size: size[0] * size[1])
+    if scale >= 1.0:
+        return w, h
+    return max(1, math.floor(w * scale)), max(1, math.floor(h * scale))
+
+
+def image_tokens(width: int, height: int, provider: str = "") -> int:
+    """Tokens an image costs at the size it is sent: OpenAI's tile formula, Anthropic's pixels / 750;
+    unknown: the larger."""
+    if provider == "openai":
+        w, h = image_sent_size(width, height, provider)
+        return 85 + 170 * math.ceil(w / 512) * math.ceil(h / 512)
     if provider == "anthropic":
-        return _anthropic_image_tokens(width, height)
-    return max(_openai_image_tokens(width, height), _anthropic_image_tokens(width, height))
-
-
-def _openai_image_tokens(width: int, height: int) -> int:
-    """85 + 170 per 512-pixel tile, after fitting in 2048×2048 and scaling the short side to 768."""
-    w, h = float(max(1, width)), float(max(1, height))
-    if max(w, h) > 2048:
-        scale = 2048 / max(w, h)
-        w, h = w * scale, h * scale
-    if min(w, h) > 768:
-        scale = 768 / min(w, h)
-        w, h = w * scale, h * scale
-    return 85 + 170 * math.ceil(w / 512) * math.ceil(h / 512)
-
-
-def _anthropic_image_tokens(width: int, height: int) -> int:
-    """width × height / 750, after Anthropic scales the long edge down to 1568 pixels."""
-    w, h = float(max(1, width)), float(max(1, height))
-    if max(w, h) > 1568:
-        scale = 1568 / max(w, h)
-        w, h = w * scale, h * scale
-    return math.ceil(w * h / 750)
+        w, h = image_sent_size(width, height, provider)
+        return math.ceil(w * h / 750)
+    return max(image_tokens(width, height, "openai"), image_tokens(width, height, "anthropic"))
 
 
 def attachment_tokens(ref: AttachmentRef, provider: str = "") -> int:

@@ -8,7 +8,8 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
-from .attachment import model_takes
+from . import images
+from .attachment import Takes, model_takes
 from .context import (
     MESSAGE_OVERHEAD,
     SUMMARIZE_AT,
@@ -87,14 +88,14 @@ def with_files(turns: list[Turn], spec: str) -> list[dict[str, Any]]:
         return [{"role": t.role, "content": t.content} for t in turns]
     rows = {str(a.pk): a for a in Attachment.objects.filter(pk__in=wanted)}
     provider = spec.partition(":")[0]
-    native_pdf = model_takes(spec).native_pdf
+    takes = model_takes(spec)
     messages: list[dict[str, Any]] = []
     for t in turns:
         if not t.attachments:
             messages.append({"role": t.role, "content": t.content})
             continue
         parts = [
-            {**_part(rows[a.id], native_pdf), "tokens": attachment_tokens(a, provider)}
+            {**_part(rows[a.id], takes, provider), "tokens": attachment_tokens(a, provider)}
             for a in t.attachments
             if a.id in rows
         ]
@@ -104,14 +105,15 @@ def with_files(turns: list[Turn], spec: str) -> list[dict[str, Any]]:
     return messages
 
 
-def _part(attachment: Attachment, native_pdf: bool) -> dict[str, Any]:
-    """One file as a provider-neutral part (llm/base.py): images and PDFs as base64, text fenced."""
+def _part(attachment: Attachment, takes: Takes, provider: str) -> dict[str, Any]:
+    """One file as a provider-neutral part (llm/base.py): images (at the provider's size) and PDFs as
+    base64, text fenced."""
     if attachment.kind == Attachment.Kind.TEXT:
         text = _read(attachment).decode("utf-8-sig", "replace")
         return {"type": "text", "text": fenced(attachment.name, text)}
     if attachment.kind == Attachment.Kind.PDF:
         # Only a model that reads PDFs gets the bytes; the others get the text (`data` stays empty).
-        data = base64.b64encode(_read(attachment)).decode() if native_pdf else ""
+        data = base64.b64encode(_read(attachment)).decode() if takes.native_pdf else ""
         return {
             "type": "document",
             "media_type": "application/pdf",
@@ -119,12 +121,13 @@ def _part(attachment: Attachment, native_pdf: bool) -> dict[str, Any]:
             "data": data,
             "text": fenced(attachment.name, attachment.text or "(no text could be extracted)"),
         }
-    return {
-        "type": "image",
-        "media_type": attachment.content_type,
-        "name": attachment.name,
-        "data": base64.b64encode(_read(attachment)).decode(),
-    }
+    if "image" not in takes.kinds:
+        # Sent earlier to another model (the thread's model changed, or a shared thread was continued
+        # with another persona): named, as text, for a model that cannot see it.
+        return {"type": "text", "text": f"[image: {attachment.name}]"}
+    media_type, image = images.for_provider(attachment, provider)
+    encoded = base64.b64encode(image).decode()
+    return {"type": "image", "media_type": media_type, "name": attachment.name, "data": encoded}
 
 
 def _read(attachment: Attachment) -> bytes:

@@ -183,11 +183,17 @@ def active_path(
     leaf_id: int | None = None,
     fields: tuple[str, ...] = PAGE_FIELDS,
     summaries: bool = False,
+    files: bool = False,
 ) -> list[PathMessage]:
     """The active path (or the path to `leaf_id`) with each message's versions (and, with `summaries`,
-    the summary through each): two queries, however many branches there are."""
+    the summary through each; with `files`, each message's files as `files`): two queries, however many
+    branches there are (three with files)."""
     path = path_messages(conversation, leaf_id=leaf_id, fields=fields, summaries=summaries)
     siblings = sibling_ids(conversation, path)
+    if files:
+        found = attachments_by_message(path)
+        for m in path:
+            m.files = found.get(m.pk, [])  # type: ignore[attr-defined]
     return [PathMessage(m, siblings[m.pk]) for m in path]
 
 
@@ -254,7 +260,7 @@ def attachments_by_message(messages: list[Message]) -> dict[int, list[Attachment
     found: dict[int, list[Attachment]] = {}
     ids = [m.pk for m in messages if m.role == Message.Role.USER]
     if ids:
-        for a in Attachment.objects.filter(message_id__in=ids).order_by("created_at", "id"):
+        for a in Attachment.objects.filter(message_id__in=ids).order_by("position", "created_at", "id"):
             found.setdefault(a.message_id or 0, []).append(a)
     return found
 

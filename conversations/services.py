@@ -230,17 +230,27 @@ def clean_attachment_ids(value: object) -> list[uuid.UUID]:
 KIND_NAMES = {"image": "images", "pdf": "PDFs", "text": "text files"}
 
 
-def _check_attachments(conv: Conversation, ids: list[uuid.UUID], text: str, model: str) -> list[Attachment]:
-    """The user's own unsent files of this thread, locked, that the model takes and that fit its budget."""
+def _check_attachments(
+    conv: Conversation, ids: list[uuid.UUID], text: str, model: str, parent: int | None
+) -> list[Attachment]:
+    """The files a message to `parent` may carry, locked, that the model takes and that fit its budget:
+    the user's unsent uploads to this thread, and the files sent with another version of this message
+    (a user message with the same parent: an edit keeps the files of the message it edits)."""
     if not ids:
         return []
+    versions = Q(message__role=Message.Role.USER) & (
+        Q(message__parent__isnull=True) if parent is None else Q(message__parent_id=parent)
+    )
     files = list(
-        Attachment.objects.select_for_update()
-        .filter(pk__in=ids, owner_id=conv.owner_id, conversation=conv, message__isnull=True)
+        Attachment.objects.select_for_update(of=("self",))
+        .filter(Q(message__isnull=True) | versions, pk__in=ids, owner_id=conv.owner_id, conversation=conv)
         .order_by("created_at", "id")
     )
     if len(files) != len(ids):
-        raise ChatError("invalid", "An attached file was not found: it was removed, already sent, or is not yours.")
+        raise ChatError(
+            "invalid",
+            "An attached file was not found: it was removed, sent with another message, or is not yours.",
+        )
     taken = model_takes(model).kinds
     for f in files:
         if f.kind not in taken:
@@ -257,6 +267,25 @@ def _check_attachments(conv: Conversation, ids: list[uuid.UUID], text: str, mode
     # Sorted as the user attached them.
     order = {pk: i for i, pk in enumerate(ids)}
     return sorted(files, key=lambda f: order[f.pk])
+
+
+def _bind_files(files: list[Attachment], message: Message) -> list[Attachment]:
+    """Bind `files` to `message` in their order (the send's: the page, the exports and the request follow
+    it). An upload is bound itself; a file sent with another version of the message is copied: a new row
+    for the same stored bytes, which stay until no row refers to them (attachment.py)."""
+    uploads: list[Attachment] = []
+    copies: list[Attachment] = []
+    bound: list[Attachment] = []
+    for position, f in enumerate(files):
+        row = f if f.message_id is None else f.copied()
+        (uploads if row is f else copies).append(row)
+        row.message, row.position = message, position
+        bound.append(row)
+    if uploads:
+        Attachment.objects.bulk_update(uploads, ["message", "position"])
+    if copies:
+        Attachment.objects.bulk_create(copies)
+    return bound
 
 
 def _point_path_to(conv: Conversation, leaf_id: int) -> None:
@@ -335,7 +364,7 @@ def message_send(
             parent = _parent_for_send(conv, parent_id, edit_of)
             _check_persona(conv)
             spec = _check_model(conv, model)
-            files = _check_attachments(conv, ids, text, spec)
+            files = _check_attachments(conv, ids, text, spec, parent)
             _check_limits(conv.owner_id, _quota(conv))
             follows_leaf = parent is not None and parent == conv.active_leaf_id
             # The message and its reply in one INSERT; the partial unique index turns a race into `busy`.
@@ -376,7 +405,7 @@ def message_send(
                 _point_path_to(conv, reply.pk)
                 siblings = _children(conv, parent)
             if files:
-                Attachment.objects.filter(pk__in=[f.pk for f in files]).update(message=message)
+                files = _bind_files(files, message)
             message.files = files  # type: ignore[attr-defined]
             if spec != conv.model and effective_persona(conv).allow_model_choice:
                 conv.model = spec  # the choice sticks to the thread

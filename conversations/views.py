@@ -72,14 +72,11 @@ def _page(request: HttpRequest, conversation: Conversation | None) -> HttpRespon
         # Only what the page shows: 1,000 rows' timestamps alone cost more than rendering them.
         fields = selectors.PAGE_FIELDS + rendering.USAGE_FIELDS
         path = selectors.active_path(
-            conversation, leaf_id=_opened_leaf(request, conversation), fields=fields, summaries=True
+            conversation, leaf_id=_opened_leaf(request, conversation), fields=fields, summaries=True, files=True
         )
         messages = [p.message for p in path]
         for p in path:
             p.message.siblings = p.siblings  # type: ignore[attr-defined]
-        files = selectors.attachments_by_message(messages)
-        for m in messages:
-            m.files = files.get(m.pk, [])  # type: ignore[attr-defined]
         for m, article in zip(messages, rendering.render_messages(messages, ERROR_HINTS), strict=True):
             m.article = article  # type: ignore[attr-defined]
         model = pricing.thread_model(conversation, persona)

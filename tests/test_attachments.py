@@ -325,9 +325,10 @@ def test_a_share_link_shows_the_snapshots_files_and_nothing_else(alice, bob):
         (1024, 1024, "openai", 765),
         (2048, 4096, "openai", 1105),
         (512, 512, "openai", 255),
-        # Anthropic's: width × height / 750; 1092×1092 is about 1,590; a long side over 1568 is scaled down.
+        # Anthropic: width × height / 750; 1092×1092 is about 1,590; a long side over 1568, or more than
+        # about 1,600 tokens (1.2 megapixels), is scaled down first.
         (1092, 1092, "anthropic", 1590),
-        (3136, 1568, "anthropic", 1640),
+        (3136, 1568, "anthropic", 1599),
         (200, 200, "anthropic", 54),
         # Unknown: the dearer of the two.
         (1092, 1092, "", 1590),
@@ -347,3 +348,16 @@ def test_a_summary_request_names_the_files_of_a_turn():
     _, messages = summary_prompt("", [turn])
     assert "What changed?\n(attached: q3.pdf)" in messages[0]["content"]
     assert turn.cost() == 900 + 3 + 4  # the PDF's text, the words, the framing
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_large_images_upright_copy_goes_with_it(alice, settings):
+    conv = make_conversation(alice)
+    body = upload(client_for(alice), conv, "big.png", png(4000, 3000)).json()
+    attachment = Attachment.objects.get(pk=body["id"])
+    assert body["size"] == attachment.size == attachment.file.size  # the original is what the user has
+    with attachment.rendition.open("rb") as handle, Image.open(handle) as copy:
+        assert copy.size == (1264, 948)  # what Anthropic reads (OpenAI reads less: 1024×768)
+    assert len(stored_files(settings)) == 2
+    client_for(alice).post(f"/conversations/{conv.pk}/delete/")
+    assert stored_files(settings) == []

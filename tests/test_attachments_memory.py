@@ -1,13 +1,15 @@
 """A 20 MB upload is streamed through the upload view to storage, never held whole in memory.
 
 Measured with tracemalloc in-process, through the real ASGI handler, middleware (session, CSRF)
-and view, with the request body handed over in 64 KiB pieces made on demand, as a server would.
-(The daphne process as a whole: docs/performance.md, "Uploads".)
+and view, with the request body handed over in 64 KiB pieces made on demand, as a server would;
+and as the peak resident memory of a real daphne process (docs/performance.md, "Uploads").
 """
 
 from __future__ import annotations
 
 import asyncio
+import http.client
+import sys
 import tracemalloc
 import uuid
 
@@ -108,3 +110,45 @@ def test_a_20_mb_upload_is_streamed_to_storage(alice, settings, tmp_path, capsys
         print(f"\n[upload memory] a {stored.size / MB:.1f} MiB upload: traced peak {peak:.2f} MiB")
     # Read whole, the file alone would be 20 MiB (and its decoded text as much again).
     assert peak < 4
+
+
+def peak_rss_mib(pid: int) -> int:
+    """The process's peak resident memory so far (VmHWM), in MiB."""
+    with open(f"/proc/{pid}/status") as status:
+        line = next(line for line in status if line.startswith("VmHWM:"))
+    return int(line.split()[1]) // 1024
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
+def test_daphne_does_not_hold_an_upload_in_memory(alice, live_server_factory, tmp_path):
+    """Twisted, under daphne, would parse a multipart body into memory itself (about ten times its size)
+    before Django streams it; chatsite/daphne_bodies.py turns that off."""
+    server = live_server_factory(MEDIA_ROOT=str(tmp_path / "media"), CHAT_DEFAULT_MODEL="openai:gpt-test")
+    conversation = make_conversation(alice)
+    cookie, token = session_cookie(alice), "a" * 32
+
+    def upload(size: int) -> int:
+        boundary, length, body = multipart("file", "big.txt", size)
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=120)
+        connection.putrequest("POST", f"/conversations/{conversation.pk}/attachments/")
+        for name, value in (
+            ("Content-Type", f"multipart/form-data; boundary={boundary}"),
+            ("Content-Length", str(length)),
+            ("Cookie", f"sessionid={cookie}; csrftoken={token}"),
+            ("X-CSRFToken", token),
+        ):
+            connection.putheader(name, value)
+        connection.endheaders()
+        for piece in body:
+            connection.send(piece)
+        status = connection.getresponse().status
+        connection.close()
+        return status
+
+    assert upload(MB) == 201  # warm up: imports, first queries
+    before = peak_rss_mib(server.proc.pid)
+    assert upload(20 * MB - PIECE) == 201
+    grown = peak_rss_mib(server.proc.pid) - before
+    # The body passes through daphne's queue once (20 MiB); Twisted's own parse took ~210 MiB more.
+    assert grown < 80, f"the peak grew {grown} MiB for a 20 MiB upload"

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import base64
+import io
+import json
+import os
 import uuid
 
 import pytest
 from asgiref.sync import sync_to_async
 from django.core.files.uploadedfile import SimpleUploadedFile
+from PIL import Image
 
 from attachments.services import attachment_upload
 from conversations.models import Attachment, Message, Persona
@@ -225,3 +229,126 @@ async def test_the_model_registry_decides_what_a_model_takes(alice, fake_provide
     as_text, as_document = (last_user_content(r.json) for r in fake_provider.requests)
     assert as_text[0]["type"] == "text" and "Registry says text." in as_text[0]["text"]
     assert as_document[0]["type"] == "document"
+
+
+async def test_files_reach_the_model_in_the_order_they_were_attached_not_uploaded(alice, fake_provider, client):
+    conv = await conversation_on(alice, "openai:gpt-test")
+    # The second file finishes uploading first (a small file after a large one, say).
+    second = await upload(alice, conv, "second.txt", b"two\n")
+    first = await upload(alice, conv, "first.txt", b"one\n")
+    frames = await send(alice, conv, "Both", [str(first.pk), str(second.pk)])
+    message = next(f for f in frames if f["type"] == "message")["message"]
+    assert [f["name"] for f in message["attachments"]] == ["first.txt", "second.txt"]
+    texts = [p["text"] for p in last_user_content(fake_provider.requests[-1].json)]
+    assert texts == ["File `first.txt`:\n```\none\n```", "File `second.txt`:\n```\ntwo\n```", "Both"]
+    # Later requests carry the turn's files in the same order, and so do the page and the exports.
+    await send(alice, conv, "And?", [])
+    history = [m for m in fake_provider.requests[-1].json["messages"] if m["role"] == "user"][0]["content"]
+    assert [p["text"].split("`")[1] for p in history[:2]] == ["first.txt", "second.txt"]
+    page, doc, markdown = await sync_to_async(_page_and_exports)(client, alice, conv)
+    assert page.index("first.txt") < page.index("second.txt")
+    assert [f["name"] for f in doc["messages"][0]["attachments"]] == ["first.txt", "second.txt"]
+    assert markdown.index("first.txt") < markdown.index("second.txt")
+
+
+def _page_and_exports(client, user, conv) -> tuple[str, dict, str]:
+    client.force_login(user)
+    page = client.get(f"/conversations/{conv.pk}/").content.decode()
+    doc = json.loads(b"".join(client.get(f"/conversations/{conv.pk}/export.json").streaming_content))
+    markdown = b"".join(client.get(f"/conversations/{conv.pk}/export.md").streaming_content).decode()
+    return page, doc, markdown
+
+
+def sent_image(body: dict) -> tuple[str, bytes]:
+    """The first image of a request's last user turn: (media type, bytes), from either provider's format."""
+    part = last_user_content(body)[0]
+    if part["type"] == "image_url":
+        prefix, encoded = part["image_url"]["url"].split(",", 1)
+        return prefix.removeprefix("data:").removesuffix(";base64"), base64.b64decode(encoded)
+    return part["source"]["media_type"], base64.b64decode(part["source"]["data"])
+
+
+def size_of(data: bytes) -> tuple[int, int]:
+    with Image.open(io.BytesIO(data)) as image:
+        return image.size
+
+
+async def test_a_large_image_reaches_each_provider_at_the_size_it_reads(alice, fake_provider, client):
+    from conversations.context import attachment_tokens, image_tokens
+
+    original = png(3000, 2000, "navy")
+    sizes = {}
+    for model in ("anthropic:claude-test", "openai:gpt-test"):
+        conv = await conversation_on(alice, model)
+        attachment = await upload(alice, conv, "big.png", original)
+        assert (await send(alice, conv, "What is it?", [str(attachment.pk)]))[-1]["type"] == "end"
+        media_type, data = sent_image(fake_provider.requests[-1].json)
+        provider = model.partition(":")[0]
+        sizes[provider] = size_of(data)
+        assert media_type == "image/png"
+        # The estimate is what the provider counts for the image it got (it scales it no further).
+        assert attachment_tokens(attachment.as_ref(), provider) == image_tokens(*sizes[provider], provider)
+        # The download is still the original.
+        await sync_to_async(client.force_login)(alice)
+        served = await sync_to_async(
+            lambda a=attachment: b"".join(client.get(f"/attachments/{a.pk}/").streaming_content)
+        )()
+        assert served == original
+    # Anthropic: the long edge within 1568 and about 1.2 megapixels; OpenAI: within 2048, the short side 768.
+    assert sizes == {"anthropic": (1341, 894), "openai": (1152, 768)}
+
+
+async def test_an_upright_copy_is_kept_at_upload_and_a_turned_photo_is_sent_upright(alice, fake_provider):
+    out = io.BytesIO()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored landscape, shown turned a quarter: portrait
+    Image.new("RGB", (3000, 2000), "olive").save(out, format="JPEG", exif=exif)
+    conv = await conversation_on(alice, "anthropic:claude-test")
+    attachment = await upload(alice, conv, "photo.jpg", out.getvalue())
+    assert (attachment.width, attachment.height) == (3000, 2000)
+    with attachment.rendition.open("rb") as handle:  # the larger of the two providers' sizes, upright
+        assert size_of(handle.read()) == (894, 1341)
+    assert (await send(alice, conv, "Which way up?", [str(attachment.pk)]))[-1]["type"] == "end"
+    media_type, data = sent_image(fake_provider.requests[-1].json)
+    assert (media_type, size_of(data)) == ("image/jpeg", (894, 1341))
+
+
+async def test_an_image_too_heavy_for_anthropic_goes_as_a_jpeg_of_the_same_size(alice, fake_provider):
+    noise = Image.frombytes("RGBA", (1100, 1090), os.urandom(1100 * 1090 * 4))
+    out = io.BytesIO()
+    noise.save(out, format="PNG")
+    assert len(out.getvalue()) > 5 * 1024 * 1024 * 3 // 4  # over 5 MB once base64-encoded
+    conv = await conversation_on(alice, "anthropic:claude-test")
+    attachment = await upload(alice, conv, "noise.png", out.getvalue())
+    assert (await send(alice, conv, "Noise?", [str(attachment.pk)]))[-1]["type"] == "end"
+    media_type, data = sent_image(fake_provider.requests[-1].json)
+    assert (media_type, size_of(data)) == ("image/jpeg", (1100, 1090))
+    assert len(base64.b64encode(data)) <= 5 * 1024 * 1024
+
+
+async def test_an_animated_gif_goes_to_openai_as_its_first_frame(alice, fake_provider):
+    frames = [Image.new("RGB", (60, 40), color) for color in ("red", "blue")]
+    out = io.BytesIO()
+    frames[0].save(out, format="GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    gif = out.getvalue()
+    for model in ("openai:gpt-test", "anthropic:claude-test"):
+        conv = await conversation_on(alice, model)
+        attachment = await upload(alice, conv, "anim.gif", gif)
+        assert (await send(alice, conv, "Moving?", [str(attachment.pk)]))[-1]["type"] == "end"
+    (openai_type, openai_data), (anthropic_type, anthropic_data) = (sent_image(r.json) for r in fake_provider.requests)
+    assert openai_type == "image/png" and size_of(openai_data) == (60, 40)  # OpenAI takes still GIFs only
+    assert (anthropic_type, anthropic_data) == ("image/gif", gif)
+
+
+async def test_an_image_in_the_history_of_a_model_that_cannot_see_is_named_instead(alice, fake_provider):
+    from conversations.models import ChatModel
+
+    await sync_to_async(ChatModel.objects.create)(name="openai:gpt-text", supports_images=False)
+    conv = await conversation_on(alice, "openai:gpt-test")
+    image = await upload(alice, conv, "chart.png", png())
+    assert (await send(alice, conv, "Look", [str(image.pk)]))[-1]["type"] == "end"
+    # Staff point the persona at a text-only model: the earlier image goes as its name.
+    await sync_to_async(Persona.objects.filter(pk=conv.persona_id).update)(model="openai:gpt-text")
+    assert (await send(alice, conv, "And now?", []))[-1]["type"] == "end"
+    first_user = [m for m in fake_provider.requests[-1].json["messages"] if m["role"] == "user"][0]
+    assert first_user["content"] == [{"type": "text", "text": "[image: chart.png]"}, {"type": "text", "text": "Look"}]

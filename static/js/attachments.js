@@ -48,10 +48,14 @@
     const url = `/attachments/${f.id}/`;
     const a = document.createElement("a");
     a.href = url;
+    // What an edit of the message needs to keep the file (editChips).
+    a.dataset.attachmentId = f.id;
+    a.dataset.name = f.name;
+    a.dataset.size = f.size;
+    a.dataset.contentType = f.content_type;
     if (f.content_type.startsWith("image/")) {
       a.className = "file-thumb";
       a.dataset.lightbox = "";
-      a.dataset.name = f.name;
       a.title = `${f.name} (${sizeText(f.size)})`;
       const img = document.createElement("img");
       img.src = url;
@@ -86,7 +90,7 @@
   }
 
   // -- the composer's files --------------------------------------------------------------------------------
-  function chipFor(entry) {
+  function chipFor(entry, onRemove = () => removeEntry(entry)) {
     const chip = document.createElement("div");
     chip.className = "attach-chip";
     chip.setAttribute("role", "listitem");
@@ -124,7 +128,7 @@
     remove.setAttribute("aria-label", `Remove ${entry.name}`);
     remove.title = "Remove";
     remove.textContent = "×";
-    remove.addEventListener("click", () => removeEntry(entry));
+    remove.addEventListener("click", onRemove);
     chip.append(text, bar, remove);
     entry.meta = meta;
     entry.bar = bar;
@@ -222,6 +226,35 @@
     input.focus();
   }
 
+  // -- an edit's files: the message's own, kept unless removed ---------------------------------------------
+  // The chips of the files sent with message `el`, for its edit form. Removing one only leaves it out
+  // of the new version (the message itself keeps it); nothing is uploaded again.
+  function editChips(el) {
+    const links = [...el.querySelectorAll(".msg-files [data-attachment-id]")];
+    if (!links.length) return null;
+    const box = document.createElement("div");
+    box.className = "attach-tray edit-files";
+    box.setAttribute("role", "list");
+    box.setAttribute("aria-label", "Files of this message");
+    const kept = [];
+    for (const a of links) {
+      const type = a.dataset.contentType || "";
+      const entry = { id: a.dataset.attachmentId, name: a.dataset.name || "", size: parseInt(a.dataset.size || "0", 10), type };
+      if (type.startsWith("image/")) entry.url = a.href;
+      entry.chip = chipFor(entry, () => {
+        kept.splice(kept.indexOf(entry), 1);
+        entry.chip.remove();
+        box.hidden = kept.length === 0;
+        announce(`${entry.name} will not be sent with this version.`);
+      });
+      entry.chip.classList.add("attach-ready");
+      entry.bar.hidden = true;
+      kept.push(entry);
+      box.append(entry.chip);
+    }
+    return { element: box, ids: () => kept.map((k) => k.id) };
+  }
+
   function announce(text) {
     const el = document.getElementById("announcer");
     if (el) el.textContent = text;
@@ -289,5 +322,6 @@
     clear() { [...files].forEach(forget); changed(); },
     onChange(fn) { listeners.push(fn); },
     showOnMessage,
+    editChips,
   };
 })();

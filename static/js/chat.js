@@ -527,7 +527,8 @@
       if (frame.siblings) setVersions(el, m.id, frame.siblings);
       if (m.client_id) el.dataset.clientId = m.client_id;
       if (mine) {
-        if (pending.attachments && window.chatFiles) window.chatFiles.clear();
+        // The composer's files went with it (an edit's are the edited message's own).
+        if (pending.attachments && !pending.edit_of && window.chatFiles) window.chatFiles.clear();
         if (!pending.edit_of) {
           input.value = "";
           input.dispatchEvent(new Event("input"));
@@ -644,6 +645,7 @@
       } else {
         el = messageEl(m.id, m.role, "complete", false);
         el.querySelector(".msg-content").textContent = m.content;
+        if (m.attachments && window.chatFiles) window.chatFiles.showOnMessage(el, m.attachments);
         if (m.client_id) el.dataset.clientId = m.client_id;
       }
       if (m.parent_id) el.dataset.parentId = m.parent_id;
@@ -845,7 +847,9 @@
     save.className = "btn btn-small";
     save.textContent = "Send";
     buttons.append(cancel, save);
-    editForm.append(label, area, buttons);
+    // The message's files go with the new version unless removed here.
+    const kept = window.chatFiles ? window.chatFiles.editChips(el) : null;
+    editForm.append(...[label, area, kept && kept.element, buttons].filter(Boolean));
     content.hidden = true;
     el.classList.add("editing");
     content.after(editForm);
@@ -858,11 +862,12 @@
     cancel.addEventListener("click", finish);
     const resend = () => {
       const text = area.value;
-      if (!text.trim() || text.length > maxChars || generatingId !== null || pending) return;
-      pending = { client_id: crypto.randomUUID(), content: text, edit_of: parseInt(el.dataset.messageId, 10), model: picker ? picker.value : null };
+      const files = kept ? kept.ids() : null;
+      if ((!text.trim() && !(files && files.length)) || text.length > maxChars || generatingId !== null || pending) return;
+      pending = { client_id: crypto.randomUUID(), content: text, edit_of: parseInt(el.dataset.messageId, 10), model: picker ? picker.value : null, attachments: files };
       updateSendState();
       stick = true;
-      send({ type: "send", client_id: pending.client_id, content: text, edit_of: pending.edit_of, ...modelField(pending) });
+      send({ type: "send", client_id: pending.client_id, content: text, edit_of: pending.edit_of, ...modelField(pending), ...(files ? { attachments: files } : {}) });
     };
     editForm.addEventListener("submit", (event) => { event.preventDefault(); resend(); });
     area.addEventListener("keydown", (event) => {

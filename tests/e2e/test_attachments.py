@@ -63,8 +63,7 @@ async def test_it_pastes_an_image_drops_a_pdf_sends_them_and_shows_them_after_a_
     await connected(page)
     image = png(320, 200, "orange")
     await page.evaluate(PASTE, [b64(image), "image/png", ""])
-    # Files go to the model in the order their uploads were stored: let the image's finish first.
-    await expect(page.locator(".attach-chip.attach-ready")).to_have_count(1)
+    # Files go to the model in the composer's order (pasted, then dropped), whichever upload ends first.
     await page.evaluate(DROP, [b64(pdf("Minutes of the meeting.")), "application/pdf", "minutes.pdf"])
     chips = page.locator(".attach-chip")
     await expect(chips).to_have_count(2)
@@ -127,3 +126,48 @@ async def test_a_refused_file_says_why_and_can_be_removed(web, alice):
     await chip.get_by_role("button", name="Remove cat.png").click()
     await expect(chip).to_have_count(0)
     assert await db(Attachment.objects.count) == 0
+
+
+def user_turns_with_files(requests) -> list[list]:
+    """The last user turn of each request that carries files (title requests are plain text)."""
+    last = [[m for m in r.json.get("messages", []) if m["role"] == "user"][-1:] for r in requests]
+    return [t[0]["content"] for t in last if t and isinstance(t[0]["content"], list)]
+
+
+async def test_an_edit_keeps_the_messages_files_unless_one_is_removed(web, alice, _provider_server):
+    await db(default_persona)
+    conv = await db(make_conversation, alice)
+    page = await web.page(alice, f"/conversations/{conv.pk}/")
+    await connected(page)
+    await page.evaluate(DROP, [b64(b"first notes\n"), "text/plain", "a.txt"])
+    await page.evaluate(DROP, [b64(b"second notes\n"), "text/plain", "b.txt"])
+    await expect(page.locator(".attach-chip.attach-ready")).to_have_count(2)
+    await send(page, "Read these")
+    await reply_ends(page)
+    seen = len(_provider_server.requests)
+
+    # The edit form shows the message's two files; one is removed, the edit goes with the other.
+    message = page.locator("article.msg-user").last
+    await message.get_by_role("button", name="Edit").click()
+    chips = message.locator(".edit-files .attach-chip")
+    await expect(chips).to_have_count(2)
+    await expect(chips.first).to_contain_text("a.txt")
+    await screenshot(page, "attachments-edit")
+    await message.get_by_role("button", name="Remove a.txt").click()
+    await expect(chips).to_have_count(1)
+    editor = page.get_by_role("textbox", name="Edit your message")
+    await editor.fill("Read this one")
+    await editor.press("Enter")
+    await reply_ends(page)
+    edited = page.locator("article.msg-user").last
+    await expect(edited.locator(".msg-content")).to_have_text("Read this one")
+    await expect(edited.locator(".file-chip")).to_have_count(1)
+    await expect(edited.locator(".file-chip")).to_contain_text("b.txt")
+    [parts] = user_turns_with_files(_provider_server.requests[seen:])
+    assert [p["text"] for p in parts] == ["File `b.txt`:\n```\nsecond notes\n```", "Read this one"]
+
+    # The earlier version still has both, one switch away; the composer's tray was left alone.
+    await edited.get_by_role("button", name="Previous version").click()
+    await expect(page.locator("article.msg-user").last.locator(".file-chip")).to_have_count(2)
+    await expect(page.locator("#attach-tray .attach-chip")).to_have_count(0)
+    assert await web.csp_violations(page) == []

@@ -133,6 +133,9 @@ class RecordedRequest:
     json: dict
 
 
+MAX_REQUEST_BYTES = 32 * 1024 * 1024
+
+
 class FakeProvider:
     """An aiohttp server on its own loop/thread serving /v1/chat/completions and /v1/messages."""
 
@@ -229,6 +232,9 @@ class FakeProvider:
             return self._script.popleft() if self._script else self.default
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        # Bodies as large as the real APIs take (Anthropic: 32 MB a request), not aiohttp's 1 MB default:
+        # a request with images is several megabytes.
+        request = request.clone(client_max_size=MAX_REQUEST_BYTES)
         try:
             body = await request.json() if request.can_read_body else {}
         except ValueError:
