@@ -5,17 +5,21 @@
     DATABASE_URL=postgres://... .venv/bin/python -m bench.tree
 
 For paths of 10 and 1,000 messages, each alone and with 200 other branches around it, prints the
-median time of loading the path (the two queries of `selectors.active_path`) and of the whole page
-(`GET /conversations/<uuid>/`, warm rendering cache), and the page's query count.
+median time of loading the path (the one query of `page.load`: rows, versions, summary), of the whole
+page (`GET /conversations/<uuid>/`, every message's rendering cached) and its query count, of the
+page after each new turn (a question and its reply rendered afresh, the rest from the cache: the view
+that follows every exchange), and of the first view with nothing cached (the median of 3).
 """
 
 from __future__ import annotations
 
 import os
+import random
 import statistics
 import sys
 import tempfile
 import time
+import uuid
 
 RUNS = 15
 BRANCHES = 200
@@ -35,14 +39,16 @@ def main() -> None:
 
     call_command("migrate", verbosity=0)
     from django.contrib.auth import get_user_model
+    from django.core.cache import cache
     from django.db import connection
     from django.test import Client
     from django.test.utils import CaptureQueriesContext
 
-    from conversations import selectors
+    from conversations import page, rendering
     from conversations.models import Conversation, Message, Persona
 
-    user = get_user_model().objects.create_user("bench-tree", password="x")
+    # A name of its own each run, so that it can run again on the same database.
+    user = get_user_model().objects.create_user(f"bench-tree-{uuid.uuid4().hex[:8]}", password="x")
     persona = Persona.objects.get(is_default=True)
     client = Client()
     client.force_login(user)
@@ -71,35 +77,66 @@ def main() -> None:
         conv.refresh_from_db()
         return conv
 
-    def median_ms(fn) -> float:
-        fn()  # warm: the rendering cache, the connection
-        times = []
-        for _ in range(RUNS):
-            start = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - start) * 1000)
-        return statistics.median(times)
+    def medians(fns: dict, before=lambda key: None, runs: int = RUNS) -> dict:
+        """The median time of each function, the functions taking turns run by run in a new order each
+        time, so that whatever else the machine does at a moment (and whatever the one before left
+        behind) weighs on all of them alike."""
+        times: dict = {key: [] for key in fns}
+        for key, fn in fns.items():
+            before(key)
+            fn()  # warm: the rendering cache, the connection
+        order = list(fns.items())
+        for _ in range(runs):
+            random.shuffle(order)
+            for key, fn in order:
+                before(key)
+                start = time.perf_counter()
+                fn()
+                times[key].append((time.perf_counter() - start) * 1000)
+        return {key: statistics.median(t) for key, t in times.items()}
 
-    print(f"database: {connection.vendor}; {RUNS} runs each, median")
-    print(f"{'path':>6} {'branches':>8} {'path load ms':>13} {'page ms':>9} {'queries':>8}")
-    results = {}
-    for length in (10, 1000):
-        for branches in (0, BRANCHES):
-            conv = thread(length, branches)
-            load = median_ms(lambda conv=conv: selectors.active_path(conv))
-            url = conv.get_absolute_url()
-            page = median_ms(lambda url=url: client.get(url))
-            with CaptureQueriesContext(connection) as queries:
-                response = client.get(url)
-            assert response.status_code == 200
-            assert len(selectors.active_path(conv)) == length
-            results[(length, branches)] = (load, page, len(queries.captured_queries))
-            print(f"{length:>6} {branches:>8} {load:>13.2f} {page:>9.1f} {len(queries.captured_queries):>8}")
+    def new_turn(conv: Conversation) -> None:
+        """A question and its reply at the end of the path, as a send and its finished reply leave it."""
+        leaf = Conversation.objects.values_list("active_leaf_id", flat=True).get(pk=conv.pk)
+        q = Message.objects.create(conversation=conv, role="user", content="One more question?", parent_id=leaf)
+        a = Message.objects.create(conversation=conv, role="assistant", content=REPLY.format(i=0), parent=q)
+        Message.objects.filter(pk=leaf).update(active_child_id=q.pk)
+        Message.objects.filter(pk=q.pk).update(active_child_id=a.pk)
+        Conversation.objects.filter(pk=conv.pk).update(active_leaf_id=a.pk)
+
+    def forget(key) -> None:
+        rendering._local.clear()
+        cache.clear()
+
+    shapes = [(length, branches) for length in (10, 1000) for branches in (0, BRANCHES)]
+    convs = {shape: thread(*shape) for shape in shapes}
+    urls = {shape: conv.get_absolute_url() for shape, conv in convs.items()}
+    counts = {}
+    for shape, url in urls.items():
+        client.get(url)
+        with CaptureQueriesContext(connection) as queries:
+            response = client.get(url)
+        counts[shape] = len(queries.captured_queries)
+        assert response.status_code == 200
+        assert response.content.count(b'class="msg msg-') == shape[0]
+        assert len(page.load(convs[shape]).rows) == shape[0]
+    load = medians({shape: (lambda conv=conv: page.load(conv)) for shape, conv in convs.items()})
+    shown = medians({shape: (lambda url=url: client.get(url)) for shape, url in urls.items()})
+    cold = medians({shape: (lambda url=url: client.get(url)) for shape, url in urls.items()}, forget, runs=3)
+    turn = medians(
+        {shape: (lambda url=url: client.get(url)) for shape, url in urls.items()}, lambda s: new_turn(convs[s])
+    )
+
+    print(f"database: {connection.vendor}; {RUNS} runs each, median (first view: 3 runs)")
+    print(f"{'path':>6} {'branches':>8} {'path load ms':>13} {'page ms':>9} {'queries':>8}", end=" ")
+    print(f"{'new turn ms':>12} {'first view ms':>14}")
+    for s in shapes:
+        print(f"{s[0]:>6} {s[1]:>8} {load[s]:>13.2f} {shown[s]:>9.1f} {counts[s]:>8} {turn[s]:>12.1f} {cold[s]:>14.0f}")
     for branches in (0, BRANCHES):
-        short, long = results[(10, branches)], results[(1000, branches)]
+        short, long = (10, branches), (1000, branches)
         print(
-            f"branches={branches}: 1,000 vs 10 messages: path load x{long[0] / short[0]:.2f}, "
-            f"page x{long[1] / short[1]:.2f}"
+            f"branches={branches}: 1,000 vs 10 messages: path load x{load[long] / load[short]:.2f}, "
+            f"page x{shown[long] / shown[short]:.2f}, after a new turn x{turn[long] / turn[short]:.2f}"
         )
 
 

@@ -23,7 +23,7 @@ from . import generation, presence, services, sockets, timing
 from .generation import shutdown
 from .models import Conversation, Message
 from .pricing import usage_payload
-from .selectors import active_path, conversation_for_user, streaming_reply
+from .selectors import active_path, conversation_for_user, path_summary, streaming_reply
 from .services import ChatError
 
 log = logging.getLogger(__name__)
@@ -97,9 +97,15 @@ def _regenerate(
 
 
 @database_sync_to_async
-def _switch(conversation: Conversation, message_id: object) -> list[dict[str, Any]]:
+def _switch(conversation: Conversation, message_id: object) -> dict[str, Any]:
+    """The `path` event of the path made active: its messages and the summary it uses (or None)."""
     services.conversation_switch(conversation=conversation, message_id=message_id)
-    return [m.as_event() for m in active_path(conversation, files=True)]
+    path = active_path(conversation, summaries=True, files=True)
+    summary = path_summary([p.message for p in path])
+    return {
+        "messages": [m.as_event() for m in path],
+        "summary": {"through_id": summary.through_id, "text": summary.text} if summary else None,
+    }
 
 
 @database_sync_to_async
@@ -427,8 +433,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
         message_id = frame.get("message_id")
         if not _is_id(message_id):
             raise ChatError("invalid", "`switch` needs an integer `message_id`.")
-        messages = await _switch(self.conversation, message_id)
-        await self.channel_layer.group_send(self.group, {"type": "chat.path", "messages": messages})
+        path = await _switch(self.conversation, message_id)
+        await self.channel_layer.group_send(self.group, {"type": "chat.path", **path})
 
     async def take_resume(self, text_data: str) -> bool:
         """A `resume` has a budget of its own, so a client's own resumes never get its socket closed:
@@ -541,7 +547,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         await self.relay(frame)
 
     async def chat_path(self, event: dict[str, Any]) -> None:
-        await self.relay({"type": "path", "messages": event["messages"]})
+        await self.relay({"type": "path", "messages": event["messages"], "summary": event.get("summary")})
 
     async def chat_delta(self, event: dict[str, Any]) -> None:
         await self.relay(

@@ -12,11 +12,11 @@ import functools
 import hashlib
 import re
 import threading
-from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from typing import Any, Protocol
 
 import nh3
-from cachetools import LRUCache
 from django.core.cache import cache
 from django.template import Context, Template
 from django.template.loader import get_template
@@ -24,8 +24,7 @@ from django.utils.html import escape
 from django.utils.safestring import SafeString, mark_safe
 from markdown_it import MarkdownIt
 
-if TYPE_CHECKING:
-    from .models import Message
+from .models import Message
 
 # Bump when the rendering rules change: cached renderings from before are then ignored.
 _VERSION = 1
@@ -152,27 +151,44 @@ def render_markdown(text: str) -> SafeString:
 
 
 class _LocalRenderings:
-    """Recently used renderings in this process, bounded by their total size (a page of 1,000 replies
-    should not depend on a shared cache that may hold only a few hundred entries). cachetools' LRU
-    is not thread-safe: every access holds the lock."""
+    """Recently used renderings in this process, the least recently used dropped first, bounded by their
+    total size (a page of 1,000 replies should not depend on a shared cache that may hold only a few
+    hundred entries). An OrderedDict, whose lookups and moves run in C: a hit costs a fraction of a
+    microsecond. Every access holds the lock (pages render in several threads)."""
 
     def __init__(self, max_chars: int) -> None:
-        self.items: LRUCache[str, str] = LRUCache(maxsize=max_chars, getsizeof=len)
+        self.items: OrderedDict[Hashable, str | bytes] = OrderedDict()
+        self.size = 0
+        self.max_chars = max_chars
         self.lock = threading.Lock()
 
-    def get_many(self, keys: Iterable[str]) -> dict[str, str]:
+    def get(self, keys: Iterable[Hashable]) -> list[Any]:
+        """The value of each key, None where there is none."""
+        out: list[Any] = []
         with self.lock:
-            return {key: self.items[key] for key in keys if key in self.items}
+            items, found, used = self.items, out.append, self.items.move_to_end
+            for key in keys:
+                value = items.get(key)
+                if value is not None:
+                    used(key)
+                found(value)
+        return out
 
-    def set_many(self, values: dict[str, str]) -> None:
+    def set_many(self, values: dict[Any, Any]) -> None:
         with self.lock:
             for key, value in values.items():
-                if len(value) <= self.items.maxsize:  # a larger one would raise ValueError
-                    self.items[key] = value
+                if len(value) > self.max_chars:
+                    continue
+                old = self.items.pop(key, None)
+                self.size += len(value) - (len(old) if old is not None else 0)
+                self.items[key] = value
+            while self.size > self.max_chars:
+                self.size -= len(self.items.popitem(last=False)[1])
 
     def clear(self) -> None:
         with self.lock:
             self.items.clear()
+            self.size = 0
 
 
 _local = _LocalRenderings(max_chars=32 * 1024 * 1024)
@@ -186,7 +202,7 @@ def _digest(*parts: object) -> str:
 def _cached(keys: list[str], make: Callable[[list[int]], list[str]]) -> list[SafeString]:
     """Values for `keys` from this process, then the shared cache, else made in one batch by
     `make(indexes)` (and stored in both): at most one round trip to the shared cache each way."""
-    found = _local.get_many(keys)
+    found = {k: v for k, v in zip(keys, _local.get(keys), strict=True) if v is not None}
     missing = [k for k in dict.fromkeys(keys) if k not in found]
     if missing:
         shared = cache.get_many(missing)
@@ -230,41 +246,70 @@ def versions(siblings: Sequence[int], pk: int) -> dict[str, int | None]:
     }
 
 
-# A reply shows its model, tokens and cost: the page loads these fields, and they key its cached HTML.
-USAGE_FIELDS = ("model", "input_tokens", "cached_input_tokens", "output_tokens", "cost")
+class PageRow(Protocol):
+    """What a message's HTML depends on but its text and files (`conversations.page.Row`)."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def status(self) -> str: ...
 
 
-def _file_ids(m: Message) -> list[str]:
-    return [str(f.pk) for f in getattr(m, "files", ())]
+def render_rows(
+    conversation_id: object,
+    rows: Sequence[PageRow],
+    siblings: Sequence[tuple[int, ...]],
+    hints: dict[str, str],
+    load: Callable[[list[Any]], dict[int, Message]],
+) -> list[bytes]:
+    """Each message as the page shows it (conversations/_message.html, as UTF-8), from the cache where
+    it is there, else rendered from the message `load(rows)` returns (with its text and files) and cached.
 
-
-def render_messages(messages: Sequence[Message], hints: dict[str, str]) -> list[SafeString]:
-    """Each message as the page shows it (conversations/_message.html), reusing earlier renderings.
-
-    A message's HTML depends on its own fields only, so it is cached by them; a streaming reply is
-    never cached (its text still grows). Rendering 1,000 messages through `{% include %}` in the page
-    costs hundreds of milliseconds; from the cache it is a join.
+    A message's HTML depends on its row (`conversations.page.Row`: its status, usage, error, parent,
+    `updated_at`) and its versions, and on its text and files, which never change once it has
+    finished; so the row and the versions key it, and a cached message costs neither its text nor a
+    rendering. The conversation's id is in the key too: message ids alone may repeat across databases
+    (tests, a restored backup) sharing a cache. A streaming reply is never cached (its text still grows).
+    Rendering 1,000 messages through `{% include %}` costs hundreds of milliseconds; from the cache it
+    is a dictionary lookup each. Kept as bytes: a thread in any language joins and goes out as it is
+    (as text, one character beyond Latin-1, a `‹` say, made Python copy and encode all of it as wide
+    characters).
     """
     template, version = _message_template()
-
-    def make(indexes: list[int]) -> list[str]:
-        chosen = [messages[i] for i in indexes]
-        for m in chosen:
-            m.versions = versions(getattr(m, "siblings", None) or [m.pk], m.pk)  # type: ignore[attr-defined]
-        replies = [m for m in chosen if m.role == m.Role.ASSISTANT]
-        for m, html in zip(replies, render_many(m.content for m in replies), strict=True):
-            m.html = html  # type: ignore[attr-defined]
-        return [template.render(Context({"m": m, "error_hints": hints})) for m in chosen]
-
-    streaming = [i for i, m in enumerate(messages) if m.status == m.Status.STREAMING]
-    done = [i for i, m in enumerate(messages) if m.status != m.Status.STREAMING]
-    keys = [f"msg:{_VERSION}:{version}:" + _digest(m.pk, m.role, m.status, m.error_code, m.client_id, m.content,
-                                                   *(getattr(m, f) for f in USAGE_FIELDS), getattr(m, "siblings", None),
-                                                   *_file_ids(m))
-            for m in (messages[i] for i in done)]  # fmt: skip
-    out: list[SafeString] = [mark_safe("")] * len(messages)  # noqa: S308 - placeholders, all replaced below
-    for i, html in zip(done, _cached(keys, lambda js: make([done[j] for j in js])), strict=True):
-        out[i] = html
-    for i, text in zip(streaming, make(streaming), strict=True):
-        out[i] = mark_safe(text)  # noqa: S308 - the template escapes; markdown is sanitized
-    return out
+    conv = str(conversation_id)
+    keys = [("article", _VERSION, version, conv, row, s) for row, s in zip(rows, siblings, strict=True)]
+    found: list[Any] = _local.get(keys)
+    if None not in found:
+        return found
+    streaming = Message.Status.STREAMING
+    missing = [i for i, html in enumerate(found) if html is None]
+    shared_keys = {i: f"article:{_VERSION}:{version}:{_digest(conv, repr(rows[i]), siblings[i])}" for i in missing}
+    shared = cache.get_many([shared_keys[i] for i in missing if rows[i].status != streaming])
+    if shared:
+        for i in missing:
+            found[i] = shared.get(shared_keys[i])
+        _local.set_many({keys[i]: found[i] for i in missing if found[i] is not None})
+        missing = [i for i in missing if found[i] is None]
+    loaded = load([rows[i] for i in missing])
+    chosen = []
+    for i in missing:
+        m = loaded.get(rows[i].id)
+        if m is None:
+            found[i] = b""  # deleted since the path was read
+            continue
+        m.versions = versions(siblings[i], m.pk)  # type: ignore[attr-defined]
+        chosen.append((i, m))
+    replies = [m for _, m in chosen if m.role == Message.Role.ASSISTANT]
+    for m, html in zip(replies, render_many(m.content for m in replies), strict=True):
+        m.html = html  # type: ignore[attr-defined]
+    fresh_local: dict[Hashable, bytes] = {}
+    fresh_shared: dict[str, bytes] = {}
+    for i, m in chosen:
+        found[i] = article = template.render(Context({"m": m, "error_hints": hints})).encode()
+        # Only a finished message, as the row read it (a row read as streaming may have finished since).
+        if rows[i].status != streaming and m.status == rows[i].status:
+            fresh_local[keys[i]] = fresh_shared[shared_keys[i]] = article
+    if fresh_local:
+        _local.set_many(fresh_local)
+        cache.set_many(fresh_shared, timeout=CACHE_TIMEOUT)
+    return found

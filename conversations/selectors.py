@@ -71,10 +71,14 @@ def streaming_reply(conversation_id: uuid.UUID) -> Message | None:
 _TABLE = Message._meta.db_table
 # The path from message %s up to its root, one row per message, `depth` 0 at the start: a recursive
 # query over the primary key, so it reads the path's rows only, whatever the branches around it.
+# Each step looks its parent up in a scalar subquery, which every database runs as one primary-key
+# lookup; written as a join, PostgreSQL planned a hash join that scanned the whole table at every
+# step (200 ms for a 1,000-message path in a table of 1,000 rows, statistics or not; docs/performance.md).
 _PATH_CTE = (
     f"WITH RECURSIVE path(id, parent_id, depth) AS ("
     f" SELECT id, parent_id, 0 FROM {_TABLE} WHERE id = %s AND conversation_id = %s"
-    f" UNION ALL SELECT m.id, m.parent_id, p.depth + 1 FROM {_TABLE} m JOIN path p ON m.id = p.parent_id)"
+    f" UNION ALL SELECT p.parent_id, (SELECT m.parent_id FROM {_TABLE} m WHERE m.id = p.parent_id), p.depth + 1"
+    f" FROM path p WHERE p.parent_id IS NOT NULL)"
 )  # noqa: S608 - the table name from the model, values as parameters
 PAGE_FIELDS = ("id", "conversation_id", "parent_id", "role", "content", "status", "client_id", "error_code")
 
@@ -91,11 +95,12 @@ def path_ids(conversation_id: uuid.UUID, leaf_id: int | None) -> list[int]:
 def descend(conversation_id: uuid.UUID, message_id: int) -> int:
     """The most recently active descendant of `message_id` (following each message's active child),
     or the message itself: one query."""
-    sql = (
+    sql = (  # each step a primary-key lookup in a scalar subquery, as in _PATH_CTE
         f"WITH RECURSIVE down(id, active_child_id, depth) AS ("
         f" SELECT id, active_child_id, 0 FROM {_TABLE} WHERE id = %s AND conversation_id = %s"
-        f" UNION ALL SELECT m.id, m.active_child_id, d.depth + 1"
-        f" FROM {_TABLE} m JOIN down d ON m.id = d.active_child_id)"
+        f" UNION ALL SELECT d.active_child_id,"
+        f" (SELECT m.active_child_id FROM {_TABLE} m WHERE m.id = d.active_child_id), d.depth + 1"
+        f" FROM down d WHERE d.active_child_id IS NOT NULL)"
         f" SELECT id FROM down ORDER BY depth DESC LIMIT 1"
     )  # noqa: S608
     with connection.cursor() as cursor:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import secrets
 import zoneinfo
 from typing import Any
 
@@ -10,9 +11,10 @@ from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.utils import timezone
+from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from . import pricing, rendering, selectors, services
+from . import page, pricing, rendering, selectors, services
 from .models import ChatModel, Conversation
 from .services import ChatError
 
@@ -66,28 +68,21 @@ def _sidebar(
 def _page(request: HttpRequest, conversation: Conversation | None) -> HttpResponse:
     """The chat page: a conversation with its whole history, or the new-chat picker."""
     context: dict[str, Any] = {"conversation": conversation, "error_hints": ERROR_HINTS, **_sidebar(request)}
+    thread: list[bytes] = []
     if conversation is not None:
         persona = services.effective_persona(conversation)
-        # The active path only, with each message's versions: two queries, however many branches.
-        # Only what the page shows: 1,000 rows' timestamps alone cost more than rendering them.
-        fields = selectors.PAGE_FIELDS + rendering.USAGE_FIELDS
-        path = selectors.active_path(
-            conversation, leaf_id=_opened_leaf(request, conversation), fields=fields, summaries=True, files=True
-        )
-        messages = [p.message for p in path]
-        for p in path:
-            p.message.siblings = p.siblings  # type: ignore[attr-defined]
-        for m, article in zip(messages, rendering.render_messages(messages, ERROR_HINTS), strict=True):
-            m.article = article  # type: ignore[attr-defined]
+        # The active path only, with each message's versions and the path's summary: one query however
+        # many branches, and one more for the text of messages not yet rendered (docs/architecture.md).
+        path = page.load(conversation, leaf_id=_opened_leaf(request, conversation))
+        thread = page.thread_parts(conversation, path, ERROR_HINTS)
         model = pricing.thread_model(conversation, persona)
-        summary = selectors.path_summary(messages)
         context.update(
             persona=persona,
             model=model,
-            messages_list=messages,
-            summary=summary,
+            messages_list=path.rows,
+            thread_html=_THREAD,
             offline_demo=model.startswith("offline:"),
-            opened_leaf=path[-1].message.pk if path else None,
+            opened_leaf=path.rows[-1].id if path.rows else None,
         )
         if persona.allow_model_choice:
             choices = list(pricing.models_for_user(request.user))  # type: ignore[arg-type]
@@ -99,7 +94,18 @@ def _page(request: HttpRequest, conversation: Conversation | None) -> HttpRespon
         chosen = next((p for p in personas if p.is_default), personas[0] if personas else None)
         context.update(personas=personas, chosen=chosen, messages_list=[])
         context["offline_demo"] = bool(chosen and chosen.resolved_model().startswith("offline:"))
-    return render(request, "conversations/chat.html", context)
+    response = render(request, "conversations/chat.html", context)
+    if conversation is not None:
+        # The thread (UTF-8, a megabyte for 1,000 messages) is joined into the rendered page's bytes,
+        # one copy. Through the template it was copied at every level of nesting, as wide characters
+        # once the page held any character beyond Latin-1, then encoded: a third of a long page's time.
+        head, tail = response.content.split(_THREAD.encode(), 1)
+        response.content = b"".join([head, *thread, tail])
+    return response
+
+
+# Where the thread goes in the rendered page: a comment nothing escaped can produce, unguessable besides.
+_THREAD = mark_safe(f"<!--thread {secrets.token_hex(8)}-->")  # noqa: S308 - a constant
 
 
 def _opened_leaf(request: HttpRequest, conversation: Conversation) -> int | None:
@@ -220,13 +226,20 @@ def conversation_delete(request: HttpRequest, conversation_id: str) -> HttpRespo
 def message_detail(request: HttpRequest, conversation_id: str, message_id: int) -> HttpResponse:
     """One message, any version of it, as the page renders it (?format=text: its raw text, for copying)."""
     conversation = selectors.conversation_for_user(request.user, conversation_id)
-    message = conversation.messages.filter(pk=message_id).first()
-    if message is None:
-        raise Http404
     if request.GET.get("format") == "text":
-        return HttpResponse(message.content, content_type="text/plain; charset=utf-8")
-    # Its versions, so the rendering the page swaps in keeps `‹ i / n ›`.
-    message.siblings = list(  # type: ignore[attr-defined]
-        conversation.messages.filter(parent_id=message.parent_id).order_by("id").values_list("id", flat=True)
+        text = conversation.messages.filter(pk=message_id).values_list("content", flat=True).first()
+        if text is None:
+            raise Http404
+        return HttpResponse(text, content_type="text/plain; charset=utf-8")
+    # With its versions, so the rendering the page swaps in keeps `‹ i / n ›`; the page's own cache entry.
+    one = page.load_one(conversation, message_id) if message_id < 2**63 else None
+    if one is None:
+        raise Http404
+    html = rendering.render_rows(
+        conversation.pk,
+        one.rows,
+        one.siblings(),
+        ERROR_HINTS,
+        lambda rows: page.messages(conversation, rows, with_files=one.with_files),
     )
-    return HttpResponse(rendering.render_messages([message], ERROR_HINTS)[0])
+    return HttpResponse(html[0])

@@ -138,11 +138,15 @@ def test_it_reuses_earlier_renderings_from_the_cache(monkeypatch):
 def test_it_bounds_the_process_cache_by_size_dropping_the_least_recently_used():
     local = rendering._LocalRenderings(max_chars=10)
     local.set_many({"a": "xxxx", "b": "yyyy"})
-    assert local.get_many(["a"]) == {"a": "xxxx"}  # "a" is now the most recently used
+    assert local.get(["a"]) == ["xxxx"]  # "a" is now the most recently used
     local.set_many({"c": "zzzz"})
-    assert local.get_many(["a", "b", "c"]) == {"a": "xxxx", "c": "zzzz"}
+    assert local.get(["a", "b", "c"]) == ["xxxx", None, "zzzz"]
     local.set_many({"huge": "h" * 11})  # larger than the whole cache: not kept, no error
-    assert local.get_many(["huge", "a", "c"]) == {"a": "xxxx", "c": "zzzz"}
+    assert local.get(["huge", "a", "c"]) == [None, "xxxx", "zzzz"]
+    local.set_many({"a": "x"})  # replaced: only its new size counts
+    assert local.size == 5
+    local.set_many({("a", "tuple", 1): "tttt"})  # any hashable key (the page's are tuples)
+    assert local.get(["a", "c", ("a", "tuple", 1)]) == ["x", "zzzz", "tttt"] and local.size == 9
 
 
 # -- the allow-list, one source for nh3 here and DOMPurify in the page -----------------------------------

@@ -13,7 +13,7 @@ from django.test.utils import CaptureQueriesContext
 
 from conversations import selectors, summaries
 from conversations.context import SUMMARY_HEADING
-from conversations.models import Conversation, Message, Summary
+from conversations.models import Attachment, Conversation, Message, Summary
 from tests.conftest import open_socket
 from tests.factories import add_message, make_conversation, make_persona, make_turns
 from tests.fakes.provider import Reply
@@ -293,3 +293,45 @@ def test_search_opens_the_branch_where_the_text_matched(alice, client):
     # Opening it changed nothing on the server: the page's script makes it active with `switch`.
     conv.refresh_from_db()
     assert conv.active_leaf_id == hidden_branch.pk
+
+
+async def test_the_path_frame_carries_the_summary_and_files_of_the_path_it_shows(alice):
+    """The page puts the "earlier messages summarized" divider after the message a path's summary runs
+    through; after a `switch` it has only the `path` frame to go by."""
+
+    def build():
+        conv = make_conversation(alice)
+        turns = make_turns(conv, 8)
+        Summary.objects.create(conversation=conv, through=turns[3], text="SUMMARY OF 0-3")
+        early = Message.objects.create(conversation=conv, role="user", content="early branch", parent=turns[1])
+        late = Message.objects.create(conversation=conv, role="user", content="late branch", parent=turns[5])
+        Attachment.objects.create(
+            owner=alice, conversation=conv, message=turns[0], name="plan.pdf", kind="pdf",
+            content_type="application/pdf", size=1234, file="attachments/x/plan",
+        )  # fmt: skip
+        return conv, [t.pk for t in turns], early.pk, late.pk
+
+    conv, turns, early, late = await sync_to_async(build)()
+    ok, ws = await open_socket(alice, conv.pk)
+    await ws.recv()
+    # A branch made before the summary's message: no summary (its path does not contain that message).
+    await ws.send({"type": "switch", "message_id": early})
+    path = await ws.until("path")
+    assert [m["id"] for m in path["messages"]] == [*turns[:2], early] and path["summary"] is None
+    # Back to the main path: the summary again, through the same message.
+    await ws.send({"type": "switch", "message_id": turns[2]})
+    path = await ws.until("path")
+    assert [m["id"] for m in path["messages"]] == turns
+    assert path["summary"] == {"through_id": turns[3], "text": "SUMMARY OF 0-3"}
+    # Each message as in `message`: the first one's file too.
+    assert path["messages"][0]["attachments"] == [
+        {"id": path["messages"][0]["attachments"][0]["id"], "name": "plan.pdf", "size": 1234,
+         "content_type": "application/pdf"}
+    ]  # fmt: skip
+    assert all("attachments" not in m for m in path["messages"][1:])
+    # A branch made after it: the summary still covers the start of that path.
+    await ws.send({"type": "switch", "message_id": late})
+    path = await ws.until("path")
+    assert [m["id"] for m in path["messages"]] == [*turns[:6], late]
+    assert path["summary"] == {"through_id": turns[3], "text": "SUMMARY OF 0-3"}
+    await ws.close()

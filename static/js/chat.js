@@ -565,7 +565,7 @@
     },
     delta: applyDelta,
     path(frame) {
-      showPath(frame.messages);
+      showPath(frame.messages, frame.summary);
     },
     retrying(frame) {
       const r = replyFor(frame.message_id);
@@ -621,8 +621,40 @@
   // The path the server made active (a `switch` from any tab): rebuilt in place, no reload. A reply
   // still streaming on it shows everything streamed so far (its deltas kept coming while away).
   let switching = null; // {from: message id clicked, dir: "prev" | "next"}
-  function showPath(messages) {
-    const divider = messagesEl.querySelector(".summary-divider");
+  // The "earlier messages summarized" divider, as the server renders it (_summary_divider.html), after
+  // the message the path's summary runs through. One element per summary, kept while the page lives,
+  // so switching back to a path shows its divider as it was left (open or closed).
+  const dividers = new Map(); // through id -> element
+  messagesEl.querySelectorAll(".summary-divider").forEach((el) => dividers.set(el.dataset.summaryThrough, el));
+  function summaryDivider(summary) {
+    const through = String(summary.through_id);
+    let el = dividers.get(through);
+    if (el) return el;
+    el = document.createElement("details");
+    el.className = "summary-divider";
+    el.dataset.summaryThrough = through;
+    const title = document.createElement("summary");
+    title.textContent = "Earlier messages are summarized for the model";
+    const body = document.createElement("div");
+    body.className = "summary-text";
+    const note = document.createElement("p");
+    note.className = "summary-note";
+    note.textContent = "The model no longer sees the messages above word for word; it gets this summary instead:";
+    body.append(note);
+    // Paragraphs and line breaks, as Django's `linebreaks` makes them; text only, never markup.
+    for (const para of summary.text.replace(/\r\n?/g, "\n").split(/\n{2,}/)) {
+      const p = document.createElement("p");
+      para.split("\n").forEach((line, i) => {
+        if (i) p.append(document.createElement("br"));
+        p.append(line);
+      });
+      body.append(p);
+    }
+    el.append(title, body);
+    dividers.set(through, el);
+    return el;
+  }
+  function showPath(messages, summary) {
     const errors = messagesEl.querySelectorAll(".inline-error");
     errors.forEach((e) => e.remove());
     truncateAfter(null);
@@ -647,6 +679,7 @@
         el.querySelector(".msg-content").textContent = m.content;
         if (m.attachments && window.chatFiles) window.chatFiles.showOnMessage(el, m.attachments);
         if (m.client_id) el.dataset.clientId = m.client_id;
+        if (m.attachments && window.chatFiles) window.chatFiles.showOnMessage(el, m.attachments);
       }
       if (m.parent_id) el.dataset.parentId = m.parent_id;
       else delete el.dataset.parentId;
@@ -654,9 +687,10 @@
       messagesEl.append(el);
     }
     if (emptyEl) emptyEl.hidden = messages.length > 0;
-    if (divider) {
-      const through = document.getElementById(`m${divider.dataset.summaryThrough}`);
-      if (through) through.after(divider);
+    // The summary this path uses (a branch made before a summary's message has its own, or none).
+    if (summary) {
+      const through = document.getElementById(`m${summary.through_id}`);
+      if (through && through.parentElement === messagesEl) through.after(summaryDivider(summary));
     }
     if (md) md.enhance(messagesEl, { lazy: true });
     if (switching) {

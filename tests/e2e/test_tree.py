@@ -6,9 +6,10 @@ from __future__ import annotations
 import pytest
 from playwright.async_api import expect
 
+from conversations.models import Message, Summary
 from tests.e2e.conftest import db, screenshot
 from tests.e2e.helpers import REPLY_TIMEOUT, connected, last_reply, reply_ends, send
-from tests.factories import make_conversation
+from tests.factories import make_conversation, make_turns
 from tests.fakes.provider import Reply
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -114,3 +115,45 @@ async def test_it_regenerates_an_earlier_reply_into_versions(web, alice, _provid
     await last_reply(page).get_by_role("button", name="Previous version").click()
     await expect(contents(page, "assistant")).to_have_text(["First take.", "Later answer."])
     await screenshot(page, "tree-regenerated-reply")
+
+
+def _summarized_thread_with_branches(owner):
+    """Eight turns summarized through the fourth, the third asked again (a branch before the summary)."""
+    conversation = make_conversation(owner)
+    turns = make_turns(conversation, 8)
+    Summary.objects.create(conversation=conversation, through=turns[3], text="What was said before.\n\nIn short.")
+    Message.objects.create(conversation=conversation, role="user", content="Asked another way", parent=turns[1])
+    return conversation, [t.pk for t in turns]
+
+
+async def test_the_summary_divider_follows_the_path_across_switches(web, alice):
+    conversation, turns = await db(_summarized_thread_with_branches, alice)
+    page = await web.page(alice, f"/conversations/{conversation.pk}/")
+    await connected(page)
+    divider = page.locator("#messages > .summary-divider")
+    after = "(() => { const d = document.querySelector('#messages > .summary-divider');"
+    after += " return d && d.previousElementSibling.id; })()"
+    await expect(divider).to_have_count(1)
+    assert await page.evaluate(after) == f"m{turns[3]}"
+    await divider.locator("summary").click()  # opened: it stays open across switches
+    await page.evaluate("window.__noReload = 1")
+
+    # The third message's other version: a branch made before the summary's message has no divider.
+    third = page.locator(f"#m{turns[2]}")
+    await third.get_by_role("button", name="Next version").click()
+    await expect(contents(page, "user")).to_have_text(["user0w0 user0w1 user0w2 user0w3 user0w4", "Asked another way"])
+    await expect(divider).to_have_count(0)
+
+    # Back: the divider is where it was, after the same message, still open; no reload.
+    await page.locator("article.msg-user").last.get_by_role("button", name="Previous version").click()
+    await expect(contents(page, "user")).to_have_count(4)
+    await expect(divider).to_have_count(1)
+    assert await page.evaluate(after) == f"m{turns[3]}"
+    await expect(divider).to_have_attribute("open", "")
+    await expect(divider.locator(".summary-text p")).to_have_text(
+        ["The model no longer sees the messages above word for word; it gets this summary instead:",
+         "What was said before.", "In short."]
+    )  # fmt: skip
+    assert await page.evaluate("window.__noReload") == 1
+    await screenshot(page, "tree-summary-divider-after-switch")
+    assert await web.csp_violations(page) == []
