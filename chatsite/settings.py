@@ -58,8 +58,6 @@ INSTALLED_APPS = [
 ]
 # daphne's app installs Twisted's asyncio reactor as Django starts (and gives `runserver` its ASGI
 # version). The task worker never serves a request: it goes without, and without Twisted (about 40 MB).
-# Everywhere else it stays: without it, a SIGTERMed daphne closed its sockets late in about half the
-# runs of tests/test_shutdown.py, a race not yet understood (docs/performance.md).
 if sys.argv[1:2] != ["db_worker"]:
     INSTALLED_APPS.insert(0, "daphne")
 

@@ -68,7 +68,7 @@ async def test_sigterm_lets_a_running_reply_finish_and_the_other_process_sees_it
     await on_b.until("delta")
 
     a.proc.send_signal(signal.SIGTERM)
-    # A's socket is closed at once (1012: reconnect elsewhere), and A takes no new ones.
+    # A's socket is closed at once (4012: reconnect elsewhere), and A takes no new ones.
     with pytest.raises(ConnectionError):
         await on_a.until("end", timeout=5)
     await asyncio.sleep(0.3)

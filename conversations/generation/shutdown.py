@@ -6,7 +6,7 @@ and waits for the Deferreds they return. The one installed here:
 
 1. stops taking sockets: the listening ports close (a load balancer or the page's reconnect goes to
    another process), and a socket that still gets through is refused at the handshake;
-2. closes every open chat socket with code 1012 ("service restart"): the page reconnects at once,
+2. closes every open chat socket with code 4012 (this process is restarting): the page reconnects at once,
    to another process, and follows its reply there over the channel layer;
 3. lets the running replies finish, for up to `CHAT_SHUTDOWN_GRACE` seconds;
 4. then ends the rest at once: each stores the text it has, as `interrupted`, and sends `end`.
@@ -35,6 +35,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__package__)
 
+# The close code of a socket whose process is shutting down: reconnect at once (to another process).
+# Not 1012 ("service restart"): autobahn, daphne's websocket library, sends no code but 1000 and
+# 3000-4999 (it raised, and the socket stayed open until the process exited).
+CLOSE_RESTARTING = 4012
 # Set once the process has started to shut down: new sockets are refused.
 draining = False
 # The open chat sockets of this process, to close when it drains.
@@ -67,16 +71,20 @@ async def _started() -> None:
 def _before_shutdown() -> Any:
     from twisted.internet import defer
 
-    return defer.Deferred.fromFuture(asyncio.ensure_future(drain()))
+    # The open sockets, taken now: daphne's own "before shutdown" trigger cancels every consumer at
+    # once, and a cancelled consumer leaves `sockets` as it ends, possibly before `drain` first runs;
+    # its socket would then stay open, silent, until the process exits.
+    return defer.Deferred.fromFuture(asyncio.ensure_future(drain(consumers=list(sockets))))
 
 
-async def drain(grace: float | None = None) -> None:
-    """Stop taking sockets, close the open ones, let replies finish for `grace` seconds, interrupt the rest."""
+async def drain(grace: float | None = None, consumers: list[AsyncWebsocketConsumer] | None = None) -> None:
+    """Stop taking sockets, close the open ones (`consumers`, default those open now), let replies
+    finish for `grace` seconds, interrupt the rest."""
     global draining
     draining = True
     grace = settings.CHAT_SHUTDOWN_GRACE if grace is None else grace
     _stop_listening()
-    for consumer in list(sockets):
+    for consumer in {*(consumers or ()), *sockets}:
         spawn(_close(consumer))
     running = [g for g in registry.running.values() if g.task is not None]
     if not running:
@@ -111,7 +119,7 @@ def _stop_listening() -> None:
 
 async def _close(consumer: AsyncWebsocketConsumer) -> None:
     try:
-        await consumer.close(code=1012)  # service restart: reconnect (elsewhere)
-        await consumer.disconnect(1012)  # daphne cancels the consumer: clean up as a close would
+        await consumer.close(code=CLOSE_RESTARTING)  # reconnect (elsewhere)
+        await consumer.disconnect(CLOSE_RESTARTING)  # daphne cancels the consumer: clean up as a close would
     except Exception:
         log.exception("could not close a socket while shutting down")

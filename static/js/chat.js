@@ -775,7 +775,8 @@
       // The server's own reasons (docs/protocol.md): no point reconnecting.
       if (event.code === 4404) { stopReconnecting("This conversation no longer exists (it was deleted)."); return; }
       if (event.code === 4401) { stopReconnecting("You were signed out. Log in again to go on."); return; }
-      if (event.code === 1012) retryDelay = 100; // that process is restarting: another one takes over at once
+      // That process is restarting (4012; 1012 from a server that may send it): another one takes over at once.
+      if (event.code === 4012 || event.code === 1012) retryDelay = 100;
       connectionLost();
       failures = opened ? 0 : failures + 1;
       if (failures >= 3) {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 
 import pytest
@@ -163,7 +164,14 @@ async def test_an_edit_keeps_the_messages_files_unless_one_is_removed(web, alice
     await expect(edited.locator(".msg-content")).to_have_text("Read this one")
     await expect(edited.locator(".file-chip")).to_have_count(1)
     await expect(edited.locator(".file-chip")).to_contain_text("b.txt")
-    [parts] = user_turns_with_files(_provider_server.requests[seen:])
+    # The page can show the edit before its request reaches the provider (reply_ends may match the
+    # earlier reply): wait for the request itself.
+    for _ in range(100):
+        turns = user_turns_with_files(_provider_server.requests[seen:])
+        if turns:
+            break
+        await asyncio.sleep(0.1)
+    [parts] = turns
     assert [p["text"] for p in parts] == ["File `b.txt`:\n```\nsecond notes\n```", "Read this one"]
 
     # The earlier version still has both, one switch away; the composer's tray was left alone.
