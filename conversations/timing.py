@@ -44,10 +44,9 @@ def mark(marks: Marks | None, stage: str) -> None:
 
 
 def report(marks: Marks | None, reply_id: int) -> None:
-    """Log the stages as seconds since `received` (once per reply)."""
-    if marks is None or "reported" in marks:
+    """Log the stages as seconds since `received`."""
+    if marks is None:
         return
-    marks["reported"] = 1.0
     t0 = marks["received"]
-    stages = {k: round(v - t0, 6) for k, v in marks.items() if k not in ("received", "reported")}
+    stages = {k: round(v - t0, 6) for k, v in marks.items() if k != "received"}
     log.warning("stage-timing %s", orjson.dumps({"reply": reply_id, **stages}).decode())

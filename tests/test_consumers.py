@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import uuid
@@ -334,23 +335,30 @@ class _Lines(logging.Handler):
         self.lines.append(record.getMessage())
 
 
-async def test_with_stage_timing_on_a_reply_logs_its_stages(alice, fake_provider, monkeypatch):
+@contextlib.contextmanager
+def _timing_lines():
+    """The lines `conversations.timing` logs meanwhile."""
     from conversations import timing
 
+    handler = _Lines()
+    logging.getLogger(timing.__name__).addHandler(handler)
+    try:
+        yield handler.lines
+    finally:
+        logging.getLogger(timing.__name__).removeHandler(handler)
+
+
+async def test_with_stage_timing_on_a_reply_logs_its_stages(alice, fake_provider, monkeypatch):
     monkeypatch.setenv("CHAT_STAGE_TIMING", "1")
     fake_provider.script(Reply(text="one two three", first_token_delay=0.05))
     conv = await sync_to_async(make_conversation)(alice)
     ok, ws = await open_socket(alice, conv.pk)
     await ws.recv()
-    handler = _Lines()
-    logging.getLogger(timing.__name__).addHandler(handler)
-    try:
+    with _timing_lines() as logged:
         await ws.send_message("Time me")
         start = await ws.until("start")
         await ws.until("end")
-    finally:
-        logging.getLogger(timing.__name__).removeHandler(handler)
-    lines = [line for line in handler.lines if line.startswith("stage-timing ")]
+    lines = [line for line in logged if line.startswith("stage-timing ")]
     assert len(lines) == 1, lines  # one line per reply, at its first token
     stages = json.loads(lines[0].removeprefix("stage-timing "))
     assert stages.pop("reply") == start["message_id"]
@@ -362,18 +370,12 @@ async def test_with_stage_timing_on_a_reply_logs_its_stages(alice, fake_provider
 
 
 async def test_without_stage_timing_nothing_is_logged(alice, monkeypatch):
-    from conversations import timing
-
     monkeypatch.delenv("CHAT_STAGE_TIMING", raising=False)
     conv = await sync_to_async(make_conversation)(alice)
     ok, ws = await open_socket(alice, conv.pk)
     await ws.recv()
-    handler = _Lines()
-    logging.getLogger(timing.__name__).addHandler(handler)
-    try:
+    with _timing_lines() as logged:
         await ws.send_message("Quiet")
         await ws.until("end")
-    finally:
-        logging.getLogger(timing.__name__).removeHandler(handler)
-    assert handler.lines == []
+    assert logged == []
     await ws.close()

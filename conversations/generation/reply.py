@@ -176,12 +176,13 @@ class Generation:
                     offset = self.length
                     self.chunks.append(item)
                     self.length += len(item)
-                    if self.marks is not None and "published" not in self.marks:
-                        timing.mark(self.marks, "first_token")
+                    marks = self.marks  # the send's stage timings, until its first token is out
+                    timing.mark(marks, "first_token")
                     await self.send({"type": "chat.delta", "message_id": self.reply_id, "offset": offset, "text": item})
-                    if self.marks is not None and "published" not in self.marks:
-                        timing.mark(self.marks, "published")
-                        timing.report(self.marks, self.reply_id)
+                    if marks is not None:
+                        timing.mark(marks, "published")
+                        timing.report(marks, self.reply_id)
+                        self.marks = None
                     if self._stopping or self._interrupting:  # though the cancellation itself got lost
                         raise asyncio.CancelledError
                 return
