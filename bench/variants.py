@@ -21,6 +21,9 @@
   Channels' one shared database thread (the socket's other database calls stay there);
 - `no-read-join`: the openai adapter yields each SSE event's text on its own, even when one read of
   the stream brought several (conversations/llm/openai.py, `JOIN_READS`);
+- `no-local-relay`: on Redis, every event goes through Redis to this process's own sockets too
+  (serialized, published, read back), and deltas are published while no other process listens
+  (conversations/layers/redis_pubsub.py, `LOCAL_RELAY`);
 - `switch=SECONDS`: sys.setswitchinterval (how soon a DB thread gets the GIL from a busy event loop);
 - `profile=PATH`: cProfile the event loop thread, written to PATH when daphne stops.
 Only the benchmark uses this module (`daphne bench.variants:application`).
@@ -212,6 +215,10 @@ for variant in VARIANTS:
         from conversations.layers import coalesce
 
         coalesce.ENABLED = False
+    elif variant == "no-local-relay":
+        from conversations.layers import redis_pubsub
+
+        redis_pubsub.LOCAL_RELAY = False
     elif variant.startswith("switch="):
         import sys
 

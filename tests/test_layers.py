@@ -156,13 +156,13 @@ async def test_it_fails_the_waiting_publishers_when_redis_does_not_answer():
 
 
 @needs_redis
-async def test_it_delivers_in_order_with_publishes_batched():
-    layer = RedisPubSubChannelLayer(hosts=[REDIS_URL])
+async def test_it_delivers_in_order_between_processes_with_publishes_batched():
+    # Two layer objects are two processes: what one publishes reaches the other through Redis.
+    sender, receiver = RedisPubSubChannelLayer(hosts=[REDIS_URL]), RedisPubSubChannelLayer(hosts=[REDIS_URL])
     group = f"test-layers-{uuid.uuid4().hex}"
-    channel = await layer.new_channel()
-    await layer.group_add(group, channel)
-    shard = layer._get_layer()._shards[0]
-    assert isinstance(shard, _PipelinedShard)
+    channel = await receiver.new_channel()
+    await receiver.group_add(group, channel)
+    shard = sender._get_layer()._shards[0]
     rounds = 0
     write = shard._write
 
@@ -173,13 +173,177 @@ async def test_it_delivers_in_order_with_publishes_batched():
 
     shard._write = counted
     try:
-        await asyncio.gather(*(layer.group_send(group, {"type": "chat.delta", "n": i}) for i in range(50)))
-        received = [await asyncio.wait_for(layer.receive(channel), 5) for _ in range(50)]
+        await asyncio.gather(*(sender.group_send(group, {"type": "chat.delta", "n": i}) for i in range(50)))
+        received = [await asyncio.wait_for(receiver.receive(channel), 5) for _ in range(50)]
         assert [m["n"] for m in received] == list(range(50))
         assert rounds < 50, "each publish took its own round trip"
     finally:
+        await receiver.group_discard(group, channel)
+        await receiver.flush()
+        await sender.flush()
+
+
+def test_it_pins_the_redis_reader_and_the_groups_it_fans_out_to():
+    # Our shard drops its own echoes in _receive_message: the reader must still hand every message to it,
+    # and it must still fan a group's message out through `groups`, keyed by the group's channel name.
+    reader = inspect.getsource(channels_redis_pubsub.RedisSingleShardConnection._do_receiving)
+    assert "self._receive_message(message)" in reader, "channels-redis's reader changed: re-check redis_pubsub.py"
+    fan_out = inspect.getsource(channels_redis_pubsub.RedisSingleShardConnection._receive_message)
+    assert "self.channel_layer.groups[name]" in fan_out and "self.channel_layer.channels[" in fan_out
+    group_add = inspect.getsource(channels_redis_pubsub.RedisPubSubLoopLayer.group_add)
+    assert "self._get_group_channel_name(group)" in group_add and "self.groups[group_channel]" in group_add
+    receive = inspect.getsource(channels_redis_pubsub.RedisPubSubLoopLayer.receive)
+    assert "self.channel_layer.deserialize(message)" in receive, "receive no longer deserializes what it queued"
+
+
+@needs_redis
+async def test_a_process_serves_its_own_members_without_redis_and_publishes_for_the_others():
+    here, there = RedisPubSubChannelLayer(hosts=[REDIS_URL]), RedisPubSubChannelLayer(hosts=[REDIS_URL])
+    group = f"test-layers-{uuid.uuid4().hex}"
+    mine, theirs = await here.new_channel(), await there.new_channel()
+    await here.group_add(group, mine)
+    try:
+        # Nobody else listens yet.
+        assert await here.remote_listeners(group) is False
+        await there.group_add(group, theirs)
+        assert await here.remote_listeners(group) is True
+        assert await there.remote_listeners(group) is True
+
+        event = {"type": "chat.start", "message_id": 1, "siblings": [1]}
+        await here.group_send(group, event)
+        # Put on this process's queue before group_send returned: no round trip through Redis.
+        assert here._get_layer().channels[mine].qsize() == 1
+        assert await here.receive(mine) == event
+        assert await asyncio.wait_for(there.receive(theirs), 5) == event  # the other process: through Redis
+        # Each member got its own copy.
+        await here.group_send(group, event)
+        got = await here.receive(mine)
+        got["siblings"].append(2)
+        assert event["siblings"] == [1]
+
+        # group_send_local reaches this process's members only.
+        here.group_send_local(group, {"type": "chat.delta", "message_id": 1, "offset": 0, "text": "a"})
+        await asyncio.sleep(0.3)  # time for an echo or a delivery through Redis, if there were one
+        assert await here.receive(mine) == {"type": "chat.delta", "message_id": 1, "offset": 0, "text": "a"}
+        # The other process: only the second chat.start, nothing of the local delta.
+        assert await asyncio.wait_for(there.receive(theirs), 5) == event
+        assert there._get_layer().channels[theirs].qsize() == 0
+        # Redis echoed both chat.starts back here: dropped, this process had them already.
+        assert here._get_layer().channels[mine].qsize() == 0
+
+        # A channel of this process gets its message locally; another process's through Redis.
+        await here.send(mine, {"type": "x", "n": 1})
+        assert here._get_layer().channels[mine].qsize() == 1
+        assert await here.receive(mine) == {"type": "x", "n": 1}
+        await here.send(theirs, {"type": "x", "n": 2})
+        assert await asyncio.wait_for(there.receive(theirs), 5) == {"type": "x", "n": 2}
+        await asyncio.sleep(0.2)
+        assert here._get_layer().channels[mine].qsize() == 0
+    finally:
+        await here.group_discard(group, mine)
+        await there.group_discard(group, theirs)
+        await here.flush()
+        await there.flush()
+
+
+@needs_redis
+async def test_without_the_local_relay_everything_goes_through_redis(monkeypatch):
+    from conversations.layers import redis_pubsub
+
+    monkeypatch.setattr(redis_pubsub, "LOCAL_RELAY", False)
+    layer = RedisPubSubChannelLayer(hosts=[REDIS_URL])
+    group = f"test-layers-{uuid.uuid4().hex}"
+    channel = await layer.new_channel()
+    await layer.group_add(group, channel)
+    try:
+        assert await layer.remote_listeners(group) is True  # always publish
+        await layer.group_send(group, {"type": "chat.delta", "n": 1})
+        assert layer._get_layer().channels[channel].qsize() == 0  # not put here directly
+        assert await asyncio.wait_for(layer.receive(channel), 5) == {"type": "chat.delta", "n": 1}
+    finally:
         await layer.group_discard(group, channel)
         await layer.flush()
+
+
+@needs_redis
+async def test_a_message_of_a_process_with_encrypted_messages_arrives_whole():
+    keys = ["a-secret-key-for-the-test"]
+    here = RedisPubSubChannelLayer(hosts=[REDIS_URL], symmetric_encryption_keys=keys)
+    there = RedisPubSubChannelLayer(hosts=[REDIS_URL], symmetric_encryption_keys=keys)
+    group = f"test-layers-{uuid.uuid4().hex}"
+    theirs = await there.new_channel()
+    await there.group_add(group, theirs)
+    try:
+        await here.group_send(group, {"type": "chat.delta", "text": "secret"})
+        assert await asyncio.wait_for(there.receive(theirs), 5) == {"type": "chat.delta", "text": "secret"}
+    finally:
+        await there.group_discard(group, theirs)
+        await there.flush()
+        await here.flush()
+
+
+LISTENED = "Relayed " + " ".join(f"w{i}" for i in range(60)) + " end."
+
+
+@needs_redis
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("another_process_listens", [False, True])
+async def test_a_reply_publishes_its_deltas_only_while_another_process_listens(
+    alice, fake_provider, settings, monkeypatch, another_process_listens
+):
+    import msgpack
+    from asgiref.sync import sync_to_async
+    from channels.layers import get_channel_layer
+
+    from conversations.generation.groups import group_name
+    from conversations.layers import redis_pubsub
+    from tests.conftest import open_socket
+    from tests.factories import make_conversation
+    from tests.fakes.provider import Reply
+
+    published: list[tuple[str, dict]] = []
+    publish = _PipelinedShard.publish
+
+    async def recorded(self, channel, message):
+        marked = message[:1] == redis_pubsub._MARK
+        published.append((channel, msgpack.unpackb(message[redis_pubsub._HEADER :] if marked else message)))
+        await publish(self, channel, message)
+
+    monkeypatch.setattr(_PipelinedShard, "publish", recorded)
+    conv = await sync_to_async(make_conversation)(alice)
+    group = group_name(conv.pk)
+    prefix = settings.CHANNEL_LAYERS["default"]["CONFIG"]["prefix"]
+    other = RedisPubSubChannelLayer(hosts=[REDIS_URL], prefix=prefix)  # a socket of another process
+    theirs = await other.new_channel()
+    if another_process_listens:
+        await other.group_add(group, theirs)
+    # The first token waits until the reply listens to other processes (and has asked who listens).
+    fake_provider.script(Reply(text=LISTENED, token_delay=0.002, first_token_delay=0.5))
+    ok, ws = await open_socket(alice, conv.pk)
+    assert ok and (await ws.recv())["type"] == "state"
+    await ws.send_message("go")
+    start = await ws.until("start")
+    end = await ws.until("end", timeout=10)
+    assert ws.text_of(start["message_id"]) == LISTENED == end["content"]  # this process's socket: everything
+    kinds = [m["type"] for channel, m in published if channel.endswith(group)]
+    assert kinds[0] == "chat.message" and "chat.start" in kinds and kinds[-1] == "chat.end"
+    if another_process_listens:
+        assert kinds.count("chat.delta") > 10
+        received = []
+        while not received or received[-1]["type"] != "chat.end":
+            received.append(await asyncio.wait_for(other.receive(theirs), 5))
+        assert "".join(m["text"] for m in received if m["type"] == "chat.delta") == LISTENED
+        await other.group_discard(group, theirs)
+    else:
+        assert "chat.delta" not in kinds  # no other process listened: no delta went through Redis
+    await ws.close()
+    await other.flush()
+    assert get_channel_layer() is not other
+
+
+def test_the_in_memory_layer_has_no_other_process():
+    layer = InMemoryChannelLayer()
+    assert asyncio.run(layer.remote_listeners("g")) is False
 
 
 # -- queued deltas leave as one event (conversations/layers/coalesce.py) --------------------------------
@@ -222,24 +386,29 @@ async def test_the_in_memory_layer_joins_contiguous_queued_deltas_of_one_reply_a
 
 
 @needs_redis
-async def test_the_redis_layer_joins_contiguous_queued_deltas_of_one_reply_and_keeps_the_order():
+@pytest.mark.parametrize("sender", ["this process", "another process"])
+async def test_the_redis_layer_joins_contiguous_queued_deltas_of_one_reply_and_keeps_the_order(sender):
+    # Queued as dicts (this process's own events) or as serialized messages (from Redis): joined alike.
     layer = RedisPubSubChannelLayer(hosts=[REDIS_URL])
+    other = layer if sender == "this process" else RedisPubSubChannelLayer(hosts=[REDIS_URL])
     group = f"test-layers-{uuid.uuid4().hex}"
     channel = await layer.new_channel()
     await layer.group_add(group, channel)
     try:
         for event in QUEUED:
-            await layer.group_send(group, event)
+            await other.group_send(group, event)
         queue = layer._get_layer().channels[channel]
         for _ in range(50):  # until Redis has delivered all of them to the socket's queue
             if queue.qsize() == len(QUEUED):
                 break
             await asyncio.sleep(0.05)
         assert queue.qsize() == len(QUEUED)
+        assert isinstance(queue._queue[0], dict if sender == "this process" else bytes)
         assert await _drain(layer, channel, len(JOINED)) == JOINED
     finally:
         await layer.group_discard(group, channel)
         await layer.flush()
+        await other.flush()
 
 
 # -- the cache ------------------------------------------------------------------------------------------

@@ -28,8 +28,21 @@ def listen(generation: Generation) -> asyncio.Task[None] | None:
     second. Until it is done, a socket of another process falls back to the stored text.
     """
     if isinstance(generation.layer, InMemoryChannelLayer):
-        return None  # one process: sockets read the registry directly
+        # One process: sockets read the registry directly, and every socket is this process's.
+        generation.remote = not hasattr(generation.layer, "group_send_local")
+        return None
     return spawn(_answer(generation))
+
+
+async def _remote_listeners(generation: Generation) -> bool:
+    ask = getattr(generation.layer, "remote_listeners", None)
+    if ask is None or not hasattr(generation.layer, "group_send_local"):
+        return True
+    try:
+        return bool(await ask(generation.group))
+    except Exception:
+        log.warning("reply %s cannot tell whether other processes listen: publishing", generation.reply_id)
+        return True
 
 
 async def _answer(generation: Generation) -> None:
@@ -51,6 +64,10 @@ async def _answer(generation: Generation) -> None:
         # it was published, so reading the flag now closes that gap.
         if await sync_to_async(stop_requested, thread_sensitive=False)(generation.reply_id):
             generation.stop()
+        # Deltas go to this process's sockets only while no other process has one in the conversation.
+        # Asked once this listener hears requests: a socket of another process that joins from now on
+        # asks for the text (below), which turns publishing back on; one that joined before is counted.
+        generation.remote = await _remote_listeners(generation)
         while True:
             message = await layer.receive(channel)
             if generation.over:
@@ -61,6 +78,9 @@ async def _answer(generation: Generation) -> None:
                 if message.get("type") == "gen.stop":
                     generation.stop()
                 elif message.get("type") == "gen.snapshot" and message.get("reply_to"):
+                    # A socket of another process listens from now on: publish every delta after
+                    # the text this answer carries (it comes with the same step, nothing in between).
+                    generation.remote = True
                     offset = min(int(message.get("offset") or 0), generation.length)
                     purpose = message.get("purpose", "state")
                     answer = {"type": "chat.snapshot", "purpose": purpose, **generation.snapshot(offset)}

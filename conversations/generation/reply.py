@@ -74,6 +74,9 @@ class Generation:
         self.over = False  # set once the outcome is decided: other processes' requests go unanswered
         self._stream_task: asyncio.Task[None] | None = None
         self.layer = get_channel_layer()
+        # Whether a socket of another process may be listening: until the layer says none is, every
+        # delta is published; while none is, deltas go to this process's sockets only (control.py).
+        self.remote = True
         self.marks: timing.Marks | None = None  # stage timings of the send (timing.py), when on
 
     # -- reading ------------------------------------------------------------------------
@@ -113,6 +116,13 @@ class Generation:
             await self.layer.group_send(self.group, event)
         except Exception:
             log.exception("could not send %s for reply %s", event["type"], self.reply_id)
+
+    def send_delta(self, event: dict[str, Any]) -> None:
+        """A delta to this process's sockets only (no other process listens)."""
+        try:
+            self.layer.group_send_local(self.group, event)
+        except Exception:
+            log.exception("could not send a delta of reply %s", self.reply_id)
 
     # -- running --------------------------------------------------------------------------
     async def run(self) -> None:
@@ -178,7 +188,11 @@ class Generation:
                     self.length += len(item)
                     marks = self.marks  # the send's stage timings, until its first token is out
                     timing.mark(marks, "first_token")
-                    await self.send({"type": "chat.delta", "message_id": self.reply_id, "offset": offset, "text": item})
+                    delta = {"type": "chat.delta", "message_id": self.reply_id, "offset": offset, "text": item}
+                    if self.remote:
+                        await self.send(delta)
+                    else:
+                        self.send_delta(delta)
                     if marks is not None:
                         timing.mark(marks, "published")
                         timing.report(marks, self.reply_id)

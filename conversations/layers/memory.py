@@ -32,7 +32,7 @@ from .coalesce import coalesce
 _SCALARS = (str, int, float, bool, type(None))
 
 
-def _copy(message: dict[str, Any]) -> dict[str, Any]:
+def copy_message(message: dict[str, Any]) -> dict[str, Any]:
     """An independent copy of a message, as deepcopy makes it, without deepcopy's cost for flat ones."""
     for value in message.values():
         if not isinstance(value, _SCALARS):
@@ -59,7 +59,7 @@ class InMemoryChannelLayer(BaseInMemoryChannelLayer):
         if queue is None:
             queue = self.channels[channel] = asyncio.Queue(maxsize=self.get_capacity(channel))
         try:
-            queue.put_nowait((time.time() + self.expiry, _copy(message)))
+            queue.put_nowait((time.time() + self.expiry, copy_message(message)))
         except asyncio.QueueFull:
             raise ChannelFull(channel) from None
 
@@ -85,9 +85,17 @@ class InMemoryChannelLayer(BaseInMemoryChannelLayer):
         """Put a message on every channel of a group; a full channel misses it, as in the base class."""
         assert isinstance(message, dict), "Message is not a dict"
         self.require_valid_group_name(group)
+        self.group_send_local(group, message)
+
+    def group_send_local(self, group: str, message: dict[str, Any]) -> None:
+        """`group_send` without the checks and without awaiting: one process has every member."""
         self._clean_expired()
         for channel in list(self.groups.get(group, ())):
             try:  # noqa: SIM105 - a plain try costs less than contextlib.suppress on this hot path
                 self._put(channel, message)
             except ChannelFull:
                 pass
+
+    async def remote_listeners(self, group: str) -> bool:
+        """One process: no other process listens (the Redis layer's question, redis_pubsub.py)."""
+        return False

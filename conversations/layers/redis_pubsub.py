@@ -1,19 +1,29 @@
-"""channels-redis's pub/sub channel layer (several processes), with its publishes pipelined.
+"""channels-redis's pub/sub channel layer (several processes): publishes pipelined, and a process's
+own sockets served without Redis.
 
-channels-redis publishes one message per round trip under a per-shard lock; measured at N=50 on
-PostgreSQL + Redis, that took the per-token latency p50 from 10 ms (pipelined) to 218 ms
-(docs/performance.md; `BENCH_VARIANTS=stock-redis-layer` switches this module off).
+- channels-redis publishes one message per round trip under a per-shard lock; measured at N=50 on
+  PostgreSQL + Redis, that took the per-token latency p50 from 10 ms (pipelined) to 218 ms
+  (docs/performance.md; `BENCH_VARIANTS=stock-redis-layer` switches this module off).
+- A message for a group or a channel with members in this process is put on their queues at once, as
+  a dict: no serialization, no round trip through Redis and back. It is still published for the other
+  processes, marked with this process's origin so that its own reader drops it when Redis echoes it
+  back. A channel of this process gets its message locally only. `group_send_local` puts a message on
+  this process's members only: a running reply uses it for its deltas while no other process listens
+  (`remote_listeners`, generation/reply.py). `BENCH_VARIANTS=no-local-relay` switches this off.
 
 Private parts of channels-redis relied on (pinned by tests/test_layers.py): the proxy's `_get_layer`,
-`_layers`, `_args`, `_kwargs` and `channels_redis.utils._wrap_close`; the loop layer's `_shards`; a
-shard's `__init__(host, channel_layer)`, `publish(channel, message)` (the only way the loop layer
-publishes), `_ensure_redis()` and the client it leaves in `_redis`; the loop layer's `channels` dict of
-`asyncio.Queue`s of serialized messages (peeked at to join queued deltas, coalesce.py).
+`_layers`, `_args`, `_kwargs` and `channels_redis.utils._wrap_close`; the loop layer's `_shards`,
+`_get_shard`, `_get_group_channel_name`, and its `channels` dict of `asyncio.Queue`s of serialized
+messages (peeked at to join queued deltas, coalesce.py) and `groups` dict of member sets keyed by
+group channel name; a shard's `__init__(host, channel_layer)`, `publish(channel, message)` (the only
+way the loop layer publishes), `_receive_message(message)` (the reader's one entry point),
+`_ensure_redis()` and the client it leaves in `_redis`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import Any
 
 from channels_redis.pubsub import RedisPubSubChannelLayer as BaseRedisPubSubChannelLayer
@@ -21,6 +31,14 @@ from channels_redis.pubsub import RedisPubSubLoopLayer, RedisSingleShardConnecti
 from channels_redis.utils import _wrap_close
 
 from .coalesce import coalesce
+from .memory import copy_message
+
+LOCAL_RELAY = True  # the benchmark's `no-local-relay` variant sets it off (bench/variants.py)
+
+# A published message starts with this byte and the publishing layer's 8-byte origin. 0xc1 is the one
+# byte msgpack never uses, and encrypted messages (Fernet tokens) start with "g": nothing else starts so.
+_MARK = b"\xc1"
+_HEADER = len(_MARK) + 8
 
 
 class _PipelinedShard(RedisSingleShardConnection):
@@ -65,24 +83,76 @@ class _PipelinedShard(RedisSingleShardConnection):
                     if not done.done():
                         done.set_result(None)
 
+    def _receive_message(self, message: Any) -> None:
+        """What Redis delivers: dropped if this process published it (its members have it already),
+        else passed on without the origin mark."""
+        if message is not None:
+            data = message["data"]
+            if data[:1] == _MARK:
+                if data[1:_HEADER] == self.channel_layer.origin:
+                    return
+                message = {**message, "data": data[_HEADER:]}
+        super()._receive_message(message)
+
 
 class _PipelinedLoopLayer(RedisPubSubLoopLayer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._shards: list[RedisSingleShardConnection] = [_PipelinedShard(s.host, self) for s in self._shards]
+        self.origin = os.urandom(8)
 
     async def receive(self, channel: str) -> dict[str, Any]:
         """The next message; a delta with the contiguous deltas queued behind it joined (coalesce.py).
-        The queue holds serialized messages: the head is read to see whether it continues the delta."""
+        The queue holds serialized messages (from Redis) and dicts (from this process): the head is read
+        to see whether it continues the delta."""
         message: dict[str, Any] = await super().receive(channel)
         queue = self.channels.get(channel)
         if queue is None:
             return message
         return coalesce(message, queue._queue, self.channel_layer.deserialize, queue.get_nowait)
 
+    async def send(self, channel: str, message: dict[str, Any]) -> None:
+        queue = self.channels.get(channel) if LOCAL_RELAY else None
+        if queue is not None:  # a channel of this process: nobody else listens on it
+            queue.put_nowait(copy_message(message))
+            return
+        await self._publish(channel, message)
+
+    def group_send_local(self, group: str, message: dict[str, Any]) -> None:
+        """Put a message on the queues of the group's members in this process (no other process gets it)."""
+        for channel in self.groups.get(self._get_group_channel_name(group), ()):
+            queue = self.channels.get(channel)
+            if queue is not None:
+                queue.put_nowait(copy_message(message))
+
+    async def group_send(self, group: str, message: dict[str, Any]) -> None:
+        """The group's members in this process get the message now; the other processes through Redis."""
+        if LOCAL_RELAY:
+            self.group_send_local(group, message)
+        await self._publish(self._get_group_channel_name(group), message)
+
+    async def remote_listeners(self, group: str) -> bool:
+        """Whether another process may have members in the group: anyone subscribed to it in Redis but
+        this process. Asked when a reply starts; a socket of another process that joins later asks the
+        reply for its text (generation/control.py), which makes the reply publish from then on."""
+        if not LOCAL_RELAY:
+            return True
+        name = self._get_group_channel_name(group)
+        shard = self._get_shard(name)
+        shard._ensure_redis()
+        [(_, subscribers)] = await shard._redis.pubsub_numsub(name)
+        return int(subscribers) > (1 if name in self.groups else 0)
+
+    async def _publish(self, channel: str, message: dict[str, Any]) -> None:
+        data = self.channel_layer.serialize(message)
+        if LOCAL_RELAY:
+            data = _MARK + self.origin + data
+        await self._get_shard(channel).publish(channel, data)
+
 
 class RedisPubSubChannelLayer(BaseRedisPubSubChannelLayer):
-    """channels-redis's pub/sub layer, with publishes pipelined (see _PipelinedShard)."""
+    """channels-redis's pub/sub layer, with publishes pipelined (see _PipelinedShard) and a process's
+    own members served without Redis (see _PipelinedLoopLayer.group_send)."""
 
     def _get_layer(self) -> RedisPubSubLoopLayer:
         loop = asyncio.get_running_loop()
@@ -93,3 +163,16 @@ class RedisPubSubChannelLayer(BaseRedisPubSubChannelLayer):
             self._layers[loop] = layer
             _wrap_close(self, loop)
             return layer
+
+    def deserialize(self, message: Any) -> dict[str, Any]:
+        if isinstance(message, dict):  # put on the queue by this process, never serialized
+            return message
+        result: dict[str, Any] = super().deserialize(message)
+        return result
+
+    def group_send_local(self, group: str, message: dict[str, Any]) -> None:
+        self._get_layer().group_send_local(group, message)
+
+    async def remote_listeners(self, group: str) -> bool:
+        result: bool = await self._get_layer().remote_listeners(group)
+        return result
