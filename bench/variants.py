@@ -25,6 +25,10 @@
   (serialized, published, read back), and deltas are published while no other process listens
   (conversations/layers/redis_pubsub.py, `LOCAL_RELAY`);
 - `switch=SECONDS`: sys.setswitchinterval (how soon a DB thread gets the GIL from a busy event loop);
+- `no-gc-freeze`: the garbage collector walks everything, start-up's objects and the SDK's included
+  (chatsite/gc_tuning.py);
+- `gc-log=PATH`: the garbage collector's pauses in daphne (count, total, max per generation), written
+  to PATH as JSON when daphne stops;
 - `profile=PATH`: cProfile the event loop thread, written to PATH when daphne stops.
 Only the benchmark uses this module (`daphne bench.variants:application`).
 """
@@ -84,6 +88,32 @@ def _start_profile(path: str) -> None:
     def dump() -> None:
         profiler.disable()
         profiler.dump_stats(path)
+
+    atexit.register(dump)
+
+
+def _log_gc(path: str) -> None:
+    import gc
+    import json
+
+    pauses: dict[int, list[float]] = {0: [], 1: [], 2: []}
+    started = [0.0]
+
+    def timed(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            started[0] = time.perf_counter()
+        else:
+            pauses[info["generation"]].append((time.perf_counter() - started[0]) * 1000)
+
+    gc.callbacks.append(timed)
+
+    def dump() -> None:
+        summary = {
+            gen: {"count": len(p), "total_ms": round(sum(p), 1), "max_ms": round(max(p, default=0), 2)}
+            for gen, p in pauses.items()
+        }
+        with open(path, "w") as out:
+            json.dump(summary, out)
 
     atexit.register(dump)
 
@@ -223,6 +253,15 @@ for variant in VARIANTS:
         import sys
 
         sys.setswitchinterval(float(variant.split("=", 1)[1]))
+    elif variant == "no-gc-freeze":
+        import gc
+
+        from chatsite import gc_tuning
+
+        gc_tuning.ENABLED = False
+        gc.unfreeze()
+    elif variant.startswith("gc-log="):
+        _log_gc(variant.split("=", 1)[1])
     elif variant.startswith("profile="):
         _start_profile(variant.split("=", 1)[1])
     else:

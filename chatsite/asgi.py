@@ -14,7 +14,7 @@ django_asgi_app = get_asgi_application()
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
-from chatsite import daphne_bodies  # noqa: E402
+from chatsite import daphne_bodies, gc_tuning  # noqa: E402
 from chatsite.origin import SameOriginValidator  # noqa: E402
 from conversations.generation import shutdown  # noqa: E402
 from conversations.routing import websocket_urlpatterns  # noqa: E402
@@ -36,3 +36,6 @@ application = ProtocolTypeRouter(
         "websocket": SameOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
     }
 )
+
+# Everything loaded so far lives as long as the process: out of the collector's full walks (gc_tuning.py).
+gc_tuning.settle(collect=True)

@@ -8,6 +8,8 @@ import weakref
 
 from django.conf import settings
 
+from chatsite import gc_tuning
+
 from .base import ChatRequest, Provider, ProviderError, Usage
 
 __all__ = [
@@ -66,16 +68,19 @@ def split_model(spec: str) -> tuple[str, str]:
 
 def _make(provider: str) -> Provider:
     if provider == "openai":
-        from .openai import OpenAIProvider
+        from .openai import OpenAIProvider as Made
+    elif provider == "anthropic":
+        from .anthropic import AnthropicProvider as Made  # type: ignore[assignment]
+    else:
+        from .offline import OfflineProvider as Made  # type: ignore[assignment]
+    if Made not in _settled:
+        # The SDK just loaded lives as long as the process: out of the collector's walks (chatsite/gc_tuning.py).
+        _settled.add(Made)
+        gc_tuning.settle()
+    return Made()
 
-        return OpenAIProvider()
-    if provider == "anthropic":
-        from .anthropic import AnthropicProvider
 
-        return AnthropicProvider()
-    from .offline import OfflineProvider
-
-    return OfflineProvider()
+_settled: set[type] = set()
 
 
 def provider_for(spec: str) -> tuple[Provider, str]:
