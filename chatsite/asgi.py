@@ -16,6 +16,7 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from chatsite import daphne_bodies, gc_tuning  # noqa: E402
 from chatsite.origin import SameOriginValidator  # noqa: E402
+from conversations import timing  # noqa: E402
 from conversations.generation import shutdown  # noqa: E402
 from conversations.routing import websocket_urlpatterns  # noqa: E402
 
@@ -30,11 +31,14 @@ sys.setswitchinterval(float(os.environ.get("CHAT_GIL_SWITCH_INTERVAL", "0.001"))
 shutdown.install()
 daphne_bodies.install()
 
-application = ProtocolTypeRouter(
-    {
-        "http": django_asgi_app,
-        "websocket": SameOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
-    }
+# With CHAT_LOOP_LAG set, the first connection starts the event loop's lag probe (conversations/timing.py).
+application = timing.with_loop_lag(
+    ProtocolTypeRouter(
+        {
+            "http": django_asgi_app,
+            "websocket": SameOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+        }
+    )
 )
 
 # Everything loaded so far lives as long as the process: out of the collector's full walks (gc_tuning.py).
