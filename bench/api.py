@@ -21,13 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from .client import (
+    Floor,
     StreamResult,
     _Tokens,
     close_many,
     connect_many,
     direct_phase,
     new_session,
-    openai_client,
     site_phase,
 )
 from .procs import PYTHON, ROOT, Site, cpu_seconds, machine_busy_seconds, start_provider
@@ -106,7 +106,7 @@ async def measure(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         site.start(worker=False)
         daphne = site.daphnes[0].app_pid or site.daphnes[0].pid
         base = f"http://127.0.0.1:{site.ports[0]}/v1"
-        direct = openai_client(port)
+        direct = Floor("sdk", port)  # the SDK, as the API's readers: like against like
         api_clients = [openai.AsyncOpenAI(api_key=k, base_url=base, max_retries=0) for k in keys]
         async with new_session() as http:
             # Warm up both paths (first requests import and connect).

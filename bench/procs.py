@@ -190,6 +190,7 @@ class Site:
     ports: list[int] = field(default_factory=list)
     worker: Proc | None = None
     server: str = "daphne"  # the ASGI server: daphne (the site's), uvicorn or granian (compared)
+    loop_lag: bool = False  # the server logs its event loop's lag (CHAT_LOOP_LAG; bench.run turns it on)
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST", "DJANGO_", "CHAT_"))}
@@ -214,6 +215,8 @@ class Site:
                 "BENCH_VARIANTS": self.variants,
                 # Each reply logs where its send's time went before the first token (conversations/timing.py).
                 "CHAT_STAGE_TIMING": "1",
+                # And how late its event loop fires a 5 ms timer, once a second (`loop-lag` lines, the same module).
+                "CHAT_LOOP_LAG": "1" if self.loop_lag else "",
             }
         )
         if self.kind == "postgres":

@@ -20,6 +20,16 @@ def table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def rates(x: dict[str, Any]) -> str:
+    """Tokens per second the provider emitted / the client received, over the phase."""
+    return f"{f(x.get('emitted_tps'), 0)} / {f(x.get('delivered_tps'), 0)}"
+
+
+def loop_lag(x: dict[str, Any]) -> str:
+    """How late the server's event loop fired a 5 ms timer: p50 / p99 / max, ms."""
+    return f"{f(x.get('loop_lag_p50'))} / {f(x.get('loop_lag_p99'))} / {f(x.get('loop_lag_max'))}"
+
+
 def streams_table(config: dict[str, Any]) -> str:
     rows = []
     for n, phase in config.get("phases", {}).items():
@@ -30,11 +40,14 @@ def streams_table(config: dict[str, Any]) -> str:
                 f"{f(d['lat_p50'])} / {f(d['lat_p99'])}",
                 f"{f(s['lat_p50'])} / {f(s['lat_p99'])}",
                 f"{f(r['lat_p50'], 2)} / {f(r['lat_p99'], 2)}",
+                rates(d),
+                rates(s),
                 f"{f(d['ttft_p50'])} / {f(s['ttft_p50'])}",
                 f(r["ttft_p50_added_ms"], 1),
                 f(s["server_ms_per_token"], 3),
                 f(s["server_cores"], 2),
-                f(s["client_cores"], 2),
+                loop_lag(s),
+                f"{f(d['client_cores'], 2)} / {f(s['client_cores'], 2)}",
                 f"{f(d['provider_cpu_s'] / max(d['wall_s'], 1e-9), 2)}",
                 f(s.get("infra_cores"), 2),
                 f(s.get("other_cores"), 2),
@@ -51,11 +64,14 @@ def streams_table(config: dict[str, Any]) -> str:
             "direct ms p50 / p99",
             "site ms p50 / p99",
             "site/direct p50 / p99",
+            "direct tokens/s emitted / delivered",
+            "site tokens/s emitted / delivered",
             "TTFT ms direct / site",
             "TTFT added ms",
             "server CPU ms/token",
             "server cores",
-            "client cores",
+            "loop lag ms p50 / p99 / max",
+            "client cores direct / site",
             "provider cores",
             "PostgreSQL + Redis cores",
             "other load cores",
@@ -97,6 +113,17 @@ def stages_table(config: dict[str, Any]) -> str:
     return table(["N", "TTFT at the client p50 / p99"] + [f"{label} p50 / p95" for _, label in STAGE_LABELS], rows)
 
 
+def floor_line(plan: dict[str, Any]) -> str:
+    """Which floor, how many client processes (runs before issue 15: the SDK's, in one), and the probe."""
+    floor = {"raw": "a raw SSE reader (aiohttp + orjson)", "sdk": "the openai SDK's parsed stream"}
+    procs = plan.get("client_procs", 1)
+    where = "the bench process" if procs == 1 else f"{procs} client processes"
+    line = f"Direct floor: {floor[plan.get('floor', 'sdk')]}; users and floor readers in {where}."
+    if plan.get("loop_lag"):
+        line += " The server's loop-lag probe is on (its timer's 200 firings a second are in its CPU)."
+    return line
+
+
 def render(results: dict[str, Any]) -> str:
     m = results.get("machine", {})
     plan = results["plan"]
@@ -105,7 +132,8 @@ def render(results: dict[str, Any]) -> str:
         f"({m.get('cpu', '?')}), {m.get('memory_gb')} GB, Python {m.get('python')}, commit {m.get('commit')}. "
         f"Replies of {plan['tokens']} tokens, one every {plan['token_delay'] * 1000:.0f} ms "
         f"({1 / plan['token_delay']:.0f} tokens/s); sends spread over {plan['ramp']:g} s; "
-        f"medians of {plan['reps']} runs; whole run {results.get('seconds', 0):.0f} s.",
+        f"medians of {plan['reps']} runs; whole run {results.get('seconds', 0):.0f} s. "
+        f"{floor_line(plan)}",
         "",
     ]
     for kind, config in results["configs"].items():
@@ -187,9 +215,11 @@ def render(results: dict[str, Any]) -> str:
                         "direct ms p50 / p99",
                         "site ms p50 / p99",
                         "site/direct p50 / p99",
+                        "site tokens/s emitted / delivered",
                         "TTFT ms direct / site",
                         "server CPU ms/token",
                         "server cores",
+                        "loop lag ms p50 / p99 / max",
                         "client cores (direct / site)",
                         "peak RSS MB (sum)",
                         "lost / repeated",
@@ -200,9 +230,11 @@ def render(results: dict[str, Any]) -> str:
                             f"{f(d['lat_p50'])} / {f(d['lat_p99'])}",
                             f"{f(s['lat_p50'])} / {f(s['lat_p99'])}",
                             f"{f(r['lat_p50'], 2)} / {f(r['lat_p99'], 2)}",
+                            rates(s),
                             f"{f(d['ttft_p50'])} / {f(s['ttft_p50'])}",
                             f(s["server_ms_per_token"], 3),
                             f(s["server_cores"], 2),
+                            loop_lag(s),
                             f"{f(d['client_cores'], 2)} / {f(s['client_cores'], 2)}",
                             f(s["rss_peak_mb"], 0),
                             f"{s['lost']} / {s['repeated']}",
@@ -230,6 +262,7 @@ def ab_table(ab: dict[str, Any]) -> str:
                 f"{f(d['ttft_p50'])} / {f(s['ttft_p50'])}",
                 f(s["server_ms_per_token"], 3),
                 f(s["server_cores"], 2),
+                loop_lag(s),
                 f(s.get("other_cores"), 2),
                 f(s["rss_peak_mb"], 0),
                 f"{s['lost']} / {s['repeated']}",
@@ -244,6 +277,7 @@ def ab_table(ab: dict[str, Any]) -> str:
             "TTFT ms direct / site",
             "server CPU ms/token",
             "server cores",
+            "loop lag ms p50 / p99 / max",
             "other load cores",
             "peak RSS MB",
             "lost / repeated",

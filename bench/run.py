@@ -3,7 +3,8 @@
 It starts the fake provider in stamp mode, the site (daphne + the task worker) on SQLite with the
 in-memory layer and on PostgreSQL with Redis, and N simulated users who each send one message on
 their own thread and read the reply; in the same run it reads the same streams straight from the
-provider with the openai SDK (the floor). Everything it starts, it stops; every wait is bounded.
+provider (the floor: raw SSE, or the openai SDK's parsed stream). The users and the floor's readers
+are split across `--client-procs` processes. Everything it starts, it stops; every wait is bounded.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from . import client as C
+from .clientproc import Phase
 from .procs import (
     PYTHON,
     ROOT,
@@ -39,7 +41,7 @@ from .procs import (
     start_provider,
 )
 from .report import render
-from .stats import combine, median, ratio, stage_summary, summarize_streams
+from .stats import combine, loop_lag_summary, median, ratio, stage_summary, summarize_streams
 
 MB = 1024 * 1024
 
@@ -68,6 +70,9 @@ class Plan:
     # Fewer runs at large N on one process: it is overloaded there, and each run takes minutes.
     big_n: int = 10**9
     big_n_reps: int = 1
+    floor: str = "raw"  # the direct floor's reader: raw SSE (aiohttp + orjson) or the openai SDK
+    client_procs: int = 2  # processes the load client and the floor's readers run in (1: this one)
+    loop_lag: bool = True  # daphne measures its event loop's lag (a 5 ms timer, 200 firings a second)
 
     @property
     def users(self) -> int:
@@ -134,6 +139,7 @@ class Bench:
         self.infra: list[int] = []
         self.results: dict[str, Any] = {"plan": plan.__dict__, "configs": {}}
         self.plan_out = Path(os.environ.get("BENCH_PY_SPY_OUT", tmp))
+        self.floor: C.Floor | None = None  # the floor's reader in this process (warm-ups, --client-procs 1)
 
     def say(self, text: str) -> None:
         print(f"[{time.monotonic() - self.started:6.1f}s] {text}", file=self.log, flush=True)
@@ -156,8 +162,11 @@ class Bench:
         return snap
 
     @staticmethod
-    def spent(before: dict[str, float], after: dict[str, float], wall: float, tokens: int) -> dict[str, Any]:
+    def spent(
+        before: dict[str, float], after: dict[str, float], wall: float, tokens: int, children_cpu: float = 0.0
+    ) -> dict[str, Any]:
         d = {k: after[k] - before[k] for k in before}
+        d["client"] += children_cpu  # the client processes' own accounts of the phase
         ours = sum(v for k, v in d.items() if k != "machine")
         out = {
             "wall_s": wall,
@@ -179,13 +188,32 @@ class Bench:
         return out
 
     # -- phases -----------------------------------------------------------------------------------
-    async def direct(self, sdk: Any, n: int) -> dict[str, Any]:
-        self.infra = infra_pids()
-        before, t0 = self.cpu(None), time.monotonic()
-        results = await C.direct_phase(sdk, n, ramp=self.ramp(n), timeout=self.plan.timeout(n=n))
-        wall = time.monotonic() - t0
+    async def direct(self, n: int) -> dict[str, Any]:
+        """The floor: N streams read straight from the provider, in this process or split across the
+        client processes."""
+        assert self.floor is not None
+        timeout, ramp = self.plan.timeout(n=n), self.ramp(n)
+        phase = None
+        if self.plan.client_procs > 1:
+            spec = {"kind": self.plan.floor, "provider_port": self.provider_port, "ramp": ramp, "timeout": timeout}
+            phase = Phase(spec, n, self.plan.client_procs, self.tmp)
+            await phase.start()
+        children_cpu = 0.0
+        try:
+            self.infra = infra_pids()
+            before, t0 = self.cpu(None), time.monotonic()
+            if phase is not None:
+                outcome = await phase.run(timeout)
+                results, children_cpu = outcome.results, outcome.cpu_s
+            else:
+                results = await C.direct_phase(self.floor, n, ramp=ramp, timeout=timeout)
+            wall = time.monotonic() - t0
+            after = self.cpu(None)
+        finally:
+            if phase is not None:
+                await phase.close()
         summary = summarize_streams(results, self.plan.tokens)
-        return summary | self.spent(before, self.cpu(None), wall, summary["tokens_received"])
+        return summary | self.spent(before, after, wall, summary["tokens_received"], children_cpu)
 
     def ramp(self, n: int) -> float:
         return self.plan.ramp if n > 1 else 0.0
@@ -194,29 +222,43 @@ class Bench:
         self, http: Any, site: Site, users: list[dict[str, Any]], tokens: int | None = None
     ) -> dict[str, Any]:
         tokens = tokens or self.plan.tokens
-        sockets = await C.connect_many(http, site.ports, users)
+        n, ramp, timeout = len(users), self.ramp(len(users)), self.plan.timeout(tokens, len(users))
+        phase, sockets = None, []
+        if self.plan.client_procs > 1:
+            # Each client process opens its share of the sockets (and reads their `state`) itself.
+            phase = Phase({"kind": "site", "ports": site.ports, "ramp": ramp, "timeout": timeout}, n,
+                          self.plan.client_procs, self.tmp)  # fmt: skip
+            await phase.start(users)
+        else:
+            sockets = await C.connect_many(http, site.ports, users)
         spies = self.spy(site)
+        children_cpu = 0.0
         try:
             await asyncio.sleep(0.3)
             with Sampler([d.app_pid or d.pid for d in site.daphnes]) as sampler:
                 self.infra = infra_pids()
-                before, t0 = self.cpu(site), time.monotonic()
-                results = await C.site_phase(
-                    sockets, ramp=self.ramp(len(users)), timeout=self.plan.timeout(tokens, len(users))
-                )
-                wall = time.monotonic() - t0
+                before, t0, since = self.cpu(site), time.monotonic(), time.time()
+                if phase is not None:
+                    outcome = await phase.run(timeout)
+                    results, children_cpu = outcome.results, outcome.cpu_s
+                else:
+                    results = await C.site_phase(sockets, ramp=ramp, timeout=timeout)
+                wall, until = time.monotonic() - t0, time.time()
                 after = self.cpu(site)
         finally:
             for spy in spies:
                 spy.stop()
+            if phase is not None:
+                await phase.close()
             await C.close_many(sockets)
         summary = summarize_streams(results, tokens)
-        summary |= self.spent(before, after, wall, summary["tokens_received"])
+        summary |= self.spent(before, after, wall, summary["tokens_received"], children_cpu)
         summary["rss_peak_mb"] = sum(sampler.peak.values()) / MB
         summary["rss_peak_max_process_mb"] = max(sampler.peak.values()) / MB
         summary |= self.writes(site, results)
         logs = "".join(d.log.read_text(errors="replace") for d in site.daphnes)
         summary |= stage_summary(logs, {r.reply_id for r in results if r.reply_id is not None})
+        summary |= loop_lag_summary(logs, since, until)
         site.check_alive()
         return summary
 
@@ -297,7 +339,7 @@ class Bench:
     async def config(self, kind: str) -> dict[str, Any]:
         plan = self.plan
         out: dict[str, Any] = {"phases": {}, "notes": []}
-        site = Site(kind, self.tmp, self.provider_port, server=plan.server)
+        site = Site(kind, self.tmp, self.provider_port, server=plan.server, loop_lag=plan.loop_lag)
         self.say(f"{kind}: creating and migrating the database")
         site.create_database()
         try:
@@ -314,8 +356,8 @@ class Bench:
                 return out
             site.start(1)
             async with C.new_session() as http:
-                sdk = C.openai_client(self.provider_port)
-                await self.warm_up(http, site, warm_user, sdk)
+                self.floor = C.Floor(plan.floor, self.provider_port)
+                await self.warm_up(http, site, warm_user)
                 if plan.idle:
                     self.say(f"{kind}: {plan.idle} idle sockets")
                     out["idle"] = await self.idle_sockets(http, site, users[: plan.idle])
@@ -325,7 +367,7 @@ class Bench:
                         break
                     direct_runs, site_runs, ratios = [], [], []
                     for rep in range(plan.reps if n < plan.big_n else plan.big_n_reps):
-                        d = await self.direct(sdk, n)
+                        d = await self.direct(n)
                         s = await self.site_phase(http, site, users[:n])
                         direct_runs.append(d)
                         site_runs.append(s)
@@ -336,6 +378,9 @@ class Bench:
                             f"(direct {d['ttft_p50']:.1f}; msg {s['message_p50']:.1f} start {s['start_p50']:.1f}), "
                             f"cpu {s['server_ms_per_token']:.3f} ms/token, "
                             f"lost {s['lost']} repeated {s['repeated']} failed {s['failed']}, "
+                            f"client {d['client_cores']:.2f}/{s['client_cores']:.2f} cores, "
+                            f"tokens/s {_n(s['emitted_tps'])} emitted {_n(s['delivered_tps'])} delivered, "
+                            f"loop lag p99 {_n(s['loop_lag_p99'], 1)} max {_n(s['loop_lag_max'], 1)} ms, "
                             f"other load {s['other_cores']:.2f} cores"
                         )
                     out["phases"][str(n)] = {
@@ -351,8 +396,8 @@ class Bench:
                 if plan.length_check_n and not self.out_of_time():
                     out["length_check"] = await self.length_check(http, site, users[: plan.length_check_n])
                 if kind == "postgres" and plan.multi and not self.out_of_time():
-                    out["multi"] = await self.multi(http, site, users[: plan.multi_n], sdk)
-                await sdk.close()
+                    out["multi"] = await self.multi(http, site, users[: plan.multi_n])
+                await self.floor.aclose()
         finally:
             site.stop()
             site.drop_database()
@@ -369,9 +414,10 @@ class Bench:
             "lat_p99_added_ms": (s["lat_p99"] - d["lat_p99"]) if s["lat_p99"] and d["lat_p99"] else None,
         }
 
-    async def warm_up(self, http: Any, site: Site, user: dict[str, Any], sdk: Any) -> None:
+    async def warm_up(self, http: Any, site: Site, user: dict[str, Any]) -> None:
         """Imports, connection pools and the first queries, before anything is timed."""
-        await C.direct_phase(sdk, 2, ramp=0, timeout=self.plan.timeout())
+        assert self.floor is not None
+        await C.direct_phase(self.floor, 2, ramp=0, timeout=self.plan.timeout())
         for port in site.ports:
             ws, _, _ = await C.connect(http, port, user)
             try:
@@ -411,7 +457,7 @@ class Bench:
             "long": {k: long[k] for k in keys} | {"tokens": plan.tokens * 5},
         }
 
-    async def multi(self, http: Any, site: Site, users: list[dict[str, Any]], sdk: Any) -> dict[str, Any]:
+    async def multi(self, http: Any, site: Site, users: list[dict[str, Any]]) -> dict[str, Any]:
         plan = self.plan
         self.say(f"{site.kind}: {plan.multi} daphne processes, N={len(users)}")
         site.stop_daphnes()
@@ -422,7 +468,7 @@ class Bench:
         for rep in range(max(2, plan.big_n_reps)):
             if self.out_of_time():
                 break
-            d = await self.direct(sdk, len(users))
+            d = await self.direct(len(users))
             s = await self.site_phase(http, site, users)
             direct_runs.append(d)
             site_runs.append(s)
@@ -455,17 +501,17 @@ class Bench:
         plan = self.plan
         out: dict[str, Any] = {}
         async with C.new_session() as http:
-            sdk = C.openai_client(self.provider_port)
+            self.floor = C.Floor(plan.floor, self.provider_port)
             for variant in plan.ab_variants:
                 if self.out_of_time():
                     break
                 site.variants = variant
                 site.start(1)
                 try:
-                    await self.warm_up(http, site, warm_user, sdk)
+                    await self.warm_up(http, site, warm_user)
                     runs, directs = [], []
                     for _ in range(plan.reps):
-                        directs.append(await self.direct(sdk, len(users)))
+                        directs.append(await self.direct(len(users)))
                         runs.append(await self.site_phase(http, site, users))
                     label = variant or "all optimizations on"
                     out[label] = {"site": combine(runs), "direct": combine(directs)}
@@ -477,7 +523,7 @@ class Bench:
                     )
                 finally:
                     site.stop_daphnes()
-            await sdk.close()
+            await self.floor.aclose()
         return out
 
     # -- the whole run ---------------------------------------------------------------------------------
@@ -500,6 +546,10 @@ class Bench:
                 p.stop()
         self.results["seconds"] = time.monotonic() - self.started
         return self.results
+
+
+def _n(value: float | None, digits: int = 0) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
 
 
 def machine() -> dict[str, Any]:
@@ -543,11 +593,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ab-n", type=int, help="conversations in each A/B run")
     parser.add_argument("--ab-variants", help="semicolon-separated BENCH_VARIANTS values ('' = all on)")
     parser.add_argument("--server", choices=SERVERS, help="the ASGI server to run the site on (default daphne)")
+    parser.add_argument(
+        "--floor", choices=C.FLOORS, help="the direct floor's reader: raw SSE (default) or the openai SDK's stream"
+    )
+    parser.add_argument(
+        "--client-procs", type=int, help="processes the load client and the floor run in (default 2; 1: in this one)"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results", help="where the JSON and table go")
+    parser.add_argument(
+        "--no-loop-lag", dest="loop_lag", action="store_false", default=None,
+        help="daphne without its loop-lag probe (its 200 timer firings a second are in the server's CPU)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     name = args.mode or "full"
     settings: dict[str, Any] = dict(PLANS[name])
-    for key in ("reps", "tokens", "token_delay", "idle", "multi", "multi_n", "ab_n"):
+    knobs = ("reps", "tokens", "token_delay", "idle", "multi", "multi_n", "ab_n", "floor", "client_procs", "loop_lag")
+    for key in knobs:
         if getattr(args, key) is not None:
             settings[key] = getattr(args, key)
     if args.configs:

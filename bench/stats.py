@@ -54,7 +54,19 @@ def summarize_streams(results: list[StreamResult], tokens: int) -> dict[str, Any
         "message_p50": percentile([r.message_ms for r in results if r.message_ms is not None], 50),
         "start_p50": percentile([r.start_ms for r in results if r.start_ms is not None], 50),
         "reply_seconds": median([r.seconds for r in results]),
+        # Tokens per second the provider emitted (their stamps) and the client received (their
+        # arrivals), each over its own span: from the phase's first token to its last.
+        "emitted_tps": _rate([s for r in results for s in set(r.stamps)]),
+        "delivered_tps": _rate([s + lat for r in results for s, lat in zip(r.stamps, r.latencies, strict=True)]),
     }
+
+
+def _rate(times_ms: list[float]) -> float | None:
+    """Events per second over the span of their times (ms)."""
+    if len(times_ms) < 2:
+        return None
+    span = max(times_ms) - min(times_ms)
+    return (len(times_ms) - 1) * 1000 / span if span > 0 else None
 
 
 SUMMED = {"lost", "unfinished", "repeated", "gaps", "overlaps", "content_mismatches", "failed"}
@@ -104,3 +116,26 @@ def stage_summary(log_text: str, reply_ids: set[int]) -> dict[str, Any]:
         out[f"stage_{stage}_p50"] = percentile(values, 50)
         out[f"stage_{stage}_p95"] = percentile(values, 95)
     return out
+
+
+def loop_lag_summary(log_text: str, start: float, end: float) -> dict[str, Any]:
+    """How late the server's event loop fired its lag timer during [start, end] (epoch seconds), from
+    the `loop-lag {json}` lines daphne logs each second with `CHAT_LOOP_LAG` (conversations/timing.py):
+    p50, p99 and max in milliseconds, over every firing of the windows that overlap the phase."""
+    lags: list[float] = []
+    for line in log_text.splitlines():
+        _, mark, payload = line.partition("loop-lag ")
+        if not mark:
+            continue
+        try:
+            row = json.loads(payload)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and "lags" in row and row["to"] > start and row["from"] < end:
+            lags += row["lags"]
+    return {
+        "loop_lag_samples": len(lags),
+        "loop_lag_p50": percentile(lags, 50),
+        "loop_lag_p99": percentile(lags, 99),
+        "loop_lag_max": max(lags) if lags else None,
+    }
