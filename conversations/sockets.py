@@ -19,8 +19,6 @@ from django.contrib.auth import HASH_SESSION_KEY, SESSION_KEY, get_user_model
 from django.db import transaction
 from django.utils.crypto import constant_time_compare
 
-from .generation import group_name
-
 log = logging.getLogger(__name__)
 
 
@@ -52,6 +50,10 @@ def _publish(group: str, event: dict[str, Any]) -> None:
 
 def conversation_deleted(conversation_id: uuid.UUID) -> None:
     """Close every socket of a deleted conversation (any process)."""
+    # Imported here: every process imports this module at start (apps.py), and `generation` brings the
+    # reply's whole stack, which the task worker only needs once it runs a task.
+    from .generation import group_name
+
     _publish(group_name(conversation_id), {"type": "chat.deleted"})
 
 

@@ -1,0 +1,33 @@
+"""What stays in memory: the task worker starts without the site's views and what they import."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.live import ROOT, server_env
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def test_the_worker_starts_without_the_views_and_their_imports():
+    # `manage.py db_worker --batch` on the test database: starts, finds nothing to do, returns; then
+    # the process says what it imported.
+    code = (
+        "import sys; sys.argv = ['manage.py', 'db_worker', '--batch', '--no-startup-delay', '--no-reload'];"
+        "from django.core.management import execute_from_command_line; execute_from_command_line(sys.argv);"
+        "print(' '.join(sorted(sys.modules)))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=server_env(), capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    modules = set(done.stdout.split())
+    assert "conversations.management.commands.db_worker" in modules  # ours: no system checks
+    assert "django_tasks_db.management.commands.db_worker" in modules
+    # The URLconf (and every view) came with the system checks; Pillow and pdfium with the upload
+    # views; `requests` with the OpenID Connect provider; Twisted with daphne's app.
+    for module in ("chatsite.urls", "conversations.views", "markdown_it", "PIL", "pypdfium2", "requests", "twisted"):
+        assert module not in modules, f"the worker imported {module} at start"
