@@ -1,15 +1,29 @@
-"""What stays in memory: the task worker starts without the site's views and what they import."""
+"""What stays in memory: the task worker starts without the site's views and what they import, and an
+open socket keeps its session key and conversation, not a session or a user of its own."""
 
 from __future__ import annotations
 
+import gc
 import subprocess
 import sys
 
 import pytest
+from asgiref.sync import sync_to_async
+from django.contrib.auth.base_user import AbstractBaseUser
+from django.contrib.sessions.backends.base import SessionBase
 
+from tests.conftest import open_socket
+from tests.factories import make_conversation
 from tests.live import ROOT, server_env
 
 pytestmark = pytest.mark.django_db(transaction=True)
+
+SOCKETS = 8
+
+
+def alive(cls: type) -> int:
+    gc.collect()
+    return sum(1 for o in gc.get_objects() if isinstance(o, cls))
 
 
 def test_the_worker_starts_without_the_views_and_their_imports():
@@ -31,3 +45,20 @@ def test_the_worker_starts_without_the_views_and_their_imports():
     # views; `requests` with the OpenID Connect provider; Twisted with daphne's app.
     for module in ("chatsite.urls", "conversations.views", "markdown_it", "PIL", "pypdfium2", "requests", "twisted"):
         assert module not in modules, f"the worker imported {module} at start"
+
+
+async def test_open_sockets_keep_no_session_or_user_of_their_own(alice):
+    conv = await sync_to_async(make_conversation)(alice)
+    sockets = []
+    try:
+        for _ in range(SOCKETS):
+            ok, ws = await open_socket(alice, conv.pk)
+            assert ok
+            assert (await ws.recv())["type"] == "state"
+            sockets.append(ws)
+        # Channels' auth middleware kept each socket's session and user, and copies of its scope.
+        assert alive(SessionBase) < SOCKETS
+        assert alive(AbstractBaseUser) < SOCKETS
+    finally:
+        for ws in sockets:
+            await ws.close()
