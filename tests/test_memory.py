@@ -1,17 +1,22 @@
 """What stays in memory: the task worker starts without the site's views and what they import, and an
-open socket keeps its session key and conversation, not a session or a user of its own."""
+open socket keeps its session key and conversation, not a session, a user or a cache object of its own."""
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import gc
 import subprocess
 import sys
 
 import pytest
 from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.contrib.sessions.backends.base import SessionBase
+from django.core.cache.backends.base import BaseCache
 
+from conversations import limits, presence
 from tests.conftest import open_socket
 from tests.factories import make_conversation
 from tests.live import ROOT, server_env
@@ -62,3 +67,27 @@ async def test_open_sockets_keep_no_session_or_user_of_their_own(alice):
     finally:
         for ws in sockets:
             await ws.close()
+
+
+async def test_cache_calls_of_long_lived_tasks_share_one_cache_object(alice):
+    # As sockets do: tasks that live on, each started in a context of its own (as the server starts
+    # each socket's), counting itself in (async) and checking its rate (on the database thread, whose
+    # context changes are copied back to the task). Django's `cache` keeps an object per context.
+    release = asyncio.Event()
+    counted: asyncio.Queue[None] = asyncio.Queue()
+
+    async def socket_like() -> None:
+        await presence.claim(alice.pk)
+        await database_sync_to_async(limits.check_rate)(alice.pk)
+        counted.put_nowait(None)
+        await release.wait()
+        await presence.release(alice.pk)
+
+    tasks = [asyncio.create_task(socket_like(), context=contextvars.Context()) for _ in range(SOCKETS)]
+    try:
+        for _ in tasks:
+            await asyncio.wait_for(counted.get(), 10)
+        assert alive(BaseCache) < SOCKETS
+    finally:
+        release.set()
+        await asyncio.gather(*tasks)
