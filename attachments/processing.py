@@ -1,4 +1,8 @@
-"""Checks an upload is what its bytes say, and prepares it: images decoded (EXIF GPS removed), PDFs' text."""
+"""Checks an upload is what its bytes say, and prepares it: images decoded (EXIF GPS removed), PDFs' text.
+
+Pillow and pdfium are imported when an image or a PDF is prepared, not with the views that import
+this module: a process that never takes an upload does without them.
+"""
 
 from __future__ import annotations
 
@@ -7,17 +11,19 @@ import logging
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import pypdfium2
 from django.conf import settings
 from django.core.files.base import ContentFile, File
 from django.core.files.uploadedfile import UploadedFile
-from PIL import Image, UnidentifiedImageError
 
 from conversations import images
 from conversations.context import estimate_tokens, fenced
 
 from .sniff import HEAD_BYTES, Refused, Sniffed, check_text, sniff_head, text_content_type
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +89,8 @@ def _text_tokens(upload: UploadedFile) -> int:
 
 def _image(upload: UploadedFile, sniffed: Sniffed) -> Prepared:
     """Decode the whole image (a truncated or disguised file fails here); re-encode it without GPS if it has any."""
+    from PIL import Image, UnidentifiedImageError
+
     limit = settings.CHAT_MAX_IMAGE_PIXELS
     try:
         with warnings.catch_warnings():
@@ -133,6 +141,8 @@ def _without_gps(image: Image.Image, exif: Image.Exif, image_format: str) -> byt
 
 def _pdf(upload: UploadedFile) -> Prepared:
     """Open the PDF with pdfium and keep its text (for models that read PDFs as text)."""
+    import pypdfium2
+
     path = getattr(upload, "temporary_file_path", None)
     source: str | bytes = path() if path else upload.read()
     upload.seek(0)

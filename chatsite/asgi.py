@@ -1,4 +1,5 @@
-"""ASGI entry point: HTTP through Django, websockets through Channels (session auth, exact Origin check)."""
+"""ASGI entry point: HTTP through Django, websockets through Channels (exact Origin check; the chat socket
+reads its own session)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatsite.settings")
 # Django must be set up before anything imports models.
 django_asgi_app = get_asgi_application()
 
-from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from chatsite import daphne_bodies, gc_tuning  # noqa: E402
@@ -31,12 +31,15 @@ sys.setswitchinterval(float(os.environ.get("CHAT_GIL_SWITCH_INTERVAL", "0.001"))
 shutdown.install()
 daphne_bodies.install()
 
+# No AuthMiddlewareStack: its cookie, session and auth layers each kept a copy of the scope, and the
+# session and user objects, for as long as a socket was open. The chat socket reads its session cookie
+# and checks it with its conversation, in one database call (ChatConsumer.connect).
 # With CHAT_LOOP_LAG set, the first connection starts the event loop's lag probe (conversations/timing.py).
 application = timing.with_loop_lag(
     ProtocolTypeRouter(
         {
             "http": django_asgi_app,
-            "websocket": SameOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+            "websocket": SameOriginValidator(URLRouter(websocket_urlpatterns)),
         }
     )
 )

@@ -48,17 +48,23 @@ INSTALLED_APPS = [
     "allauth.account",
     "allauth.socialaccount",
     "allauth.socialaccount.providers.openid_connect",
-    "django_tasks",
-    "django_tasks_db",
     "conversations",
     "usage",
     "api",
     "accounts",
     "attachments",
+    # After the site's apps: a command name belongs to the first app that has it, and conversations'
+    # `db_worker` (the worker without system checks, to keep it small) wraps django-tasks-db's.
+    "django_tasks",
+    "django_tasks_db",
 ]
 # daphne's app installs Twisted's asyncio reactor as Django starts (and gives `runserver` its ASGI
-# version). The task worker never serves a request: it goes without, and without Twisted (about 40 MB).
-if sys.argv[1:2] != ["db_worker"]:
+# version). The task worker never serves a request: it goes without, and without Twisted (about 40 MB);
+# and without the OpenID Connect sign-in, whose provider module allauth loads at start with `requests`
+# (about 5 MB). Neither has models.
+if sys.argv[1:2] == ["db_worker"]:
+    INSTALLED_APPS.remove("allauth.socialaccount.providers.openid_connect")
+else:
     INSTALLED_APPS.insert(0, "daphne")
 
 MIDDLEWARE = [

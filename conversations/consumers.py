@@ -43,7 +43,11 @@ REMOTE_STATE_TIMEOUT = 2.0
 
 
 @database_sync_to_async
-def _conversation(user: Any, conversation_id: str) -> Conversation | None:
+def _conversation(session_key: str | None, conversation_id: str) -> Conversation | None:
+    """The conversation, if the session signs in its owner: one trip to the database thread for both."""
+    user = sockets.session_user(session_key)
+    if user is None:
+        return None
     try:
         return conversation_for_user(user, conversation_id)
     except Http404:
@@ -152,6 +156,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
     conversation: Conversation
     group: str
     counted_user: int | None  # the user whose socket count this socket holds (set once accepted)
+    # The session cookie of the handshake: what the socket keeps of its session (checked on every send).
+    session: str | None = None
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         try:
@@ -173,18 +179,19 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 log.exception("could not count out a socket of user %s", counted)
 
     async def connect(self) -> None:
-        user = self.scope.get("user")
-        conversation = None
-        if user is not None and user.is_authenticated:
-            conversation = await _conversation(user, self.scope["url_route"]["kwargs"]["conversation_id"])
+        # The socket reads its session itself (no AuthMiddlewareStack, chatsite/asgi.py) and keeps only
+        # its key: not the session and user objects, nor the middleware's copies of the scope.
+        self.session = sockets.handshake_session_key(self.scope)
+        conversation = await _conversation(self.session, self.scope["url_route"]["kwargs"]["conversation_id"])
         if conversation is None or shutdown.draining:
             await self.close()  # refused at the handshake: no event, nothing learned
             return
-        if not await presence.claim(user.pk):
-            log.warning("user %s has %s sockets open: one more refused", user.pk, settings.CHAT_MAX_SOCKETS_PER_USER)
+        owner = conversation.owner_id
+        if not await presence.claim(owner):
+            log.warning("user %s has %s sockets open: one more refused", owner, settings.CHAT_MAX_SOCKETS_PER_USER)
             await self.close()
             return
-        self.counted_user = user.pk
+        self.counted_user = owner
         self.conversation = conversation
         self.group = generation.group_name(conversation.pk)
         self.offsets: dict[int, int] = {}  # reply id -> characters the client has
@@ -194,7 +201,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.resumes: dict[int, asyncio.TimerHandle] = {}  # cross-process resumes in flight, by reply id
         self.resume_times: list[float] = []
         await self.channel_layer.group_add(self.group, self.channel_name)
-        await self.channel_layer.group_add(sockets.user_group_name(user.pk), self.channel_name)
+        await self.channel_layer.group_add(sockets.user_group_name(owner), self.channel_name)
         await self.accept()
         shutdown.sockets.add(self)
         # Every process with sockets sweeps for replies left by a dead process, not only those
@@ -521,8 +528,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     # -- events from the group (and from the process running the reply) -------------------------
     def session_key(self) -> str | None:
-        session = self.scope.get("session")
-        return session.session_key if session is not None else None
+        return self.session
 
     async def chat_deleted(self, event: dict[str, Any]) -> None:
         """The conversation was deleted (in any process): say so and close."""

@@ -1,5 +1,9 @@
 """The bytes of an image as a provider is sent them: the stored file when it is within the provider's limits,
-else a copy scaled to `context.image_sent_size` (made from the upload's stored rendition when there is one)."""
+else a copy scaled to `context.image_sent_size` (made from the upload's stored rendition when there is one).
+
+Pillow is imported where an image is opened: every process imports this module (the reply's history
+uses it), and most never open an image (the task worker, a site without uploads: about 2 MB each).
+"""
 
 from __future__ import annotations
 
@@ -7,11 +11,12 @@ import io
 from typing import TYPE_CHECKING
 
 from django.db.models.fields.files import FieldFile
-from PIL import Image, ImageOps
 
 from .context import image_sent_size
 
 if TYPE_CHECKING:
+    from PIL import Image
+
     from .attachment import Attachment
 
 # Largest image a provider takes, in bytes of the file (Anthropic: 5 MB of base64; OpenAI: 20 MB).
@@ -46,6 +51,8 @@ def rendition(image: Image.Image) -> bytes | None:
 
 def scaled(image: Image.Image, size: tuple[int, int], image_format: str) -> tuple[str, bytes]:
     """`image` upright (its EXIF orientation applied) at `size`, encoded: (content type, bytes)."""
+    from PIL import Image, ImageOps
+
     upright = ImageOps.exif_transpose(image)
     if upright.mode not in ("RGB", "RGBA", "L", "LA"):
         upright = upright.convert("RGBA" if upright.has_transparency_data else "RGB")
@@ -62,6 +69,8 @@ def scaled(image: Image.Image, size: tuple[int, int], image_format: str) -> tupl
 def for_provider(attachment: Attachment, provider: str) -> tuple[str, bytes]:
     """The image of `attachment` as `provider` is sent it: (content type, bytes). The stored file when its
     size is what the provider reads (and it is not too large, or an animated GIF for OpenAI); else scaled."""
+    from PIL import Image
+
     width, height = attachment.width or 0, attachment.height or 0
     size = image_sent_size(width, height, provider)
     limit = MAX_BYTES.get(provider, DEFAULT_MAX_BYTES)
@@ -94,6 +103,8 @@ def _animated_gif_for_openai(attachment: Attachment, provider: str) -> bool:
     """OpenAI takes non-animated GIFs only: an animated one goes as its first frame."""
     if provider != "openai" or attachment.content_type != "image/gif":
         return False
+    from PIL import Image
+
     with attachment.file.open("rb") as handle, Image.open(handle) as image:
         return bool(getattr(image, "is_animated", False))
 

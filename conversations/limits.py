@@ -13,11 +13,11 @@ import time
 from dataclasses import dataclass
 
 from django.conf import settings
-from django.core.cache import cache
 from django.db.models import F, Q, Sum
 from django.db.models.functions import Coalesce, Length
 from django.utils import timezone
 
+from .caching import cache
 from .models import Message, UsageRecord, UserQuota
 
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}

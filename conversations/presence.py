@@ -10,7 +10,8 @@ from __future__ import annotations
 import logging
 
 from django.conf import settings
-from django.core.cache import cache
+
+from .caching import cache
 
 log = logging.getLogger(__name__)
 

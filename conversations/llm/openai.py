@@ -6,7 +6,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
-import httpx
 import httpx2
 import openai
 import orjson
@@ -20,14 +19,14 @@ JOIN_READS = True
 
 
 def map_error(exc: Exception) -> ProviderError:
-    """The SDK's (and httpx's) exceptions as our one error type."""
+    """The SDK's (and its transport's, httpx2's) exceptions as our one error type."""
     if isinstance(exc, openai.APIStatusError):
         body = exc.body if isinstance(exc.body, dict) else {}
         kind = f"{body.get('type') or ''} {body.get('code') or ''}"
         return error_for_status(
             exc.status_code, exc.message, kind=kind, retry_after=parse_retry_after(exc.response.headers)
         )
-    if isinstance(exc, openai.APITimeoutError | httpx.TimeoutException) and not _refused(exc):
+    if isinstance(exc, openai.APITimeoutError | httpx2.TimeoutException) and not _refused(exc):
         return ProviderError("provider_unavailable", "The provider timed out.", retryable=True)
     if (
         isinstance(exc, openai.APIError)
@@ -37,7 +36,7 @@ def map_error(exc: Exception) -> ProviderError:
         # An error object inside a 200 stream.
         body = exc.body if isinstance(exc.body, dict) else {}
         return error_for_status(500, exc.message, kind=f"{body.get('type') or ''} {body.get('code') or ''}")
-    if isinstance(exc, openai.APIConnectionError | httpx.HTTPError):
+    if isinstance(exc, openai.APIConnectionError | httpx2.HTTPError):
         return ProviderError("provider_unavailable", "Could not reach the provider.", retryable=True)
     return ProviderError("provider_unavailable", f"Unexpected provider failure: {type(exc).__name__}")
 
