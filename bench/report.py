@@ -88,8 +88,8 @@ def streams_table(config: dict[str, Any]) -> str:
 STAGE_LABELS = (
     ("db_start", "database thread starts"),
     ("stored", "stored"),
-    ("task", "reply task runs"),
     ("request", "request built"),
+    ("task", "reply task runs"),
     ("provider", "provider called"),
     ("first_token", "first token parsed"),
     ("published", "first delta published"),

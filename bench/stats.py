@@ -92,7 +92,7 @@ def ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
 
 
-STAGES = ("db_start", "stored", "task", "request", "provider", "first_token", "published")
+STAGES = ("db_start", "stored", "request", "task", "provider", "first_token", "published")
 
 
 def stage_summary(log_text: str, reply_ids: set[int]) -> dict[str, Any]:

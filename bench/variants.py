@@ -24,6 +24,8 @@
 - `no-local-relay`: on Redis, every event goes through Redis to this process's own sockets too
   (serialized, published, read back), and deltas are published while no other process listens
   (conversations/layers/redis_pubsub.py, `LOCAL_RELAY`);
+- `no-send-build`: a send's reply builds its request on a trip of its own to the database, reading its
+  row back, as before the send built it (conversations/generation/reply.py, `BUILD_IN_SEND`);
 - `switch=SECONDS`: sys.setswitchinterval (how soon a DB thread gets the GIL from a busy event loop);
 - `no-gc-freeze`: the garbage collector walks everything, start-up's objects and the SDK's included
   (chatsite/gc_tuning.py);
@@ -249,6 +251,10 @@ for variant in VARIANTS:
         from conversations.layers import redis_pubsub
 
         redis_pubsub.LOCAL_RELAY = False
+    elif variant == "no-send-build":
+        from conversations.generation import reply as generation_reply
+
+        generation_reply.BUILD_IN_SEND = False
     elif variant.startswith("switch="):
         import sys
 

@@ -74,7 +74,8 @@ def _send(
     model: object = None,
     attachments: object = None,
     marks: timing.Marks | None = None,
-) -> services.Sent:
+) -> tuple[services.Sent, generation.Prepared | None]:
+    """Store the message and open its reply; the reply's request is built in the same trip."""
     timing.mark(marks, "db_start")
     if not sockets.signed_in(session_key, conversation.owner_id):
         raise SignedOut
@@ -88,16 +89,20 @@ def _send(
         attachments=attachments,
     )
     timing.mark(marks, "stored")
-    return sent
+    prepared = generation.prepare(sent.reply) if sent.reply is not None else None
+    if prepared is not None:
+        timing.mark(marks, "request")
+    return sent, prepared
 
 
 @database_sync_to_async
 def _regenerate(
     session_key: str | None, conversation: Conversation, message_id: int | None
-) -> tuple[Message, tuple[int, ...]]:
+) -> tuple[Message, tuple[int, ...], generation.Prepared | None]:
     if not sockets.signed_in(session_key, conversation.owner_id):
         raise SignedOut
-    return services.reply_regenerate(conversation=conversation, message_id=message_id)
+    reply, siblings = services.reply_regenerate(conversation=conversation, message_id=message_id)
+    return reply, siblings, generation.prepare(reply)
 
 
 @database_sync_to_async
@@ -379,7 +384,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             if parent_id is not None and not _is_id(parent_id):
                 raise ChatError("invalid", "`parent_id` must be a message id or null.")
         content, model, files = frame.get("content"), frame.get("model"), frame.get("attachments")
-        sent = await _send(
+        sent, prepared = await _send(
             self.session_key(), self.conversation, client_id, content, parent_id, edit_of, model, files, marks
         )
         event: dict[str, Any] = {
@@ -394,7 +399,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
         # The reply first: the row is committed, and a layer failure below must not leave it
         # `streaming` with nothing behind it. (`message` still goes out before `start`: the reply's
         # first event is sent only once this handler yields.)
-        generation.start(sent.reply, owner_id=self.conversation.owner_id, siblings=(sent.reply.pk,), marks=marks)
+        generation.start(
+            sent.reply, owner_id=self.conversation.owner_id, siblings=(sent.reply.pk,), marks=marks, prepared=prepared
+        )
         try:
             await self.channel_layer.group_send(self.group, {**event, "type": "chat.message"})
         except Exception:
@@ -432,8 +439,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
         message_id = frame.get("message_id")
         if message_id is not None and not _is_id(message_id):
             raise ChatError("invalid", "`message_id` must be a reply's id.")
-        reply, siblings = await _regenerate(self.session_key(), self.conversation, message_id)
-        generation.start(reply, owner_id=self.conversation.owner_id, siblings=siblings)
+        reply, siblings, prepared = await _regenerate(self.session_key(), self.conversation, message_id)
+        generation.start(reply, owner_id=self.conversation.owner_id, siblings=siblings, prepared=prepared)
 
     async def on_switch(self, frame: dict[str, Any]) -> None:
         """Make the path through a message active; every socket of the conversation gets the new path."""

@@ -50,9 +50,22 @@ def build_chat_request(reply_id: int) -> ChatRequest:
     return build_for_reply(reply_id)[0]
 
 
+class ReadsFiles(Exception):
+    """The request would read files from the storage (see `build_for`'s `files`)."""
+
+
 def build_for_reply(reply_id: int) -> tuple[ChatRequest, Followups]:
     """The request for reply `reply_id`, and what its end may call for."""
     reply = Message.objects.select_related("conversation__persona").get(pk=reply_id)
+    return build_for(reply)
+
+
+def build_for(reply: Message, *, files: bool = True) -> tuple[ChatRequest, Followups]:
+    """The request for `reply` (its `conversation` and the conversation's `persona` loaded, as the send
+    that opened it has them), and what its end may call for. `files=False`: raise ReadsFiles rather
+    than read an attachment from the storage (a send builds its request on the socket's one database
+    thread, where a storage read would hold every other socket's call back)."""
+    reply_id = reply.pk
     conversation = reply.conversation
     persona = effective_persona(conversation)
     # The path above the reply only: a branch never sees another branch's messages or summary.
@@ -70,6 +83,8 @@ def build_for_reply(reply_id: int) -> tuple[ChatRequest, Followups]:
         # The whole unsummarized history is in the request: what it costs is known.
         room_after = int(budget * SUMMARIZE_AT) - history_tokens(system, turns)
     followups = Followups(title_is_auto=conversation.title_is_auto, summary_room=room_after)
+    if not files and any(t.attachments for t in turns):
+        raise ReadsFiles
     request = ChatRequest(
         model=model,
         system=system,

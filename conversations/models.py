@@ -275,7 +275,9 @@ class UsageRecord(models.Model):
         """Store a new record and add it to its day's rollup, both or neither."""
         if not self._state.adding:
             raise ValueError("A usage record never changes once stored (the daily rollup holds its numbers).")
-        with transaction.atomic():
+        # Inside a caller's transaction (a reply's end) no savepoint of its own: a failure here fails
+        # the whole transaction anyway, and the pair of statements was two of a reply's nine at its end.
+        with transaction.atomic(savepoint=False):
             super().save(*args, **kwargs)
             DailyUsage.add(self)
 

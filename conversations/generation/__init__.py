@@ -20,7 +20,7 @@ from __future__ import annotations
 from .groups import control_group_name, group_name
 from .janitor import ensure_janitor, interrupt_stale
 from .registry import local, spawn
-from .reply import Generation, start
+from .reply import Generation, Prepared, prepare, start
 from .retry import backoff
 
 __all__ = [
@@ -32,5 +32,7 @@ __all__ = [
     "interrupt_stale",
     "local",
     "spawn",
+    "Prepared",
+    "prepare",
     "start",
 ]

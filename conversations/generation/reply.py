@@ -15,7 +15,7 @@ from django.db import close_old_connections
 
 from .. import services, timing
 from ..context import estimate_tokens
-from ..history import Followups, build_for_reply, trimmed
+from ..history import Followups, ReadsFiles, build_for, build_for_reply, trimmed
 from ..llm import ChatRequest, ProviderError, Usage, provider_for
 from ..llm.base import within_gap
 from ..models import Message
@@ -29,6 +29,31 @@ from .retry import backoff
 
 log = logging.getLogger(__package__)
 
+# A send builds its reply's request in the same trip to the database thread that stored it (see
+# `prepare`); the benchmark's `no-send-build` variant sets this off (docs/performance.md).
+BUILD_IN_SEND = True
+
+# The request, what the reply's end may call for, and whether a `stop` was stored meanwhile.
+Prepared = tuple[ChatRequest, Followups, bool]
+
+
+def prepare(reply: Message) -> Prepared | None:
+    """The request for a reply just opened, built where it was opened (the send's trip to the database
+    thread: one trip instead of two, and the reply's row is not read back). None where the reply builds
+    its own: a path with files (read from the storage, which must not hold the socket's one database
+    thread) or a failure (which the reply then meets itself and reports as its error)."""
+    if not BUILD_IN_SEND:
+        return None
+    try:
+        request, followups = build_for(reply, files=False)
+        # A stop stored since the row was committed (from another process) calls no provider.
+        return request, followups, stop_requested(reply.pk)
+    except ReadsFiles:
+        return None
+    except Exception:
+        log.exception("could not build the request of reply %s with its send", reply.pk)
+        return None
+
 
 def start(
     reply: Message,
@@ -36,12 +61,15 @@ def start(
     owner_id: int | None = None,
     siblings: tuple[int, ...] = (),
     marks: timing.Marks | None = None,
+    prepared: Prepared | None = None,
 ) -> Generation:
     """Start generating `reply` (a streaming row just created) in this process; `owner_id` (the
     conversation's owner, for the quota counter) saves a lookup at the end; `marks`: the send's stage
-    timings, when the benchmark asks for them (timing.py)."""
+    timings, when the benchmark asks for them (timing.py); `prepared`: its request, when the send
+    built it (`prepare`)."""
     generation = Generation(reply, owner_id=owner_id, siblings=siblings or (reply.pk,))
     generation.marks = marks
+    generation.prepared = prepared
     registry.running[reply.conversation_id] = generation
     generation.task = spawn(generation.run())
     ensure_janitor()
@@ -78,6 +106,7 @@ class Generation:
         # delta is published; while none is, deltas go to this process's sockets only (control.py).
         self.remote = True
         self.marks: timing.Marks | None = None  # stage timings of the send (timing.py), when on
+        self.prepared: Prepared | None = None  # the request, when the send built it
 
     # -- reading ------------------------------------------------------------------------
     def text(self) -> str:
@@ -141,9 +170,13 @@ class Generation:
                     "siblings": self.siblings,
                 }
             )
-            self.request, self.followups, stop_asked = await sync_to_async(_build_request, thread_sensitive=False)(
-                self.reply_id
-            )
+            if self.prepared is not None:  # built by the send, right after it stored the reply
+                self.request, self.followups, stop_asked = self.prepared
+                self.prepared = None
+            else:
+                self.request, self.followups, stop_asked = await sync_to_async(_build_request, thread_sensitive=False)(
+                    self.reply_id
+                )
             timing.mark(self.marks, "request")
             if stop_asked:  # a `stop` that came before this reply's process could hear it
                 self._stopping = True

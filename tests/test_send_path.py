@@ -1,0 +1,107 @@
+"""What a send costs before its first token: its request is built in the trip to the database that
+stored it, the same request the reply would build itself, and a reply's end writes without savepoints."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from asgiref.sync import sync_to_async
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from attachments.services import attachment_upload
+from conversations import services
+from conversations.generation import prepare
+from conversations.generation import reply as generation_reply
+from conversations.generation.reply import _finish_row
+from conversations.history import build_for_reply
+from conversations.llm import Usage
+from tests.conftest import open_socket
+from tests.factories import make_conversation, make_turns
+from tests.fakes.provider import Reply
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def _send(conversation, content: str = "What is a heron?", attachments: list[str] | None = None) -> services.Sent:
+    return services.message_send(
+        conversation=conversation, client_id=uuid.uuid4(), content=content, attachments=attachments
+    )
+
+
+def test_a_send_builds_the_request_its_reply_would_build_without_reading_the_reply_back(alice):
+    conv = make_conversation(alice)
+    make_turns(conv, 6)
+    sent = _send(conv)
+    with CaptureQueriesContext(connection) as queries:
+        prepared = prepare(sent.reply)
+    assert prepared is not None
+    request, followups, stop_asked = prepared
+    assert (request, followups) == build_for_reply(sent.reply.pk)
+    assert request.messages[-1] == {"role": "user", "content": "What is a heron?"}
+    assert stop_asked is False
+    # The path, its summary, its turns, their files, the stop flag; the reply's row is not read back.
+    assert len(queries) == 5, [q["sql"] for q in queries.captured_queries]
+    reply_table = sent.reply._meta.db_table
+    assert not any(
+        q["sql"].startswith(f'SELECT "{reply_table}"."id", "{reply_table}"."conversation_id"')
+        and f"= {sent.reply.pk}" in q["sql"]
+        for q in queries.captured_queries
+    )
+
+
+def test_a_stop_stored_before_the_build_is_carried_with_the_request(alice):
+    conv = make_conversation(alice)
+    sent = _send(conv)
+    services.reply_stop_request(conversation_id=conv.pk)
+    prepared = prepare(sent.reply)
+    assert prepared is not None and prepared[2] is True
+
+
+def test_a_path_with_files_is_left_to_the_reply_to_build(alice, settings, tmp_path):
+    """Files are read from the storage, which must not hold the socket's one database thread."""
+    settings.MEDIA_ROOT = tmp_path / "media"
+    conv = make_conversation(alice)
+    upload = attachment_upload(
+        owner=alice, conversation=conv, upload=SimpleUploadedFile("notes.txt", b"The heron is grey.")
+    )
+    sent = _send(conv, "Read this", attachments=[str(upload.pk)])
+    assert prepare(sent.reply) is None
+    request, _ = build_for_reply(sent.reply.pk)
+    assert "The heron is grey." in str(request.messages[-1]["content"])
+
+
+def test_with_the_switch_off_the_reply_builds_its_own_request(alice, monkeypatch):
+    monkeypatch.setattr(generation_reply, "BUILD_IN_SEND", False)
+    sent = _send(make_conversation(alice))
+    assert prepare(sent.reply) is None
+
+
+async def test_a_build_that_fails_with_the_send_is_done_again_by_the_reply(alice, fake_provider, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("the send's build broke")
+
+    monkeypatch.setattr(generation_reply, "build_for", broken)
+    fake_provider.script(Reply(text="Herons wade."))
+    conv = await sync_to_async(make_conversation)(alice)
+    ok, ws = await open_socket(alice, conv.pk)
+    await ws.recv()
+    await ws.send_message("What is a heron?")
+    end = await ws.until("end")
+    assert end["status"] == "complete" and end["content"] == "Herons wade."
+    assert fake_provider.requests[-1].json["messages"][-1] == {"role": "user", "content": "What is a heron?"}
+    await ws.close()
+
+
+def test_a_reply_ends_in_one_transaction_without_savepoints(alice):
+    conv = make_conversation(alice)
+    for _ in range(2):  # the second reply of the day updates the day's usage row
+        sent = _send(conv)
+        with CaptureQueriesContext(connection) as queries:
+            stored = _finish_row(sent.reply.pk, alice.pk, "Herons wade.", "complete", Usage(12, 3), "", 15, (12, 3))
+    assert stored is not None and stored.status == "complete"
+    sqls = [q["sql"] for q in queries.captured_queries]
+    assert not any("SAVEPOINT" in sql for sql in sqls), sqls
+    assert len(sqls) <= 7, sqls
