@@ -10,8 +10,9 @@ from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, connection, models, transaction
 from django.db.models import Case, Exists, F, OuterRef, Q, Value, When
+from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
 from . import limits, pricing
@@ -173,18 +174,23 @@ def _lock(conversation: Conversation) -> Conversation:
     """The conversation row, locked (PostgreSQL; SQLite's IMMEDIATE transactions lock the whole
     database), with its persona, whether its owner may use that persona and the owner's quota
     override: every check of a send in two queries."""
+    allowed, override = _send_checks()
     try:
-        conv = Conversation.objects.select_for_update(of=("self",)).select_related("persona").get(pk=conversation.pk)
+        conv = (
+            Conversation.objects.select_for_update(of=("self",))
+            .select_related("persona")
+            .annotate(persona_allowed=allowed, quota_override=override)
+            .get(pk=conversation.pk)
+        )
     except Conversation.DoesNotExist:  # deleted under an open socket
         raise ChatError("not_found", "This conversation was deleted.") from None
-    allowed, override = _send_checks(conv.persona_id, conv.owner_id)
-    conv.persona_allowed = allowed  # type: ignore[attr-defined]
-    conv.quota_override = override  # type: ignore[attr-defined]
+    conv.persona_allowed = bool(conv.persona_allowed)  # SQLite's 0/1
     return conv
 
 
-def _send_checks(persona_id: int, user_id: int) -> tuple[bool, int | None]:
-    """(may the user use the persona, the user's quota override) in one round trip.
+def _send_checks() -> tuple[RawSQL, RawSQL]:
+    """(may the owner use the conversation's persona, the owner's quota override), as columns of the
+    conversation's own row: the lock and the checks of a send in one round trip.
 
     Plain SQL: the same question through the ORM (two EXISTS and a subquery) cost 4 ms a send to
     compile, more than everything else a send does (docs/performance.md).
@@ -192,16 +198,17 @@ def _send_checks(persona_id: int, user_id: int) -> tuple[bool, int | None]:
     groups = Persona.groups.through._meta.db_table
     user_groups = get_user_model().groups.through._meta.db_table
     quotas = UserQuota._meta.db_table
-    sql = (
-        f"SELECT (NOT EXISTS (SELECT 1 FROM {groups} pg WHERE pg.persona_id = %s)"
+    row = connection.ops.quote_name(Conversation._meta.db_table)
+    allowed = (
+        f"NOT EXISTS (SELECT 1 FROM {groups} pg WHERE pg.persona_id = {row}.persona_id)"
         f" OR EXISTS (SELECT 1 FROM {groups} pg JOIN {user_groups} ug ON ug.group_id = pg.group_id"
-        f" WHERE pg.persona_id = %s AND ug.user_id = %s)),"
-        f" (SELECT q.daily_token_quota FROM {quotas} q WHERE q.user_id = %s)"
-    )  # noqa: S608 - table names from the models, values as parameters
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [persona_id, persona_id, user_id, user_id])
-        allowed, override = cursor.fetchone()
-    return bool(allowed), override
+        f" WHERE pg.persona_id = {row}.persona_id AND ug.user_id = {row}.owner_id)"
+    )  # table and column names from the models, no values
+    override = f"SELECT q.daily_token_quota FROM {quotas} q WHERE q.user_id = {row}.owner_id"  # noqa: S608
+    return (
+        RawSQL(allowed, (), output_field=models.BooleanField()),  # noqa: S611 - no user input in it
+        RawSQL(override, (), output_field=models.IntegerField()),  # noqa: S611
+    )
 
 
 def _quota(conversation: Conversation) -> int:
