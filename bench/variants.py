@@ -4,6 +4,8 @@
 - `stock-layer`: Channels' own InMemoryChannelLayer (sweeps expired messages on every send/receive);
 - `layer-sweep-only`: our layer with only the throttled sweep (the base class's send/group_send);
 - `cleanup-hop`: ChatConsumer dispatches every event through Channels' DB-connection cleanup hop;
+- `frame-cleanup-hop`: only the socket's own frames (connect, receive, disconnect) go through it, as
+  before a burst of sends was found waiting there (conversations/consumers.py, `frame_cleanup_hop`);
 - `sdk-parse`: the openai adapter reads the SDK's parsed stream (a pydantic model per chunk);
 - `httpx-transport`: the SDK's default httpx2 transport instead of its aiohttp one;
 - `sdk-transform`: the history passed as `messages=` (the SDK transforms it per message);
@@ -197,6 +199,8 @@ for variant in VARIANTS:
     elif variant == "cleanup-hop":
         if "dispatch" in ChatConsumer.__dict__:
             del ChatConsumer.dispatch
+    elif variant == "frame-cleanup-hop":
+        ChatConsumer.frame_cleanup_hop = True
     elif variant == "sdk-parse":
         OpenAIProvider.stream = sdk_parsed_stream  # type: ignore[method-assign]
     elif variant == "httpx-transport":

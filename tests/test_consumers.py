@@ -380,3 +380,32 @@ async def test_without_stage_timing_nothing_is_logged(alice, monkeypatch):
         await ws.until("end")
     assert logged == []
     await ws.close()
+
+
+@pytest.mark.parametrize("hop", [False, True], ids=["as built", "with the cleanup hop"])
+async def test_a_frame_is_handled_while_the_database_thread_is_busy(alice, monkeypatch, hop):
+    """A frame that needs no database is answered at once, however long the one database thread is
+    busy (a burst of sends): Channels' per-message connection cleanup would first queue it there."""
+    import time
+
+    from channels.db import database_sync_to_async
+
+    from conversations.consumers import ChatConsumer
+
+    monkeypatch.setattr(ChatConsumer, "frame_cleanup_hop", hop)
+    conv = await sync_to_async(make_conversation)(alice)
+    ok, ws = await open_socket(alice, conv.pk)
+    await ws.recv()
+    busy = asyncio.ensure_future(database_sync_to_async(time.sleep)(1.5))
+    await asyncio.sleep(0.05)  # the thread is taken
+    started = time.monotonic()
+    await ws.send({"type": "dance"})
+    error = await ws.until("error", timeout=5)
+    waited = time.monotonic() - started
+    assert error["code"] == "invalid"
+    if hop:  # the switch is what makes the difference: with it, the frame waited for the thread
+        assert waited > 1.0, waited
+    else:
+        assert waited < 1.0, waited
+    await busy
+    await ws.close()
