@@ -173,7 +173,7 @@ def _open_reply(conversation: Conversation, model: str, *, parent_id: int) -> Me
 def _lock(conversation: Conversation) -> Conversation:
     """The conversation row, locked (PostgreSQL; SQLite's IMMEDIATE transactions lock the whole
     database), with its persona, whether its owner may use that persona and the owner's quota
-    override: every check of a send in two queries."""
+    override: every check of a send in one query."""
     allowed, override = _send_checks()
     try:
         conv = (
