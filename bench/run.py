@@ -410,6 +410,7 @@ class Bench:
             "lat_p99": ratio(s["lat_p99"], d["lat_p99"]),
             "ttft_p50": ratio(s["ttft_p50"], d["ttft_p50"]),
             "ttft_p50_added_ms": (s["ttft_p50"] - d["ttft_p50"]) if s["ttft_p50"] and d["ttft_p50"] else None,
+            "ttft_p95_added_ms": ((s["ttft_p95"] - d["ttft_p95"]) if s.get("ttft_p95") and d.get("ttft_p95") else None),
             "lat_p50_added_ms": (s["lat_p50"] - d["lat_p50"]) if s["lat_p50"] and d["lat_p50"] else None,
             "lat_p99_added_ms": (s["lat_p99"] - d["lat_p99"]) if s["lat_p99"] and d["lat_p99"] else None,
         }

@@ -50,6 +50,7 @@ def summarize_streams(results: list[StreamResult], tokens: int) -> dict[str, Any
         "lat_p99": percentile(latencies, 99),
         "lat_max": max(latencies) if latencies else None,
         "ttft_p50": percentile(ttfts, 50),
+        "ttft_p95": percentile(ttfts, 95),
         "ttft_p99": percentile(ttfts, 99),
         "message_p50": percentile([r.message_ms for r in results if r.message_ms is not None], 50),
         "start_p50": percentile([r.start_ms for r in results if r.start_ms is not None], 50),
