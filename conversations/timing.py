@@ -6,8 +6,10 @@ token; `bench/` sets it and reads the lines from daphne's log). The stages, in o
 - `received`: the `send` frame reached the socket's handler;
 - `db_start`: the socket's database thread began storing it (the wait before is the queue for it);
 - `stored`: the message and its reply's row are committed;
+- `request`: the provider request is built (history read, summary, attachments): by the send, in the
+  same trip to the database thread, or after `task` where the reply builds its own (a path with
+  files, the benchmark's `no-send-build`);
 - `task`: the reply's task began running;
-- `request`: the provider request is built (history read, summary, attachments);
 - `provider`: the provider call began (the HTTP request goes out);
 - `first_token`: the provider's first text arrived, parsed;
 - `published`: that first delta was handed to the channel layer.

@@ -25,14 +25,14 @@ from .retry import backoff
 
 __all__ = [
     "Generation",
+    "Prepared",
     "backoff",
     "control_group_name",
     "ensure_janitor",
     "group_name",
     "interrupt_stale",
     "local",
-    "spawn",
-    "Prepared",
     "prepare",
+    "spawn",
     "start",
 ]
