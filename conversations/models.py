@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import uuid
 from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import Group
-from django.db import IntegrityError, models, transaction
-from django.db.models import F, Q, Sum
+from django.db import connection, models, transaction
+from django.db.models import Q, Sum
 from django.db.models.functions import Coalesce, TruncDate
 from django.urls import reverse
 from django.utils import timezone
@@ -281,6 +282,52 @@ class UsageRecord(models.Model):
             super().save(*args, **kwargs)
             DailyUsage.add(self)
 
+    @classmethod
+    def store_for_conversation(cls, conversation_id: uuid.UUID, **numbers: Any) -> None:
+        """Store a record of a call in a thread for the thread's owner and persona as they are now, and add
+        it to its day's rollup: what `save` does, in two statements and no read of the thread (the INSERT
+        takes the owner and persona from the thread's row: `INSERT … SELECT … RETURNING`). A reply's end
+        calls this inside its transaction. `numbers`: the record's other fields (message_id, model, kind,
+        the token counts, estimated, cost). Nothing is stored if the thread is gone.
+        """
+        record = cls(conversation_id=conversation_id, **numbers)
+        if timezone.is_naive(record.created_at):
+            record.created_at = timezone.make_aware(record.created_at, dt.UTC)
+        sql, given = _record_insert_sql()
+        params = [f.get_db_prep_save(getattr(record, f.attname), connection) for f in given]
+        params.append(Conversation._meta.pk.get_db_prep_value(conversation_id, connection))
+        with transaction.atomic(savepoint=False), connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            row = cursor.fetchone()
+            if row is None:
+                return
+            record.user_id, record.persona_id = row
+            DailyUsage.add(record)
+
+
+def quoted(model: type[models.Model], name: str) -> str:
+    """The column of `model`'s field `name` (or its attname, or "pk"), quoted for plain SQL."""
+    field = model._meta.pk if name == "pk" else model._meta.get_field(name)
+    return connection.ops.quote_name(str(field.column))  # type: ignore[union-attr]
+
+
+@functools.cache
+def _record_insert_sql() -> tuple[str, list[models.Field[Any, Any]]]:
+    """`store_for_conversation`'s INSERT, and the fields whose values it takes (then the thread's id)."""
+    qn = connection.ops.quote_name
+    taken = ("user", "conversation", "persona")
+    given = [f for f in UsageRecord._meta.concrete_fields if not f.primary_key and f.name not in taken]
+    columns = [quoted(UsageRecord, name) for name in taken] + [qn(str(f.column)) for f in given]
+    c = Conversation
+    sql = (
+        f"INSERT INTO {qn(UsageRecord._meta.db_table)} ({', '.join(columns)})"  # noqa: S608 - names from the models
+        f" SELECT c.{quoted(c, 'owner')}, c.{quoted(c, 'pk')}, c.{quoted(c, 'persona')}, "
+        + ", ".join(["%s"] * len(given))
+        + f" FROM {qn(c._meta.db_table)} c WHERE c.{quoted(c, 'pk')} = %s"
+        f" RETURNING {quoted(UsageRecord, 'user')}, {quoted(UsageRecord, 'persona')}"
+    )
+    return sql, given
+
 
 SUMMED = ("calls", "input_tokens", "cached_input_tokens", "cache_write_tokens", "output_tokens", "cost")
 
@@ -324,31 +371,28 @@ class DailyUsage(models.Model):
 
     @classmethod
     def add(cls, record: UsageRecord) -> None:
-        """Add a record's numbers to its row: an UPDATE of increments, else an INSERT.
+        """Add a record's numbers to its row, in one statement: an INSERT that, where the row exists,
+        adds to it instead (`ON CONFLICT … DO UPDATE`, PostgreSQL and SQLite alike). Two writers of the
+        same row cannot both insert it. Call it inside the record's transaction.
 
-        Two writers that both find no row both INSERT; the unique key makes the later one fail (on
-        PostgreSQL once the first commits), and it then UPDATEs the row the first one made. Call it
-        inside the record's transaction.
+        Plain SQL: the ORM has no upsert of increments, and its UPDATE-then-INSERT was two statements
+        (and a savepoint pair on a new day) of a reply's end (docs/performance.md).
         """
         created = record.created_at
         if timezone.is_naive(created):
             created = timezone.make_aware(created, dt.UTC)
-        key = {
+        fields = {f.attname: f for f in cls._meta.concrete_fields}
+        values = {  # in the order of `_daily_add_sql`'s columns
             "day": created.astimezone(dt.UTC).date(),
             "user_id": record.user_id,
             "model": record.model,
             "persona_ref": record.persona_id or 0,
             "kind": record.kind,
+            **{f: Decimal(str(record.cost or 0)) if f == "cost" else int(getattr(record, f) or 0) for f in SUMMED},
         }
-        numbers = {f: Decimal(str(record.cost or 0)) if f == "cost" else int(getattr(record, f) or 0) for f in SUMMED}
-        increments = {f: F(f) + n for f, n in numbers.items()}
-        if cls.objects.filter(**key).update(**increments):
-            return
-        try:
-            with transaction.atomic():
-                cls.objects.create(**key, **numbers)
-        except IntegrityError:
-            cls.objects.filter(**key).update(**increments)
+        params = [fields[name].get_db_prep_save(value, connection) for name, value in values.items()]
+        with connection.cursor() as cursor:
+            cursor.execute(_daily_add_sql(), params)
 
     @classmethod
     def rebuild(cls) -> int:
@@ -371,6 +415,24 @@ class DailyUsage(models.Model):
                     batch = []
             made += len(DailyUsage.objects.bulk_create(batch))
         return made
+
+
+@functools.cache
+def _daily_add_sql() -> str:
+    """`DailyUsage.add`'s upsert: the key, then the sums (SUMMED), as values; where the row exists, added."""
+    qn = connection.ops.quote_name
+    key = [quoted(DailyUsage, name) for name in ("day", "user", "model", "persona_ref", "kind")]
+    sums = [quoted(DailyUsage, name) for name in SUMMED]
+    table = qn(DailyUsage._meta.db_table)
+    added = {c: f"{table}.{c} + excluded.{c}" for c in sums}
+    if connection.vendor == "sqlite":  # decimals are NUMERIC there: cast the sum as the ORM's F() increment did
+        cost = quoted(DailyUsage, "cost")
+        added[cost] = f"CAST({added[cost]} AS NUMERIC)"
+    columns = key + sums
+    return (
+        f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join(['%s'] * len(columns))})"  # noqa: S608 - names from the model
+        f" ON CONFLICT ({', '.join(key)}) DO UPDATE SET {', '.join(f'{c} = {v}' for c, v in added.items())}"
+    )
 
 
 class ConversationRead(models.Model):

@@ -243,8 +243,15 @@ def path_history(conversation: Conversation, *, leaf_id: int | None = None, incl
 
 
 def _rows(ids: list[int]) -> list[Message]:
-    rows = Message.objects.filter(pk__in=ids).exclude(status=Message.Status.STREAMING)
-    by_id = {m.pk: m for m in rows.only("id", "role", "content", "output_tokens")}
+    """The messages `ids` that are not streaming, in that order, each knowing whether it has files
+    (`has_files`): `attachment_refs` then reads files only when some have them."""
+    rows = (
+        Message.objects.filter(pk__in=ids)
+        .exclude(status=Message.Status.STREAMING)
+        .only("id", "role", "content", "output_tokens")
+        .annotate(has_files=Exists(Attachment.objects.filter(message_id=OuterRef("pk"))))
+    )
+    by_id = {m.pk: m for m in rows}
     return [by_id[i] for i in ids if i in by_id]
 
 
@@ -263,7 +270,8 @@ def attachment_refs(messages: list[Message]) -> dict[int, tuple[AttachmentRef, .
 def attachments_by_message(messages: list[Message]) -> dict[int, list[Attachment]]:
     """The files of these messages, by message id, in the order they were attached: one query."""
     found: dict[int, list[Attachment]] = {}
-    ids = [m.pk for m in messages if m.role == Message.Role.USER]
+    # Messages read by `_rows` say whether they have files; others may.
+    ids = [m.pk for m in messages if m.role == Message.Role.USER and getattr(m, "has_files", True)]
     if ids:
         for a in Attachment.objects.filter(message_id__in=ids).order_by("position", "created_at", "id"):
             found.setdefault(a.message_id or 0, []).append(a)

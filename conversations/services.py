@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import uuid
 from dataclasses import dataclass
 from decimal import Decimal
@@ -11,7 +12,7 @@ from typing import TYPE_CHECKING
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import IntegrityError, connection, models, transaction
-from django.db.models import Case, Exists, F, OuterRef, Q, Value, When
+from django.db.models import Exists, OuterRef, Q
 from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
@@ -19,7 +20,7 @@ from . import limits, pricing
 from .attachment import model_takes
 from .context import attachment_tokens, estimate_tokens
 from .llm.base import Usage
-from .models import Attachment, Conversation, Message, Persona, UsageRecord, UserQuota
+from .models import Attachment, Conversation, Message, Persona, UsageRecord, UserQuota, quoted
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser
@@ -330,6 +331,40 @@ def _parent_for_send(conv: Conversation, parent_id: int | None | str, edit_of: i
     return int(parent_id)
 
 
+@functools.cache
+def _send_found_sql() -> str:
+    """A send's read of its thread: the message with its `client_id` (a resend), a streaming reply, and
+    the first messages (the versions a new first message joins), in one query. Plain SQL (params: the
+    thread's id and the client id, as stored): the ORM's three-way OR cost more to compile than to run."""
+    m = Message
+    columns = ", ".join(quoted(m, f.attname) for f in m._meta.concrete_fields)
+    return (
+        f"SELECT {columns} FROM {connection.ops.quote_name(m._meta.db_table)}"  # noqa: S608 - names from the model
+        f" WHERE {quoted(m, 'conversation')} = %s AND ({quoted(m, 'client_id')} = %s"
+        f" OR {quoted(m, 'status')} = '{Message.Status.STREAMING}' OR {quoted(m, 'parent')} IS NULL)"
+        f" ORDER BY {quoted(m, 'pk')}"
+    )
+
+
+def _link(message_id: int, reply_id: int, parent_id: int | None) -> None:
+    """Point a send's new reply at its new message, the message at the reply, and (`parent_id`, when the
+    message continues the active path) the parent at the message: one UPDATE. `bulk_create` cannot link
+    rows of the same INSERT. Plain SQL: the ORM's `Case`/`When` form cost 2 ms a send to compile."""
+    parent, child, pk = quoted(Message, "parent"), quoted(Message, "active_child"), quoted(Message, "pk")
+    children = f"WHEN {pk} = %s THEN %s " * (2 if parent_id is not None else 1)
+    ids = [message_id, reply_id] + ([parent_id] if parent_id is not None else [])
+    params: list[int] = [reply_id, message_id, message_id, reply_id]
+    if parent_id is not None:
+        params += [parent_id, message_id]
+    sql = (
+        f"UPDATE {connection.ops.quote_name(Message._meta.db_table)}"  # noqa: S608 - names from the model
+        f" SET {parent} = CASE WHEN {pk} = %s THEN %s ELSE {parent} END,"
+        f" {child} = CASE {children}ELSE {child} END WHERE {pk} IN ({', '.join(['%s'] * len(ids))})"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params + ids)
+
+
 def message_send(
     *,
     conversation: Conversation,
@@ -357,9 +392,13 @@ def message_send(
             # The resend, the reply in progress and the first messages (the versions a new first
             # message joins), in one query.
             found = list(
-                Message.objects.filter(conversation=conv)
-                .filter(Q(client_id=client_id) | Q(status=Message.Status.STREAMING) | Q(parent__isnull=True))
-                .order_by("id")
+                Message.objects.raw(
+                    _send_found_sql(),
+                    [
+                        Message._meta.get_field("conversation").get_db_prep_value(conv.pk, connection),
+                        Message._meta.get_field("client_id").get_db_prep_value(client_id, connection),
+                    ],
+                )
             )
             existing = next((m for m in found if m.client_id == client_id), None)
             if existing:
@@ -393,14 +432,7 @@ def message_send(
             reply.parent_id = message.pk
             message.active_child_id = reply.pk
             continues = follows_leaf and parent is not None
-            link = Message._meta.pk
-            links = [When(pk=message.pk, then=Value(reply.pk))]
-            if continues:
-                links.append(When(pk=parent, then=Value(message.pk)))
-            Message.objects.filter(pk__in=[message.pk, reply.pk, *([parent] if continues else [])]).update(
-                parent_id=Case(When(pk=reply.pk, then=Value(message.pk)), default=F("parent_id"), output_field=link),
-                active_child_id=Case(*links, default=F("active_child_id"), output_field=link),
-            )
+            _link(message.pk, reply.pk, parent if continues else None)
             fields = ["updated_at"]
             if continues or parent is None:
                 # The path ends at the new reply: after the active leaf, or from a new first message
@@ -512,53 +544,70 @@ def reply_finish(
     estimated_output_tokens: int = 0,
     error_code: str = "",
     quota_tokens: int = 0,
+    model: str | None = None,
+    conversation_id: uuid.UUID | None = None,
 ) -> Message | None:
     """Close a streaming reply with its whole text, usage and cost; None if something else closed it first.
 
     The cost is priced from the registry now (a later price change does not rewrite it); estimates
     stand in for counts the provider did not report (a stopped reply, say), in usage and quota alike.
+    `model` and `conversation_id` (the reply's, which its generation knows) save a read of its row.
+
+    One UPDATE closes the row only while it is still `streaming` (so two closers cannot both record
+    it), and the usage record takes the thread's owner and persona in its INSERT: four statements in
+    the transaction, where reading the row, locked, and saving it were five (docs/performance.md).
     """
-    with transaction.atomic():
-        reply = (
-            Message.objects.select_for_update(of=("self",))
-            .select_related("conversation")
-            .filter(pk=reply_id, status=Message.Status.STREAMING)
-            .first()
-        )
-        if reply is None:
+    if model is None or conversation_id is None:
+        known = Message.objects.filter(pk=reply_id).values_list("model", "conversation_id").first()
+        if known is None:
             return None
-        counted = Usage(
-            input_tokens if input_tokens is not None else estimated_input_tokens,
-            output_tokens if output_tokens is not None else estimated_output_tokens,
-            cached_input_tokens,
-            cache_write_tokens,
+        model, conversation_id = known
+    counted = Usage(
+        input_tokens if input_tokens is not None else estimated_input_tokens,
+        output_tokens if output_tokens is not None else estimated_output_tokens,
+        cached_input_tokens,
+        cache_write_tokens,
+    )
+    # Priced before the transaction: on SQLite it holds the database's one write lock.
+    cost = pricing.cost_of(model, counted)
+    closed = Message(
+        pk=reply_id,
+        conversation_id=conversation_id,
+        model=model,
+        content=content,
+        status=status,
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        cached_input_tokens=cached_input_tokens,
+        cache_write_tokens=cache_write_tokens,
+        cost=cost,
+        error_code=error_code,
+        updated_at=timezone.now(),
+    )
+    written = ("content", "status", "input_tokens", "output_tokens", "cached_input_tokens", "cache_write_tokens",
+               "cost", "error_code", "updated_at")  # fmt: skip
+    with transaction.atomic():
+        if not Message.objects.filter(pk=reply_id, status=Message.Status.STREAMING).update(
+            **{name: getattr(closed, name) for name in written}
+        ):
+            return None
+        UsageRecord.store_for_conversation(
+            conversation_id,
+            message_id=reply_id,
+            model=model,
+            kind=UsageRecord.Kind.REPLY,
+            input_tokens=counted.input_tokens or 0,
+            cached_input_tokens=counted.cached_input_tokens or 0,
+            cache_write_tokens=counted.cache_write_tokens or 0,
+            output_tokens=counted.output_tokens or 0,
+            estimated=input_tokens is None or output_tokens is None,
+            cost=cost,
         )
-        reply.content = content
-        reply.status = status
-        reply.input_tokens = input_tokens
-        reply.output_tokens = output_tokens
-        reply.cached_input_tokens = cached_input_tokens
-        reply.cache_write_tokens = cache_write_tokens
-        reply.cost = pricing.cost_of(reply.model, counted)
-        reply.error_code = error_code
-        reply.save(
-            update_fields=[
-                "content",
-                "status",
-                "input_tokens",
-                "output_tokens",
-                "cached_input_tokens",
-                "cache_write_tokens",
-                "cost",
-                "error_code",
-                "updated_at",
-            ]
-        )
-        conversation = reply.conversation
-        _record(conversation, reply.model, UsageRecord.Kind.REPLY, counted, reply.cost, message=reply,
-                estimated=input_tokens is None or output_tokens is None)  # fmt: skip
-    limits.record_usage(owner_id or conversation.owner_id, quota_tokens or counted_total(counted))
-    return reply
+    if owner_id is None:
+        owner_id = Conversation.objects.filter(pk=conversation_id).values_list("owner_id", flat=True).first()
+    if owner_id is not None:
+        limits.record_usage(owner_id, quota_tokens or counted_total(counted))
+    return closed
 
 
 def counted_total(usage: Usage) -> int:

@@ -7,6 +7,7 @@ session auth hash), when it connects and on every `send` and `regenerate`.
 
 from __future__ import annotations
 
+import functools
 import logging
 import uuid
 from collections.abc import Mapping
@@ -17,8 +18,13 @@ from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY, get_user_model, load_backend
-from django.db import transaction
+from django.contrib.auth.backends import ModelBackend
+from django.contrib.sessions.backends.db import SessionStore
+from django.contrib.sessions.models import Session
+from django.core.exceptions import ValidationError
+from django.db import connection, transaction
 from django.http.cookie import parse_cookie
+from django.utils import timezone
 from django.utils.crypto import constant_time_compare
 
 if TYPE_CHECKING:
@@ -60,9 +66,75 @@ def session_user(session_key: str | None) -> AbstractBaseUser | None:
 
 
 def signed_in(session_key: str | None, user_id: int) -> bool:
-    """Whether the session still signs in this user (a database read)."""
+    """Whether the session still signs in this user: what `session_user` finds, in one read where the
+    sessions are in the database (`_signed_in_one_read`), else as `session_user` finds it."""
+    if not session_key:
+        return False
+    fast = _signed_in_one_read(session_key, user_id)
+    if fast is not None:
+        return fast
     user = session_user(session_key)
     return user is not None and user.pk == user_id
+
+
+def _signed_in_one_read(session_key: str, user_id: int) -> bool | None:
+    """`signed_in` for sessions in the database and a backend that finds users as ModelBackend does (an
+    active user by id): the session's row and the user's password and active flag in one query, where
+    `session_user` reads them in two (every `send` checks: docs/performance.md). None where that does
+    not hold, for `session_user` to answer."""
+    if settings.SESSION_ENGINE != "django.contrib.sessions.backends.db":
+        return None
+    sql = _session_and_user_sql()
+    if sql is None:
+        return None
+    now = Session._meta.get_field("expire_date").get_db_prep_value(timezone.now(), connection)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [user_id, session_key, now])
+        row = cursor.fetchone()
+    if row is None:
+        return False  # no such session, or it expired
+    data, password, is_active = row
+    session = SessionStore().decode(data)
+    backend = session.get(BACKEND_SESSION_KEY)
+    if backend not in settings.AUTHENTICATION_BACKENDS:
+        return False
+    found = type(load_backend(backend))
+    if not (
+        issubclass(found, ModelBackend)
+        and found.get_user is ModelBackend.get_user
+        and found.user_can_authenticate is ModelBackend.user_can_authenticate
+    ):
+        return None
+    User = get_user_model()
+    try:
+        if User._meta.pk.to_python(session.get(SESSION_KEY)) != user_id:
+            return False
+    except ValidationError:
+        return False
+    if password is None or not is_active:
+        return False  # deleted or deactivated
+    session_hash = session.get(HASH_SESSION_KEY)
+    user = User(pk=user_id, password=password)
+    return bool(session_hash) and constant_time_compare(str(session_hash), user.get_session_auth_hash())
+
+
+@functools.cache
+def _session_and_user_sql() -> str | None:
+    """`_signed_in_one_read`'s query (params: the user's id, the session key, now), or None for a user
+    model without a password."""
+    from .models import quoted
+
+    User = get_user_model()
+    names = {f.name for f in User._meta.concrete_fields}
+    if "password" not in names:
+        return None
+    qn = connection.ops.quote_name
+    active = f"u.{quoted(User, 'is_active')}" if "is_active" in names else "1"
+    return (
+        f"SELECT s.{quoted(Session, 'session_data')}, u.{quoted(User, 'password')}, {active}"  # noqa: S608 - names from the models
+        f" FROM {qn(Session._meta.db_table)} s LEFT JOIN {qn(User._meta.db_table)} u ON u.{quoted(User, 'pk')} = %s"
+        f" WHERE s.{quoted(Session, 'pk')} = %s AND s.{quoted(Session, 'expire_date')} > %s"
+    )
 
 
 def _publish(group: str, event: dict[str, Any]) -> None:

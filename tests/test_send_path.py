@@ -15,9 +15,10 @@ from attachments.services import attachment_upload
 from conversations import services
 from conversations.generation import prepare
 from conversations.generation import reply as generation_reply
-from conversations.generation.reply import _finish_row
+from conversations.generation.reply import Generation, _finish_row
 from conversations.history import build_for_reply
 from conversations.llm import Usage
+from conversations.models import DailyUsage, Message, UsageRecord
 from tests.conftest import open_socket
 from tests.factories import make_conversation, make_turns
 from tests.fakes.provider import Reply
@@ -42,8 +43,9 @@ def test_a_send_builds_the_request_its_reply_would_build_without_reading_the_rep
     assert (request, followups) == build_for_reply(sent.reply.pk)
     assert request.messages[-1] == {"role": "user", "content": "What is a heron?"}
     assert stop_asked is False
-    # The path, its summary, its turns, their files, the stop flag; the reply's row is not read back.
-    assert len(queries) == 5, [q["sql"] for q in queries.captured_queries]
+    # The path, its summary, its turns (each saying whether it has files: none here, so no read of
+    # files), the stop flag; the reply's row is not read back.
+    assert len(queries) == 4, [q["sql"] for q in queries.captured_queries]
     reply_table = sent.reply._meta.db_table
     assert not any(
         q["sql"].startswith(f'SELECT "{reply_table}"."id", "{reply_table}"."conversation_id"')
@@ -95,13 +97,34 @@ async def test_a_build_that_fails_with_the_send_is_done_again_by_the_reply(alice
     await ws.close()
 
 
-def test_a_reply_ends_in_one_transaction_without_savepoints(alice):
+def test_a_reply_ends_in_one_transaction_without_savepoints_or_reading_its_row(alice):
     conv = make_conversation(alice)
-    for _ in range(2):  # the second reply of the day updates the day's usage row
+    message_table = Message._meta.db_table
+    for _ in range(2):  # the first reply of the day inserts the day's usage row, the second adds to it
         sent = _send(conv)
+        generation = Generation(sent.reply, owner_id=alice.pk, siblings=())
         with CaptureQueriesContext(connection) as queries:
-            stored = _finish_row(sent.reply.pk, alice.pk, "Herons wade.", "complete", Usage(12, 3), "", 15, (12, 3))
-    assert stored is not None and stored.status == "complete"
-    sqls = [q["sql"] for q in queries.captured_queries]
-    assert not any("SAVEPOINT" in sql for sql in sqls), sqls
-    assert len(sqls) <= 7, sqls
+            stored = _finish_row(generation, "Herons wade.", "complete", Usage(12, 3), "", 15, (12, 3))
+        assert stored is not None and stored.status == "complete" and stored.output_tokens == 3
+        sqls = [q["sql"] for q in queries.captured_queries]
+        assert not any("SAVEPOINT" in sql for sql in sqls), sqls
+        # The price, then the row closed, the record and the day's row (BEGIN and COMMIT on SQLite).
+        assert len(sqls) <= 6, sqls
+        assert not any(sql.startswith("SELECT") and f'FROM "{message_table}"' in sql for sql in sqls), sqls
+    assert Message.objects.get(pk=sent.reply.pk).status == "complete"
+    day = DailyUsage.objects.get(user=alice)
+    assert (day.calls, day.input_tokens, day.output_tokens) == (2, 24, 6)
+    assert UsageRecord.objects.filter(user=alice, conversation=conv, persona=conv.persona).count() == 2
+
+
+def test_a_reply_closed_by_someone_else_is_not_recorded_again(alice):
+    conv = make_conversation(alice)
+    sent = _send(conv)
+    generation = Generation(sent.reply, owner_id=alice.pk, siblings=())
+    assert _finish_row(generation, "Herons", "stopped", Usage(), "", 0, (5, 1)) is not None
+    assert _finish_row(generation, "Herons wade.", "complete", Usage(12, 3), "", 15, (12, 3)) is None
+    reply = Message.objects.get(pk=sent.reply.pk)
+    assert (reply.status, reply.content, reply.input_tokens) == ("stopped", "Herons", None)
+    record = UsageRecord.objects.get(message=reply)
+    assert (record.input_tokens, record.output_tokens, record.estimated) == (5, 1, True)
+    assert DailyUsage.objects.get(user=alice).calls == 1

@@ -186,3 +186,51 @@ async def test_logging_out_in_one_process_closes_the_socket_in_another(alice, li
     assert message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
     assert ws.c.ws.close_code == 4401
     await ws.close()
+
+
+def test_the_one_read_check_of_a_send_answers_as_the_sessions_user_does(alice, bob):
+    """`signed_in` (every send) reads the session and the user in one query; `session_user` (the
+    handshake) through Django's session store and auth backend. They must agree in every case."""
+    from django.contrib.auth import BACKEND_SESSION_KEY
+
+    from conversations import sockets
+
+    def both(key: str | None, user) -> tuple[bool | None, bool]:
+        found = sockets.session_user(key)
+        return sockets._signed_in_one_read(key, user.pk) if key else None, found is not None and found.pk == user.pk
+
+    key = session_cookie(alice)
+    assert both(key, alice) == (True, True)
+    assert both(key, bob) == (False, False)  # another user's session
+    assert both("no-such-session", alice) == (False, False)
+    assert sockets.signed_in(None, alice.pk) is False and sockets.signed_in("", alice.pk) is False
+
+    alice.set_password("a new password")  # the session's hash no longer matches
+    alice.save()
+    assert both(key, alice) == (False, False)
+    key = session_cookie(alice)
+    assert both(key, alice) == (True, True)
+
+    store = SessionStore(key)
+    store[BACKEND_SESSION_KEY] = "some.backend.no.longer.Used"
+    store.save()
+    assert both(key, alice) == (False, False)
+
+    key = session_cookie(alice)
+    type(alice).objects.filter(pk=alice.pk).update(is_active=False)
+    assert both(key, alice) == (False, False)
+    type(alice).objects.filter(pk=alice.pk).update(is_active=True)
+    assert both(key, alice) == (True, True)
+
+    store = SessionStore(key)
+    store.set_expiry(-1)  # expired
+    store.save()
+    assert both(key, alice) == (False, False)
+
+    key = session_cookie(alice)
+    SessionStore(key).delete()  # signed out
+    assert both(key, alice) == (False, False)
+
+    key = session_cookie(bob)
+    bob.delete()
+    assert sockets._signed_in_one_read(key, bob.pk) is False

@@ -46,8 +46,9 @@ def prepare(reply: Message) -> Prepared | None:
         return None
     try:
         request, followups = build_for(reply, files=False)
-        # A stop stored since the row was committed (from another process) calls no provider.
-        return request, followups, stop_requested(reply.pk)
+        # A stop stored since the row was committed (from another process) calls no provider. Read on
+        # the send's own connection: `stop_requested` first checks it, which on PostgreSQL is a round trip.
+        return request, followups, Message.objects.filter(pk=reply.pk, stop_requested=True).exists()
     except ReadsFiles:
         return None
     except Exception:
@@ -261,14 +262,18 @@ class Generation:
     async def _finish(self, status: str, error: ProviderError | None) -> None:
         text = self.text()
         usage = self.usage
-        estimates = (_estimate_input(self.request), estimate_tokens(text))
+        # Estimates stand in only for counts the provider did not give (a stopped reply, say): the
+        # request's is a pass over its whole history, on the event loop.
+        estimates = (
+            0 if usage.input_tokens else _estimate_input(self.request),
+            0 if usage.output_tokens else estimate_tokens(text),
+        )
         quota_tokens = (usage.input_tokens or estimates[0]) + (usage.output_tokens or estimates[1])
         stored = None
         for attempt in range(3):
             try:
                 stored = await sync_to_async(_finish_row, thread_sensitive=False)(
-                    self.reply_id,
-                    self.owner_id,
+                    self,
                     text,
                     status,
                     usage,
@@ -309,7 +314,7 @@ class Generation:
             )
         if stored is None:
             return  # deleted: nothing to summarize or title
-        reply_tokens = usage.output_tokens or estimate_tokens(text)
+        reply_tokens = usage.output_tokens or estimates[1]
         if status in (Message.Status.COMPLETE, Message.Status.STOPPED) and (
             self.followups is None or self.followups.may_need_work(reply_tokens)
         ):
@@ -332,8 +337,7 @@ def _build_request(reply_id: int) -> tuple[ChatRequest, Followups, bool]:
 
 
 def _finish_row(
-    reply_id: int,
-    owner_id: int | None,
+    generation: Generation,
     text: str,
     status: str,
     usage: Usage,
@@ -343,8 +347,10 @@ def _finish_row(
 ) -> Message | None:
     close_old_connections()
     return services.reply_finish(
-        reply_id=reply_id,
-        owner_id=owner_id,
+        reply_id=generation.reply_id,
+        owner_id=generation.owner_id,
+        model=generation.model,
+        conversation_id=generation.conversation_id,
         content=text,
         status=status,
         input_tokens=usage.input_tokens,
