@@ -7,13 +7,12 @@ import functools
 import uuid
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import IntegrityError, connection, models, transaction
 from django.db.models import Exists, OuterRef, Q
-from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
 from . import limits, pricing
@@ -174,42 +173,75 @@ def _open_reply(conversation: Conversation, model: str, *, parent_id: int) -> Me
 def _lock(conversation: Conversation) -> Conversation:
     """The conversation row, locked (PostgreSQL; SQLite's IMMEDIATE transactions lock the whole
     database), with its persona, whether its owner may use that persona and the owner's quota
-    override: every check of a send in one query."""
-    allowed, override = _send_checks()
-    try:
-        conv = (
-            Conversation.objects.select_for_update(of=("self",))
-            .select_related("persona")
-            .annotate(persona_allowed=allowed, quota_override=override)
-            .get(pk=conversation.pk)
-        )
-    except Conversation.DoesNotExist:  # deleted under an open socket
-        raise ChatError("not_found", "This conversation was deleted.") from None
-    conv.persona_allowed = bool(conv.persona_allowed)  # SQLite's 0/1
+    override: every check of a send in one query.
+
+    Plain SQL, the rows made into models as the ORM makes them (`from_db`): the same query through
+    the ORM (`select_for_update`, `select_related`, the checks as annotations) cost about 1.5 ms a
+    send to compile, and the two EXISTS and a subquery of the checks 4 ms more (docs/performance.md).
+    """
+    sql, conv_fields, persona_fields = _lock_sql()
+    pk = Conversation._meta.pk.get_db_prep_value(conversation.pk, connection)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [pk])
+        row = cursor.fetchone()
+    if row is None:  # deleted under an open socket
+        raise ChatError("not_found", "This conversation was deleted.")
+    n, m = len(conv_fields), len(persona_fields)
+    conv = _from_db(Conversation, conv_fields, row[:n])
+    persona = _from_db(Persona, persona_fields, row[n : n + m])
+    Conversation.persona.field.set_cached_value(conv, persona)
+    conv.persona_allowed = bool(row[n + m])  # SQLite's 0/1
+    conv.quota_override = row[n + m + 1]
     return conv
 
 
-def _send_checks() -> tuple[RawSQL, RawSQL]:
-    """(may the owner use the conversation's persona, the owner's quota override), as columns of the
-    conversation's own row: the lock and the checks of a send in one round trip.
+def _from_db(model: type[models.Model], fields: list[models.Field[Any, Any]], values: tuple[Any, ...]) -> Any:
+    """A model instance from its columns, converted as the ORM converts them (booleans and decimals
+    on SQLite, say)."""
+    converted = []
+    for (col, converters), value in zip(_converters(model, tuple(fields)), values, strict=True):
+        for convert in converters:
+            value = convert(value, col, connection)
+        converted.append(value)
+    return model.from_db(connection.alias, [f.attname for f in fields], converted)
 
-    Plain SQL: the same question through the ORM (two EXISTS and a subquery) cost 4 ms a send to
-    compile, more than everything else a send does (docs/performance.md).
-    """
-    groups = Persona.groups.through._meta.db_table
-    user_groups = get_user_model().groups.through._meta.db_table
-    quotas = UserQuota._meta.db_table
-    row = connection.ops.quote_name(Conversation._meta.db_table)
+
+@functools.cache
+def _converters(model: type[models.Model], fields: tuple[models.Field[Any, Any], ...]) -> list[tuple[Any, list[Any]]]:
+    """Per field: its column expression and the converters the ORM applies to its values."""
+    cols = [f.get_col(model._meta.db_table) for f in fields]
+    return [
+        (col, [*connection.ops.get_db_converters(col), *f.get_db_converters(connection)])
+        for f, col in zip(fields, cols, strict=True)
+    ]
+
+
+@functools.cache
+def _lock_sql() -> tuple[str, list[models.Field[Any, Any]], list[models.Field[Any, Any]]]:
+    """`_lock`'s query: the thread's columns, its persona's, then (may the owner use the persona, the
+    owner's quota override); and the fields of each model's columns, in order."""
+    qn = connection.ops.quote_name
+    conv_fields = list(Conversation._meta.concrete_fields)
+    persona_fields = list(Persona._meta.concrete_fields)
+    groups = qn(Persona.groups.through._meta.db_table)
+    user_groups = qn(get_user_model().groups.through._meta.db_table)
+    c, p = Conversation, Persona
+    persona_of, owner_of = f"c.{quoted(c, 'persona')}", f"c.{quoted(c, 'owner')}"
     allowed = (
-        f"NOT EXISTS (SELECT 1 FROM {groups} pg WHERE pg.persona_id = {row}.persona_id)"
+        f"NOT EXISTS (SELECT 1 FROM {groups} pg WHERE pg.persona_id = {persona_of})"
         f" OR EXISTS (SELECT 1 FROM {groups} pg JOIN {user_groups} ug ON ug.group_id = pg.group_id"
-        f" WHERE pg.persona_id = {row}.persona_id AND ug.user_id = {row}.owner_id)"
-    )  # table and column names from the models, no values
-    override = f"SELECT q.daily_token_quota FROM {quotas} q WHERE q.user_id = {row}.owner_id"  # noqa: S608
-    return (
-        RawSQL(allowed, (), output_field=models.BooleanField()),  # noqa: S611 - no user input in it
-        RawSQL(override, (), output_field=models.IntegerField()),  # noqa: S611
+        f" WHERE pg.persona_id = {persona_of} AND ug.user_id = {owner_of})"
     )
+    override = f"SELECT q.daily_token_quota FROM {qn(UserQuota._meta.db_table)} q WHERE q.user_id = {owner_of}"
+    columns = [f"c.{qn(str(f.column))}" for f in conv_fields] + [f"p.{qn(str(f.column))}" for f in persona_fields]
+    sql = (
+        f"SELECT {', '.join(columns)}, ({allowed}), ({override})"  # noqa: S608 - names from the models, no values
+        f" FROM {qn(c._meta.db_table)} c JOIN {qn(p._meta.db_table)} p ON p.{quoted(p, 'pk')} = {persona_of}"
+        f" WHERE c.{quoted(c, 'pk')} = %s"
+    )
+    if connection.features.has_select_for_update_of:
+        sql += " FOR UPDATE OF c"
+    return sql, conv_fields, persona_fields
 
 
 def _quota(conversation: Conversation) -> int:
