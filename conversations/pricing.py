@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
+from django.db import connection
 from django.db.models import Q, QuerySet
 
 from .llm.base import Usage
-from .models import ChatModel, Conversation, Message, Persona
+from .models import ChatModel, Conversation, Message, Persona, quoted
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser
@@ -36,12 +38,36 @@ def may_use(user_id: int | None, spec: str, *, listed_only: bool = False) -> boo
     A model not in the registry: only as a persona's own model (`listed_only=False`), so that
     setups from before the registry keep running.
     """
-    entry = ChatModel.objects.filter(name=spec).first()
-    if entry is None:
+    with connection.cursor() as cursor:
+        cursor.execute(_may_use_sql(), [user_id, spec])
+        row = cursor.fetchone()
+    if row is None:
         return not listed_only
-    if not entry.is_active:
-        return False
-    return not entry.groups.exists() or entry.groups.filter(user=user_id).exists()
+    is_active, has_groups, in_a_group = row
+    return bool(is_active) and (not has_groups or bool(in_a_group))
+
+
+@functools.cache
+def _may_use_sql() -> str:
+    """`may_use` in one query (every send asks): the model's active flag, whether it has groups, and
+    whether the user is in one. Params: the user's id, the model's name."""
+    from django.contrib.auth import get_user_model
+
+    qn = connection.ops.quote_name
+    groups = ChatModel.groups.through
+    model_of = qn(str(groups._meta.get_field("chatmodel").column))
+    group_of = qn(str(groups._meta.get_field("group").column))
+    members = get_user_model().groups.through
+    member_group = qn(str(members._meta.get_field("group").column))
+    member_user = qn(str(members._meta.get_field("user").column))
+    of_model = f"g.{model_of} = m.{quoted(ChatModel, 'pk')}"
+    return (
+        f"SELECT m.{quoted(ChatModel, 'is_active')},"  # noqa: S608 - names from the models
+        f" EXISTS (SELECT 1 FROM {qn(groups._meta.db_table)} g WHERE {of_model}),"
+        f" EXISTS (SELECT 1 FROM {qn(groups._meta.db_table)} g JOIN {qn(members._meta.db_table)} ug"
+        f" ON ug.{member_group} = g.{group_of} WHERE {of_model} AND ug.{member_user} = %s)"
+        f" FROM {qn(ChatModel._meta.db_table)} m WHERE m.{quoted(ChatModel, 'name')} = %s"
+    )
 
 
 def thread_model(conversation: Conversation, persona: Persona) -> str:
