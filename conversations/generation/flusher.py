@@ -5,16 +5,17 @@ so other processes can tell a live reply from an abandoned one); the same tick r
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import weakref
 from typing import TYPE_CHECKING
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import close_old_connections, transaction
+from django.db import close_old_connections, connection, transaction
 from django.utils import timezone
 
-from ..models import Message
+from ..models import Message, quoted
 from .registry import spawn
 
 if TYPE_CHECKING:
@@ -78,13 +79,12 @@ def _flush_rows(rows: list[tuple[int, str]], watched: list[int]) -> tuple[set[in
     """Write every reply's text in one transaction; then, of the `watched` replies, (the ids no longer
     streaming or gone, the ids someone asked to stop from any process)."""
     close_old_connections()
-    now = timezone.now()
     if rows:
-        with transaction.atomic():
-            for reply_id, text in rows:
-                Message.objects.filter(pk=reply_id, status=Message.Status.STREAMING).update(
-                    content=text, updated_at=now
-                )
+        now = Message._meta.get_field("updated_at").get_db_prep_value(timezone.now(), connection)
+        with transaction.atomic(), connection.cursor() as cursor:
+            # One statement for every row (psycopg pipelines `executemany`; SQLite loops in C): through
+            # the ORM each row was an UPDATE compiled anew, at N = 200 two hundred a second.
+            cursor.executemany(_flush_sql(), [(text, now, reply_id) for reply_id, text in rows])
     streaming = set()
     stop = set()
     for reply_id, stop_requested in Message.objects.filter(pk__in=watched, status=Message.Status.STREAMING).values_list(
@@ -100,3 +100,13 @@ def stop_requested(reply_id: int) -> bool:
     """Whether `stop` was asked for this reply from any process (the durable flag)."""
     close_old_connections()
     return Message.objects.filter(pk=reply_id, stop_requested=True).exists()
+
+
+@functools.cache
+def _flush_sql() -> str:
+    """A reply's text written while it still streams. Params: the text, now, the reply's id."""
+    return (
+        f"UPDATE {connection.ops.quote_name(Message._meta.db_table)}"  # noqa: S608 - names from the model
+        f" SET {quoted(Message, 'content')} = %s, {quoted(Message, 'updated_at')} = %s"
+        f" WHERE {quoted(Message, 'pk')} = %s AND {quoted(Message, 'status')} = '{Message.Status.STREAMING}'"
+    )
