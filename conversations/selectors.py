@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import re
 import uuid
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from django.db.models.functions import Greatest, Lower, StrIndex, Substr
 from django.http import Http404
 
 from .context import AttachmentRef, Turn
-from .models import Attachment, Conversation, Message, Persona, Summary
+from .models import Attachment, Conversation, Message, Persona, Summary, quoted
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
@@ -245,14 +246,25 @@ def path_history(conversation: Conversation, *, leaf_id: int | None = None, incl
 def _rows(ids: list[int]) -> list[Message]:
     """The messages `ids` that are not streaming, in that order, each knowing whether it has files
     (`has_files`): `attachment_refs` then reads files only when some have them."""
-    rows = (
-        Message.objects.filter(pk__in=ids)
-        .exclude(status=Message.Status.STREAMING)
-        .only("id", "role", "content", "output_tokens")
-        .annotate(has_files=Exists(Attachment.objects.filter(message_id=OuterRef("pk"))))
-    )
+    if not ids:
+        return []
+    rows = Message.objects.raw(_rows_sql(len(ids)), ids)
     by_id = {m.pk: m for m in rows}
     return [by_id[i] for i in ids if i in by_id]
+
+
+@functools.lru_cache(maxsize=64)
+def _rows_sql(n: int) -> str:
+    """`_rows`' query for `n` ids. Plain SQL: through the ORM, the `EXISTS` of files cost more to
+    compile than the query took to run, on every request built (docs/performance.md)."""
+    m, a, qn = Message, Attachment, connection.ops.quote_name
+    columns = ", ".join(f"m.{quoted(m, name)}" for name in ("pk", "role", "content", "output_tokens"))
+    has_files = f"EXISTS (SELECT 1 FROM {qn(a._meta.db_table)} a WHERE a.{quoted(a, 'message')} = m.{quoted(m, 'pk')})"
+    return (
+        f"SELECT {columns}, {has_files} AS has_files FROM {qn(m._meta.db_table)} m"  # noqa: S608 - names from the models
+        f" WHERE m.{quoted(m, 'pk')} IN ({', '.join(['%s'] * n)})"
+        f" AND m.{quoted(m, 'status')} <> '{Message.Status.STREAMING}'"
+    )
 
 
 def _turn(m: Message, files: tuple[AttachmentRef, ...] = (), provider: str = "") -> Turn | None:
