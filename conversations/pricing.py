@@ -55,11 +55,9 @@ def _may_use_sql() -> str:
 
     qn = connection.ops.quote_name
     groups = ChatModel.groups.through
-    model_of = qn(str(groups._meta.get_field("chatmodel").column))
-    group_of = qn(str(groups._meta.get_field("group").column))
     members = get_user_model().groups.through
-    member_group = qn(str(members._meta.get_field("group").column))
-    member_user = qn(str(members._meta.get_field("user").column))
+    model_of, group_of = quoted(groups, "chatmodel"), quoted(groups, "group")
+    member_group, member_user = quoted(members, "group"), quoted(members, "user")
     of_model = f"g.{model_of} = m.{quoted(ChatModel, 'pk')}"
     return (
         f"SELECT m.{quoted(ChatModel, 'is_active')},"  # noqa: S608 - names from the models

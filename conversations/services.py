@@ -402,7 +402,8 @@ def _update_columns(row: models.Model, names: list[str]) -> None:
     cost about 1 ms a send to compile. No signals are sent (nothing listens for these rows')."""
     meta = type(row)._meta
     fields = [meta.get_field(name) for name in names]
-    assert not any(getattr(f, "auto_now", False) for f in fields), "an auto_now field needs save()"
+    if any(getattr(f, "auto_now", False) for f in fields):
+        raise ValueError("An auto_now field is set by save(), not by _update_columns.")
     sql = (
         f"UPDATE {connection.ops.quote_name(meta.db_table)}"  # noqa: S608 - names from the model
         f" SET {', '.join(f'{quoted(type(row), name)} = %s' for name in names)} WHERE {quoted(type(row), 'pk')} = %s"

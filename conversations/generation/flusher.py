@@ -96,9 +96,12 @@ def _flush_rows(rows: list[tuple[int, str]], watched: list[int]) -> tuple[set[in
     return set(watched) - streaming, stop
 
 
-def stop_requested(reply_id: int) -> bool:
-    """Whether `stop` was asked for this reply from any process (the durable flag)."""
-    close_old_connections()
+def stop_requested(reply_id: int, *, fresh_connection: bool = True) -> bool:
+    """Whether `stop` was asked for this reply from any process (the durable flag). `fresh_connection`:
+    check the thread's connection first (a pool thread's may be stale); a caller already in a database
+    call passes False (on PostgreSQL the check is a `SELECT 1` round trip)."""
+    if fresh_connection:
+        close_old_connections()
     return Message.objects.filter(pk=reply_id, stop_requested=True).exists()
 
 

@@ -46,9 +46,8 @@ def prepare(reply: Message) -> Prepared | None:
         return None
     try:
         request, followups = build_for(reply, files=False)
-        # A stop stored since the row was committed (from another process) calls no provider. Read on
-        # the send's own connection: `stop_requested` first checks it, which on PostgreSQL is a round trip.
-        return request, followups, Message.objects.filter(pk=reply.pk, stop_requested=True).exists()
+        # A stop stored since the row was committed (from another process) calls no provider.
+        return request, followups, stop_requested(reply.pk, fresh_connection=False)
     except ReadsFiles:
         return None
     except Exception:
