@@ -12,6 +12,7 @@ the GIL (docs/performance.md). The CPU column is the steadier one on a shared ma
 from __future__ import annotations
 
 import argparse
+import cProfile
 import inspect
 import os
 import statistics
@@ -29,6 +30,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sends", type=int, default=200)
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--database-url", default="")
+    parser.add_argument("--show-queries", action="store_true", help="print the last send's and end's statements")
+    parser.add_argument("--profile", default="", help="cProfile the measured sends and ends, written to this path")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT))
     with tempfile.TemporaryDirectory() as tmp:
@@ -76,7 +79,10 @@ def main(argv: list[str] | None = None) -> None:
         wall: dict[str, list[float]] = {"send": [], "end": []}
         cpu: dict[str, list[float]] = {"send": [], "end": []}
         queries: dict[str, int] = {}
+        profiler = cProfile.Profile() if args.profile else None
         for i, conv in enumerate(threads):
+            if profiler and i == args.warmup:
+                profiler.enable()
             close_old_connections()
             with CaptureQueriesContext(connection) as sent_queries:
                 w0, c0 = time.perf_counter(), time.thread_time()
@@ -101,6 +107,13 @@ def main(argv: list[str] | None = None) -> None:
             cpu["end"].append((c3 - c2) * 1000)
             queries = {"send": len(sent_queries), "end": len(end_queries)}
 
+        if args.show_queries:
+            for step, captured in (("send", sent_queries), ("end", end_queries)):
+                for query in captured.captured_queries:
+                    print(f"{step}: {query['sql'][:160]}")
+        if profiler:
+            profiler.disable()
+            profiler.dump_stats(args.profile)
         print(f"{connection.vendor}, {args.sends} sends (medians):")
         print("| step | wall ms | CPU ms | queries |")
         print("|---|---:|---:|---:|")

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import functools
 from decimal import Decimal
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from django.db import connection
 from django.db.models import Q, QuerySet
 
 from .llm.base import Usage
-from .models import ChatModel, Conversation, Message, Persona, quoted
+from .models import ChatModel, Conversation, Message, Persona, from_row, quoted
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser
@@ -82,7 +82,7 @@ def cost_of(spec: str, usage: Usage, *, entry: ChatModel | None = None) -> Decim
     tokens written to the cache at `cache_write_price` (blank: `input_price`), output at `output_price`.
     """
     if entry is None:
-        entry = ChatModel.objects.filter(name=spec).first()
+        entry = _prices(spec)
     if entry is None:
         return Decimal(0)
     total_in = usage.input_tokens or 0
@@ -97,6 +97,27 @@ def cost_of(spec: str, usage: Usage, *, entry: ChatModel | None = None) -> Decim
         + (usage.output_tokens or 0) * entry.output_price
     ) / MILLION
     return dollars.quantize(COST_PLACES)
+
+
+def _prices(spec: str) -> ChatModel | None:
+    """The registry's entry for `spec` with only its prices (the rest deferred), or None."""
+    sql, fields = _prices_sql()
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [spec])
+        row = cursor.fetchone()
+    return from_row(ChatModel, fields, row) if row else None
+
+
+@functools.cache
+def _prices_sql() -> tuple[str, list[Any]]:
+    """`_prices`' query, plain: a reply's end read its model's row through the ORM in about 1 ms of compiling."""
+    names = ("id", "input_price", "cached_input_price", "cache_write_price", "output_price")
+    fields = [ChatModel._meta.get_field(name) for name in names]
+    sql = (
+        f"SELECT {', '.join(quoted(ChatModel, name) for name in names)}"  # noqa: S608 - names from the model
+        f" FROM {connection.ops.quote_name(ChatModel._meta.db_table)} WHERE {quoted(ChatModel, 'name')} = %s"
+    )
+    return sql, fields
 
 
 def cost_text(cost: Decimal | None) -> str | None:

@@ -7,7 +7,7 @@ import functools
 import re
 import uuid
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from django.contrib.postgres.search import SearchHeadline, SearchQuery, SearchVector
 from django.db import connection
@@ -17,7 +17,7 @@ from django.db.models.functions import Greatest, Lower, StrIndex, Substr
 from django.http import Http404
 
 from .context import AttachmentRef, Turn
-from .models import Attachment, Conversation, Message, Persona, Summary, quoted
+from .models import Attachment, Conversation, Message, Persona, Summary, from_row, quoted
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
@@ -206,12 +206,26 @@ def active_path(
 def summary_for_path(conversation_id: uuid.UUID, ids: list[int]) -> Summary | None:
     """The summary reaching furthest along this path (its `through` on the path), or None."""
     position = {pk: i for i, pk in enumerate(ids)}
-    best: Summary | None = None
-    for summary in Summary.objects.filter(conversation_id=conversation_id).only("id", "through_id", "text"):
-        at = position.get(summary.through_id)
-        if at is not None and (best is None or at > position[best.through_id]):
-            best = summary
-    return best
+    best: tuple[int, tuple[object, ...]] | None = None
+    sql, fields = _summaries_sql()
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [Summary._meta.get_field("conversation").get_db_prep_value(conversation_id, connection)])
+        for row in cursor.fetchall():  # (id, through_id, text)
+            at = position.get(row[1])
+            if at is not None and (best is None or at > best[0]):
+                best = (at, row)
+    return from_row(Summary, fields, best[1]) if best else None
+
+
+@functools.cache
+def _summaries_sql() -> tuple[str, list[Any]]:
+    """A thread's summaries (id, through, text), plain: the ORM's compile cost more than the query."""
+    fields = [Summary._meta.get_field(name) for name in ("id", "through", "text")]
+    sql = (
+        f"SELECT {', '.join(quoted(Summary, f.name) for f in fields)}"  # noqa: S608 - names from the model
+        f" FROM {connection.ops.quote_name(Summary._meta.db_table)} WHERE {quoted(Summary, 'conversation')} = %s"
+    )
+    return sql, fields
 
 
 @dataclass
@@ -235,12 +249,34 @@ class PathHistory:
 
 def path_history(conversation: Conversation, *, leaf_id: int | None = None, include_leaf: bool = True) -> PathHistory:
     """The path from the root to `leaf_id` (default: the active leaf), without the leaf itself when
-    `include_leaf` is false, with the summary it may use: two queries."""
+    `include_leaf` is false, with the summary it may use: one query."""
     leaf = conversation.active_leaf_id if leaf_id is None else leaf_id
-    ids = path_ids(conversation.pk, leaf)
+    if leaf is None:
+        return PathHistory(conversation.pk, [], None)
+    sql, fields = _path_summaries_sql()
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [leaf, _db_id(conversation.pk)])
+        rows = cursor.fetchall()  # (id, its summary's id, that summary's text), root first
     if not include_leaf:
-        ids = ids[:-1]
-    return PathHistory(conversation.pk, ids, summary_for_path(conversation.pk, ids))
+        rows = rows[:-1]
+    # The summary reaching furthest along the path, as `summary_for_path` chooses.
+    best = next((row for row in reversed(rows) if row[1] is not None), None)
+    summary = from_row(Summary, fields, (best[1], best[0], best[2])) if best else None
+    return PathHistory(conversation.pk, [row[0] for row in rows], summary)
+
+
+@functools.cache
+def _path_summaries_sql() -> tuple[str, list[Any]]:
+    """`path_history`'s query: the path's ids, each with the summary through it (a summary's `through`
+    is one message, so at most one each). Params: the leaf, the thread's id as stored."""
+    s = Summary
+    fields = [s._meta.get_field(name) for name in ("id", "through", "text")]
+    sql = (
+        f"{_PATH_CTE} SELECT p.id, s.{quoted(s, 'pk')}, s.{quoted(s, 'text')} FROM path p"  # noqa: S608
+        f" LEFT JOIN {connection.ops.quote_name(s._meta.db_table)} s ON s.{quoted(s, 'through')} = p.id"
+        " ORDER BY p.depth DESC"
+    )
+    return sql, fields
 
 
 def _rows(ids: list[int]) -> list[Message]:

@@ -19,7 +19,7 @@ from . import limits, pricing
 from .attachment import model_takes
 from .context import attachment_tokens, estimate_tokens
 from .llm.base import Usage
-from .models import Attachment, Conversation, Message, Persona, UsageRecord, UserQuota, quoted
+from .models import Attachment, Conversation, Message, Persona, UsageRecord, UserQuota, from_row, insert_rows, quoted
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser
@@ -187,33 +187,12 @@ def _lock(conversation: Conversation) -> Conversation:
     if row is None:  # deleted under an open socket
         raise ChatError("not_found", "This conversation was deleted.")
     n, m = len(conv_fields), len(persona_fields)
-    conv = _from_db(Conversation, conv_fields, row[:n])
-    persona = _from_db(Persona, persona_fields, row[n : n + m])
+    conv = from_row(Conversation, conv_fields, row[:n])
+    persona = from_row(Persona, persona_fields, row[n : n + m])
     Conversation.persona.field.set_cached_value(conv, persona)
     conv.persona_allowed = bool(row[n + m])  # SQLite's 0/1
     conv.quota_override = row[n + m + 1]
     return conv
-
-
-def _from_db(model: type[models.Model], fields: list[models.Field[Any, Any]], values: tuple[Any, ...]) -> Any:
-    """A model instance from its columns, converted as the ORM converts them (booleans and decimals
-    on SQLite, say)."""
-    converted = []
-    for (col, converters), value in zip(_converters(model, tuple(fields)), values, strict=True):
-        for convert in converters:
-            value = convert(value, col, connection)
-        converted.append(value)
-    return model.from_db(connection.alias, [f.attname for f in fields], converted)
-
-
-@functools.cache
-def _converters(model: type[models.Model], fields: tuple[models.Field[Any, Any], ...]) -> list[tuple[Any, list[Any]]]:
-    """Per field: its column expression and the converters the ORM applies to its values."""
-    cols = [f.get_col(model._meta.db_table) for f in fields]
-    return [
-        (col, [*connection.ops.get_db_converters(col), *f.get_db_converters(connection)])
-        for f, col in zip(fields, cols, strict=True)
-    ]
 
 
 @functools.cache
@@ -380,8 +359,8 @@ def _send_found_sql() -> str:
 
 def _link(message_id: int, reply_id: int, parent_id: int | None) -> None:
     """Point a send's new reply at its new message, the message at the reply, and (`parent_id`, when the
-    message continues the active path) the parent at the message: one UPDATE. `bulk_create` cannot link
-    rows of the same INSERT. Plain SQL: the ORM's `Case`/`When` form cost 2 ms a send to compile."""
+    message continues the active path) the parent at the message: one UPDATE. One INSERT cannot link
+    its own rows. Plain SQL: the ORM's `Case`/`When` form cost 2 ms a send to compile."""
     parent, child, pk = quoted(Message, "parent"), quoted(Message, "active_child"), quoted(Message, "pk")
     children = f"WHEN {pk} = %s THEN %s " * (2 if parent_id is not None else 1)
     ids = [message_id, reply_id] + ([parent_id] if parent_id is not None else [])
@@ -462,20 +441,12 @@ def message_send(
             _check_limits(conv.owner_id, _quota(conv))
             follows_leaf = parent is not None and parent == conv.active_leaf_id
             # The message and its reply in one INSERT; the partial unique index turns a race into `busy`.
-            message, reply = Message.objects.bulk_create(
-                [
-                    Message(
-                        conversation=conv, parent_id=parent, role=Message.Role.USER, content=text, client_id=client_id
-                    ),
-                    Message(
-                        conversation=conv,
-                        role=Message.Role.ASSISTANT,
-                        status=Message.Status.STREAMING,
-                        model=spec,
-                    ),
-                ]
+            message = Message(
+                conversation=conv, parent_id=parent, role=Message.Role.USER, content=text, client_id=client_id
             )
-            # bulk_create cannot point the reply at a row of the same INSERT: link them now, and in
+            reply = Message(conversation=conv, role=Message.Role.ASSISTANT, status=Message.Status.STREAMING, model=spec)
+            insert_rows([message, reply])
+            # One INSERT cannot point the reply at a row of the same INSERT: link them now, and in
             # the common case (the new message continues the active path) its parent to it, in one UPDATE.
             reply.parent_id = message.pk
             message.active_child_id = reply.pk

@@ -43,9 +43,9 @@ def test_a_send_builds_the_request_its_reply_would_build_without_reading_the_rep
     assert (request, followups) == build_for_reply(sent.reply.pk)
     assert request.messages[-1] == {"role": "user", "content": "What is a heron?"}
     assert stop_asked is False
-    # The path, its summary, its turns (each saying whether it has files: none here, so no read of
-    # files), the stop flag; the reply's row is not read back.
-    assert len(queries) == 4, [q["sql"] for q in queries.captured_queries]
+    # The path with its summaries, its turns (each saying whether it has files: none here, so no read
+    # of files), the stop flag; the reply's row is not read back.
+    assert len(queries) == 3, [q["sql"] for q in queries.captured_queries]
     reply_table = sent.reply._meta.db_table
     assert not any(
         q["sql"].startswith(f'SELECT "{reply_table}"."id", "{reply_table}"."conversation_id"')
@@ -128,3 +128,54 @@ def test_a_reply_closed_by_someone_else_is_not_recorded_again(alice):
     record = UsageRecord.objects.get(message=reply)
     assert (record.input_tokens, record.output_tokens, record.estimated) == (5, 1, True)
     assert DailyUsage.objects.get(user=alice).calls == 1
+
+
+def test_a_sends_rows_are_stored_as_the_orm_stores_them(alice):
+    """The send's plain INSERT stores every column as `bulk_create` would (defaults, `auto_now_add`,
+    the thread's key), and gives each row its own key in order."""
+    conv = make_conversation(alice)
+    sent = _send(conv, "Where do herons nest?")
+    message, reply = (Message.objects.get(pk=sent.message.pk), Message.objects.get(pk=sent.reply.pk))
+    assert sent.message.pk < sent.reply.pk
+    assert (message.conversation_id, message.role, message.content, message.status) == (
+        conv.pk,
+        "user",
+        "Where do herons nest?",
+        "complete",
+    )
+    assert (reply.parent_id, message.active_child_id, reply.status, reply.content) == (
+        message.pk,
+        reply.pk,
+        "streaming",
+        "",
+    )
+    assert message.created_at == sent.message.created_at and message.created_at is not None
+    for field in Message._meta.concrete_fields:  # what the caller holds is what was stored
+        if field.attname not in ("active_child_id", "parent_id"):
+            assert getattr(sent.message, field.attname) == getattr(message, field.attname), field.name
+            assert getattr(sent.reply, field.attname) == getattr(reply, field.attname), field.name
+
+
+def test_a_row_read_in_any_order_of_its_columns_is_the_orms_row(alice):
+    from conversations.models import ChatModel, from_row
+    from conversations.pricing import _prices
+
+    entry = ChatModel.objects.create(
+        name="openai:heron-1", input_price="1.5", cached_input_price="0.25", output_price="6", cache_write_price=None
+    )
+    entry.refresh_from_db()
+    prices = _prices("openai:heron-1")
+    assert prices is not None and prices.pk == entry.pk
+    assert (prices.input_price, prices.cached_input_price, prices.output_price, prices.cache_write_price) == (
+        entry.input_price,
+        entry.cached_input_price,
+        entry.output_price,
+        None,
+    )
+    assert _prices("openai:not-listed") is None
+    names = ("output_price", "name", "id")  # not the model's order
+    with connection.cursor() as cursor:
+        columns = ", ".join(connection.ops.quote_name(n) for n in names)
+        cursor.execute(f"SELECT {columns} FROM {ChatModel._meta.db_table} WHERE id = %s", [entry.pk])  # noqa: S608
+        row = from_row(ChatModel, [ChatModel._meta.get_field(n) for n in names], cursor.fetchone())
+    assert (row.pk, row.name, row.output_price) == (entry.pk, "openai:heron-1", entry.output_price)

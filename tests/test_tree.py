@@ -335,3 +335,32 @@ async def test_the_path_frame_carries_the_summary_and_files_of_the_path_it_shows
     assert [m["id"] for m in path["messages"]] == [*turns[:6], late]
     assert path["summary"] == {"through_id": turns[3], "text": "SUMMARY OF 0-3"}
     await ws.close()
+
+
+def test_a_path_reads_its_ids_and_the_summary_reaching_furthest_along_it_in_one_query(alice):
+    conv = make_conversation(alice)
+    turns = make_turns(conv, 8)
+    early = Summary.objects.create(conversation=conv, through=turns[1], text="EARLY")
+    later = Summary.objects.create(conversation=conv, through=turns[5], text="LATER")
+    at_leaf = Summary.objects.create(conversation=conv, through=turns[7], text="AT THE LEAF")
+    # Another branch's summary (forked after turns[2]) is not on this path.
+    other = add_message(conv, "user", "other branch")
+    Message.objects.filter(pk=other.pk).update(parent_id=turns[2].pk)
+    Summary.objects.create(conversation=conv, through=other, text="OTHER BRANCH")
+    ids = [t.pk for t in turns]
+    with CaptureQueriesContext(connection) as queries:
+        history = selectors.path_history(conv, leaf_id=turns[7].pk)
+    assert len(queries) == 1
+    assert (history.ids, history.summary, history.summary_text) == (ids, at_leaf, "AT THE LEAF")
+    # Without the leaf, the summary through it is not this request's.
+    history = selectors.path_history(conv, leaf_id=turns[7].pk, include_leaf=False)
+    assert (history.ids, history.summary, history.summary_text) == (ids[:-1], later, "LATER")
+    assert history.summary.through_id == turns[5].pk
+    assert history.unsummarized() == ids[6:7]
+    assert selectors.path_history(conv, leaf_id=turns[4].pk).summary == early
+    assert selectors.path_history(conv, leaf_id=turns[0].pk).summary is None
+    assert selectors.path_history(conv, leaf_id=other.pk).ids == [*ids[:3], other.pk]
+    # The same choice as `summary_for_path`, which the summarizer uses.
+    for leaf in (turns[7].pk, turns[6].pk, other.pk):
+        history = selectors.path_history(conv, leaf_id=leaf)
+        assert history.summary == selectors.summary_for_path(conv.pk, history.ids)
