@@ -24,7 +24,7 @@ from .context import (
 from .llm import ChatRequest
 from .llm import split_model as _split_model
 from .models import Attachment, Message
-from .selectors import path_history, recent_turns
+from .selectors import PathHistory, path_history, recent_turns
 from .services import effective_persona
 
 # How many budgets of history a request reads to place its stable cut points.
@@ -54,22 +54,30 @@ class ReadsFiles(Exception):
     """The request would read files from the storage (see `build_for`'s `files`)."""
 
 
+def reply_path(reply: Message) -> PathHistory:
+    """The path above the reply only (a branch never sees another branch's messages or summary), with
+    the summary it may use and the reply's own stop flag: one query."""
+    return path_history(reply.conversation, leaf_id=reply.pk, include_leaf=False)
+
+
 def build_for_reply(reply_id: int) -> tuple[ChatRequest, Followups]:
     """The request for reply `reply_id`, and what its end may call for."""
     reply = Message.objects.select_related("conversation__persona").get(pk=reply_id)
     return build_for(reply)
 
 
-def build_for(reply: Message, *, files: bool = True) -> tuple[ChatRequest, Followups]:
+def build_for(
+    reply: Message, *, files: bool = True, history: PathHistory | None = None
+) -> tuple[ChatRequest, Followups]:
     """The request for `reply` (its `conversation` and the conversation's `persona` loaded, as the send
     that opened it has them), and what its end may call for. `files=False`: raise ReadsFiles rather
     than read an attachment from the storage (a send builds its request on the socket's one database
-    thread, where a storage read would hold every other socket's call back)."""
-    reply_id = reply.pk
+    thread, where a storage read would hold every other socket's call back). `history`: the reply's
+    `reply_path`, when the caller read it already."""
     conversation = reply.conversation
     persona = effective_persona(conversation)
-    # The path above the reply only: a branch never sees another branch's messages or summary.
-    history = path_history(conversation, leaf_id=reply_id, include_leaf=False)
+    if history is None:
+        history = reply_path(reply)
     system = system_text(persona.system_prompt, history.summary_text)
     budget = persona.budget_tokens()
     room = budget - estimate_tokens(system) - MESSAGE_OVERHEAD

@@ -31,26 +31,34 @@ def models_for_user(user: AbstractBaseUser | int) -> QuerySet[ChatModel]:
     )
 
 
-def may_use(user_id: int | None, spec: str, *, listed_only: bool = False) -> bool:
+def may_use(user_id: int | None, spec: str, *, listed_only: bool = False, known: UseRow | None | str = "") -> bool:
     """May the user talk to `provider:model`?
 
     A model in the registry: if it is active and the user is in one of its groups (or it has none).
     A model not in the registry: only as a persona's own model (`listed_only=False`), so that
-    setups from before the registry keep running.
+    setups from before the registry keep running. `known`: the answer row of `may_use_columns` for
+    `spec`, read already (None: not listed), so that no query is needed.
     """
-    with connection.cursor() as cursor:
-        cursor.execute(_may_use_sql(), [user_id, spec])
-        row = cursor.fetchone()
+    row: UseRow | None
+    if isinstance(known, str):
+        with connection.cursor() as cursor:
+            cursor.execute(_may_use_sql(), [user_id, spec])
+            row = cursor.fetchone()
+    else:
+        row = known
     if row is None:
         return not listed_only
     is_active, has_groups, in_a_group = row
     return bool(is_active) and (not has_groups or bool(in_a_group))
 
 
-@functools.cache
-def _may_use_sql() -> str:
-    """`may_use` in one query (every send asks): the model's active flag, whether it has groups, and
-    whether the user is in one. Params: the user's id, the model's name."""
+# `may_use_columns`' values for a listed model: active, has groups, the user is in one of them.
+UseRow = tuple[object, object, object]
+
+
+def may_use_columns(user: str) -> str:
+    """The three columns `may_use` decides by, for the registry's row aliased `m` and the user whose id
+    is the SQL expression `user` (a parameter, or a column of the caller's query)."""
     from django.contrib.auth import get_user_model
 
     qn = connection.ops.quote_name
@@ -60,11 +68,20 @@ def _may_use_sql() -> str:
     member_group, member_user = quoted(members, "group"), quoted(members, "user")
     of_model = f"g.{model_of} = m.{quoted(ChatModel, 'pk')}"
     return (
-        f"SELECT m.{quoted(ChatModel, 'is_active')},"  # noqa: S608 - names from the models
+        f"m.{quoted(ChatModel, 'is_active')},"
         f" EXISTS (SELECT 1 FROM {qn(groups._meta.db_table)} g WHERE {of_model}),"
         f" EXISTS (SELECT 1 FROM {qn(groups._meta.db_table)} g JOIN {qn(members._meta.db_table)} ug"
-        f" ON ug.{member_group} = g.{group_of} WHERE {of_model} AND ug.{member_user} = %s)"
-        f" FROM {qn(ChatModel._meta.db_table)} m WHERE m.{quoted(ChatModel, 'name')} = %s"
+        f" ON ug.{member_group} = g.{group_of} WHERE {of_model} AND ug.{member_user} = {user})"
+    )
+
+
+@functools.cache
+def _may_use_sql() -> str:
+    """`may_use` in one query (every send asks, unless its lock read the answer). Params: the user's
+    id, the model's name."""
+    return (
+        f"SELECT {may_use_columns('%s')}"  # noqa: S608 - names from the models
+        f" FROM {connection.ops.quote_name(ChatModel._meta.db_table)} m WHERE m.{quoted(ChatModel, 'name')} = %s"
     )
 
 

@@ -235,6 +235,9 @@ class PathHistory:
     conversation_id: uuid.UUID
     ids: list[int]
     summary: Summary | None
+    # Whether a stop was stored for the leaf the path was read from (read with the path, for a reply
+    # whose request is built from the path above it).
+    leaf_stop_requested: bool = False
 
     @property
     def summary_text(self) -> str:
@@ -256,23 +259,27 @@ def path_history(conversation: Conversation, *, leaf_id: int | None = None, incl
     sql, fields = _path_summaries_sql()
     with connection.cursor() as cursor:
         cursor.execute(sql, [leaf, _db_id(conversation.pk)])
-        rows = cursor.fetchall()  # (id, its summary's id, that summary's text), root first
+        rows = cursor.fetchall()  # (id, its summary's id, that summary's text, the leaf's stop flag), root first
+    stop = bool(rows[-1][3]) if rows else False
     if not include_leaf:
         rows = rows[:-1]
     # The summary reaching furthest along the path, as `summary_for_path` chooses.
     best = next((row for row in reversed(rows) if row[1] is not None), None)
     summary = from_row(Summary, fields, (best[1], best[0], best[2])) if best else None
-    return PathHistory(conversation.pk, [row[0] for row in rows], summary)
+    return PathHistory(conversation.pk, [row[0] for row in rows], summary, leaf_stop_requested=stop)
 
 
 @functools.cache
 def _path_summaries_sql() -> tuple[str, list[Any]]:
     """`path_history`'s query: the path's ids, each with the summary through it (a summary's `through`
-    is one message, so at most one each). Params: the leaf, the thread's id as stored."""
+    is one message, so at most one each), and on the leaf's row its stop flag. Params: the leaf, the
+    thread's id as stored."""
     s = Summary
     fields = [s._meta.get_field(name) for name in ("id", "through", "text")]
+    stop = f"(SELECT m.{quoted(Message, 'stop_requested')} FROM {_TABLE} m WHERE m.id = p.id)"
     sql = (
-        f"{_PATH_CTE} SELECT p.id, s.{quoted(s, 'pk')}, s.{quoted(s, 'text')} FROM path p"  # noqa: S608
+        f"{_PATH_CTE} SELECT p.id, s.{quoted(s, 'pk')}, s.{quoted(s, 'text')},"  # noqa: S608
+        f" CASE WHEN p.depth = 0 THEN {stop} END FROM path p"
         f" LEFT JOIN {connection.ops.quote_name(s._meta.db_table)} s ON s.{quoted(s, 'through')} = p.id"
         " ORDER BY p.depth DESC"
     )

@@ -19,7 +19,18 @@ from . import limits, pricing
 from .attachment import model_takes
 from .context import attachment_tokens, estimate_tokens
 from .llm.base import Usage
-from .models import Attachment, Conversation, Message, Persona, UsageRecord, UserQuota, from_row, insert_rows, quoted
+from .models import (
+    Attachment,
+    ChatModel,
+    Conversation,
+    Message,
+    Persona,
+    UsageRecord,
+    UserQuota,
+    from_row,
+    insert_rows,
+    quoted,
+)
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser
@@ -128,7 +139,10 @@ def _check_model(conversation: Conversation, chosen: object = None) -> str:
         spec = chosen
     else:
         spec = pricing.thread_model(conversation, persona)
-    if not pricing.may_use(conversation.owner_id, spec, listed_only=spec != persona.resolved_model()):
+    # The lock read the answer for the thread's own model, resolved as here: no query for it.
+    read_spec, known = getattr(conversation, "model_use", (None, None))
+    answer: pricing.UseRow | None | str = known if read_spec == spec else ""
+    if not pricing.may_use(conversation.owner_id, spec, listed_only=spec != persona.resolved_model(), known=answer):
         raise ChatError("invalid", f"The model {spec} is not available to you. Pick another model or persona.")
     return spec
 
@@ -182,7 +196,7 @@ def _lock(conversation: Conversation) -> Conversation:
     sql, conv_fields, persona_fields = _lock_sql()
     pk = Conversation._meta.pk.get_db_prep_value(conversation.pk, connection)
     with connection.cursor() as cursor:
-        cursor.execute(sql, [pk])
+        cursor.execute(sql, [settings.CHAT_DEFAULT_MODEL, settings.CHAT_DEFAULT_MODEL, pk])
         row = cursor.fetchone()
     if row is None:  # deleted under an open socket
         raise ChatError("not_found", "This conversation was deleted.")
@@ -192,13 +206,17 @@ def _lock(conversation: Conversation) -> Conversation:
     Conversation.persona.field.set_cached_value(conv, persona)
     conv.persona_allowed = bool(row[n + m])  # SQLite's 0/1
     conv.quota_override = row[n + m + 1]
+    # The thread's model as the query resolved it, and `may_use`'s answer row for it (None: not listed).
+    spec, listed, *use = row[n + m + 2 :]
+    conv.model_use = (spec, tuple(use) if listed else None)
     return conv
 
 
 @functools.cache
 def _lock_sql() -> tuple[str, list[models.Field[Any, Any]], list[models.Field[Any, Any]]]:
     """`_lock`'s query: the thread's columns, its persona's, then (may the owner use the persona, the
-    owner's quota override); and the fields of each model's columns, in order."""
+    owner's quota override, the thread's model, whether it is listed, `may_use`'s three columns for it);
+    and the fields of each model's columns, in order. Params: the default model twice, the thread's id."""
     qn = connection.ops.quote_name
     conv_fields = list(Conversation._meta.concrete_fields)
     persona_fields = list(Persona._meta.concrete_fields)
@@ -213,9 +231,17 @@ def _lock_sql() -> tuple[str, list[models.Field[Any, Any]], list[models.Field[An
     )
     override = f"SELECT q.daily_token_quota FROM {qn(UserQuota._meta.db_table)} q WHERE q.user_id = {owner_of}"
     columns = [f"c.{qn(str(f.column))}" for f in conv_fields] + [f"p.{qn(str(f.column))}" for f in persona_fields]
+    # The thread's model as `pricing.thread_model` resolves it (params: the default model, twice), and
+    # whether the owner may use it, as `pricing.may_use` answers: `_check_model` then needs no query.
+    spec = (
+        f"CASE WHEN c.{quoted(c, 'model')} <> '' AND p.{quoted(p, 'allow_model_choice')} THEN c.{quoted(c, 'model')}"
+        f" WHEN p.{quoted(p, 'model')} <> '' THEN p.{quoted(p, 'model')} ELSE %s END"
+    )
+    use = pricing.may_use_columns(owner_of)
     sql = (
-        f"SELECT {', '.join(columns)}, ({allowed}), ({override})"  # noqa: S608 - names from the models, no values
-        f" FROM {qn(c._meta.db_table)} c JOIN {qn(p._meta.db_table)} p ON p.{quoted(p, 'pk')} = {persona_of}"
+        f"SELECT {', '.join(columns)}, ({allowed}), ({override}), {spec}, m.{quoted(ChatModel, 'pk')} IS NOT NULL,"  # noqa: S608 - names from the models, no values
+        f" {use} FROM {qn(c._meta.db_table)} c JOIN {qn(p._meta.db_table)} p ON p.{quoted(p, 'pk')} = {persona_of}"
+        f" LEFT JOIN {qn(ChatModel._meta.db_table)} m ON m.{quoted(ChatModel, 'name')} = ({spec})"
         f" WHERE c.{quoted(c, 'pk')} = %s"
     )
     if connection.features.has_select_for_update_of:

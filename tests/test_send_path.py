@@ -43,9 +43,9 @@ def test_a_send_builds_the_request_its_reply_would_build_without_reading_the_rep
     assert (request, followups) == build_for_reply(sent.reply.pk)
     assert request.messages[-1] == {"role": "user", "content": "What is a heron?"}
     assert stop_asked is False
-    # The path with its summaries, its turns (each saying whether it has files: none here, so no read
-    # of files), the stop flag; the reply's row is not read back.
-    assert len(queries) == 3, [q["sql"] for q in queries.captured_queries]
+    # The path with its summaries and the reply's stop flag, its turns (each saying whether it has
+    # files: none here, so no read of files); the reply's row is not read back.
+    assert len(queries) == 2, [q["sql"] for q in queries.captured_queries]
     reply_table = sent.reply._meta.db_table
     assert not any(
         q["sql"].startswith(f'SELECT "{reply_table}"."id", "{reply_table}"."conversation_id"')
@@ -179,3 +179,40 @@ def test_a_row_read_in_any_order_of_its_columns_is_the_orms_row(alice):
         cursor.execute(f"SELECT {columns} FROM {ChatModel._meta.db_table} WHERE id = %s", [entry.pk])  # noqa: S608
         row = from_row(ChatModel, [ChatModel._meta.get_field(n) for n in names], cursor.fetchone())
     assert (row.pk, row.name, row.output_price) == (entry.pk, "openai:heron-1", entry.output_price)
+
+
+@pytest.mark.parametrize("persona_model", ["openai:gpt-open", "openai:gpt-secret", "openai:gpt-retired", "", "x:y"])
+@pytest.mark.parametrize("thread_model", ["", "openai:gpt-secret", "openai:gpt-unlisted"])
+@pytest.mark.parametrize("choice", [True, False])
+def test_the_locks_answer_on_the_threads_model_is_may_uses(alice, bob, settings, persona_model, thread_model, choice):
+    """The send asks the registry nothing beyond its lock: the lock resolves the thread's model as
+    `thread_model` does and answers as `may_use` does, for every kind of model and owner."""
+    from django.contrib.auth.models import Group
+
+    from conversations import pricing
+    from conversations.models import ChatModel
+    from tests.factories import make_persona
+
+    settings.CHAT_DEFAULT_MODEL = "openai:gpt-open"
+    insiders = Group.objects.create(name="insiders")
+    alice.groups.add(insiders)
+    ChatModel.objects.create(name="openai:gpt-open")
+    ChatModel.objects.create(name="openai:gpt-secret").groups.add(insiders)
+    ChatModel.objects.create(name="openai:gpt-retired", is_active=False)
+    persona = make_persona("picky", model=persona_model, allow_model_choice=choice)
+    for owner in (alice, bob):
+        conv = make_conversation(owner, persona, model=thread_model)
+        locked = services._lock(conv)
+        spec, known = locked.model_use
+        assert spec == pricing.thread_model(locked, persona)
+        for listed_only in (True, False):
+            assert pricing.may_use(owner.pk, spec, listed_only=listed_only, known=known) == pricing.may_use(
+                owner.pk, spec, listed_only=listed_only
+            ), (owner.username, spec, listed_only)
+    with CaptureQueriesContext(connection) as queries:
+        try:
+            _send(make_conversation(bob, persona, model=thread_model))
+        except services.ChatError as refused:
+            assert refused.code == "invalid"
+    table = ChatModel._meta.db_table
+    assert sum(table in q["sql"] for q in queries.captured_queries) == 1, [q["sql"] for q in queries.captured_queries]

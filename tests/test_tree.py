@@ -360,6 +360,13 @@ def test_a_path_reads_its_ids_and_the_summary_reaching_furthest_along_it_in_one_
     assert selectors.path_history(conv, leaf_id=turns[4].pk).summary == early
     assert selectors.path_history(conv, leaf_id=turns[0].pk).summary is None
     assert selectors.path_history(conv, leaf_id=other.pk).ids == [*ids[:3], other.pk]
+    # The leaf's stop flag comes with the path (a reply's build reads the path above it from the reply).
+    assert history.leaf_stop_requested is False
+    Message.objects.filter(pk=turns[7].pk).update(stop_requested=True)
+    for include_leaf in (True, False):
+        read = selectors.path_history(conv, leaf_id=turns[7].pk, include_leaf=include_leaf)
+        assert read.leaf_stop_requested is True and read.ids == ids[: 8 if include_leaf else 7]
+    assert selectors.path_history(conv, leaf_id=turns[6].pk).leaf_stop_requested is False
     # The same choice as `summary_for_path`, which the summarizer uses.
     for leaf in (turns[7].pk, turns[6].pk, other.pk):
         history = selectors.path_history(conv, leaf_id=leaf)

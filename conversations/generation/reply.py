@@ -15,7 +15,7 @@ from django.db import close_old_connections
 
 from .. import services, timing
 from ..context import estimate_tokens
-from ..history import Followups, ReadsFiles, build_for, build_for_reply, trimmed
+from ..history import Followups, ReadsFiles, build_for, build_for_reply, reply_path, trimmed
 from ..llm import ChatRequest, ProviderError, Usage, provider_for
 from ..llm.base import within_gap
 from ..models import Message
@@ -45,9 +45,11 @@ def prepare(reply: Message) -> Prepared | None:
     if not BUILD_IN_SEND:
         return None
     try:
-        request, followups = build_for(reply, files=False)
-        # A stop stored since the row was committed (from another process) calls no provider.
-        return request, followups, stop_requested(reply.pk, fresh_connection=False)
+        # The path comes with the reply's stop flag: a stop stored since the row was committed (from
+        # another process) calls no provider.
+        history = reply_path(reply)
+        request, followups = build_for(reply, files=False, history=history)
+        return request, followups, history.leaf_stop_requested
     except ReadsFiles:
         return None
     except Exception:
