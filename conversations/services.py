@@ -184,10 +184,12 @@ def _open_reply(conversation: Conversation, model: str, *, parent_id: int) -> Me
         raise ChatError("busy", BUSY) from exc
 
 
-def _lock(conversation: Conversation) -> Conversation:
+def _lock(conversation: Conversation, client_id: uuid.UUID | None = None) -> Conversation:
     """The conversation row, locked (PostgreSQL; SQLite's IMMEDIATE transactions lock the whole
     database), with its persona, whether its owner may use that persona and the owner's quota
-    override: every check of a send in one query.
+    override: every check of a send in one query. With them (`send_found`): the id of the message
+    stored with `client_id` (a resend), whether a reply is streaming, and how many first messages
+    the thread has (the versions a new first message joins).
 
     Plain SQL, the rows made into models as the ORM makes them (`from_db`): the same query through
     the ORM (`select_for_update`, `select_related`, the checks as annotations) cost about 1.5 ms a
@@ -196,7 +198,8 @@ def _lock(conversation: Conversation) -> Conversation:
     sql, conv_fields, persona_fields = _lock_sql()
     pk = Conversation._meta.pk.get_db_prep_value(conversation.pk, connection)
     with connection.cursor() as cursor:
-        cursor.execute(sql, [settings.CHAT_DEFAULT_MODEL, settings.CHAT_DEFAULT_MODEL, pk])
+        sent_id = Message._meta.get_field("client_id").get_db_prep_value(client_id, connection)
+        cursor.execute(sql, [settings.CHAT_DEFAULT_MODEL, sent_id, settings.CHAT_DEFAULT_MODEL, pk])
         row = cursor.fetchone()
     if row is None:  # deleted under an open socket
         raise ChatError("not_found", "This conversation was deleted.")
@@ -207,16 +210,19 @@ def _lock(conversation: Conversation) -> Conversation:
     conv.persona_allowed = bool(row[n + m])  # SQLite's 0/1
     conv.quota_override = row[n + m + 1]
     # The thread's model as the query resolved it, and `may_use`'s answer row for it (None: not listed).
-    spec, listed, *use = row[n + m + 2 :]
+    spec, listed, *use = row[n + m + 2 : n + m + 7]
     conv.model_use = (spec, tuple(use) if listed else None)
+    existing, streaming, roots = row[n + m + 7 :]
+    conv.send_found = (existing, bool(streaming), roots)
     return conv
 
 
 @functools.cache
 def _lock_sql() -> tuple[str, list[models.Field[Any, Any]], list[models.Field[Any, Any]]]:
     """`_lock`'s query: the thread's columns, its persona's, then (may the owner use the persona, the
-    owner's quota override, the thread's model, whether it is listed, `may_use`'s three columns for it);
-    and the fields of each model's columns, in order. Params: the default model twice, the thread's id."""
+    owner's quota override, the thread's model, whether it is listed, `may_use`'s three columns for it,
+    then the three of `send_found`); and the fields of each model's columns, in order. Params: the
+    default model, the client id, the default model, the thread's id."""
     qn = connection.ops.quote_name
     conv_fields = list(Conversation._meta.concrete_fields)
     persona_fields = list(Persona._meta.concrete_fields)
@@ -238,9 +244,18 @@ def _lock_sql() -> tuple[str, list[models.Field[Any, Any]], list[models.Field[An
         f" WHEN p.{quoted(p, 'model')} <> '' THEN p.{quoted(p, 'model')} ELSE %s END"
     )
     use = pricing.may_use_columns(owner_of)
+    # What a send looks for among the thread's messages (param: the client id), each by an index.
+    x = Message
+    of_thread = f"FROM {qn(x._meta.db_table)} x WHERE x.{quoted(x, 'conversation')} = c.{quoted(c, 'pk')}"
+    found = (
+        f"(SELECT MIN(x.{quoted(x, 'pk')}) {of_thread} AND x.{quoted(x, 'client_id')} = %s),"
+        f" EXISTS (SELECT 1 {of_thread} AND x.{quoted(x, 'status')} = '{x.Status.STREAMING}'),"
+        f" (SELECT COUNT(*) {of_thread} AND x.{quoted(x, 'parent')} IS NULL)"
+    )
     sql = (
         f"SELECT {', '.join(columns)}, ({allowed}), ({override}), {spec}, m.{quoted(ChatModel, 'pk')} IS NOT NULL,"  # noqa: S608 - names from the models, no values
-        f" {use} FROM {qn(c._meta.db_table)} c JOIN {qn(p._meta.db_table)} p ON p.{quoted(p, 'pk')} = {persona_of}"
+        f" {use}, {found} FROM {qn(c._meta.db_table)} c"
+        f" JOIN {qn(p._meta.db_table)} p ON p.{quoted(p, 'pk')} = {persona_of}"
         f" LEFT JOIN {qn(ChatModel._meta.db_table)} m ON m.{quoted(ChatModel, 'name')} = ({spec})"
         f" WHERE c.{quoted(c, 'pk')} = %s"
     )
@@ -368,21 +383,6 @@ def _parent_for_send(conv: Conversation, parent_id: int | None | str, edit_of: i
     return int(parent_id)
 
 
-@functools.cache
-def _send_found_sql() -> str:
-    """A send's read of its thread: the message with its `client_id` (a resend), a streaming reply, and
-    the first messages (the versions a new first message joins), in one query. Plain SQL (params: the
-    thread's id and the client id, as stored): the ORM's three-way OR cost more to compile than to run."""
-    m = Message
-    columns = ", ".join(quoted(m, f.attname) for f in m._meta.concrete_fields)
-    return (
-        f"SELECT {columns} FROM {connection.ops.quote_name(m._meta.db_table)}"  # noqa: S608 - names from the model
-        f" WHERE {quoted(m, 'conversation')} = %s AND ({quoted(m, 'client_id')} = %s"
-        f" OR {quoted(m, 'status')} = '{Message.Status.STREAMING}' OR {quoted(m, 'parent')} IS NULL)"
-        f" ORDER BY {quoted(m, 'pk')}"
-    )
-
-
 def _link(message_id: int, reply_id: int, parent_id: int | None) -> None:
     """Point a send's new reply at its new message, the message at the reply, and (`parent_id`, when the
     message continues the active path) the parent at the message: one UPDATE. One INSERT cannot link
@@ -441,26 +441,18 @@ def message_send(
     text = "" if ids and isinstance(content, str) and not content.strip() else clean_content(content)
     try:
         with transaction.atomic():
-            conv = _lock(conversation)
-            # The resend, the reply in progress and the first messages (the versions a new first
-            # message joins), in one query.
-            found = list(
-                Message.objects.raw(
-                    _send_found_sql(),
-                    [
-                        Message._meta.get_field("conversation").get_db_prep_value(conv.pk, connection),
-                        Message._meta.get_field("client_id").get_db_prep_value(client_id, connection),
-                    ],
-                )
-            )
-            existing = next((m for m in found if m.client_id == client_id), None)
-            if existing:
+            # The resend, the reply in progress and the count of first messages come with the lock.
+            conv = _lock(conversation, client_id)
+            existing_id, streaming, root_count = conv.send_found  # type: ignore[attr-defined]
+            if existing_id is not None:
+                existing = Message.objects.get(pk=existing_id)
                 existing.files = list(existing.attachments.all())  # type: ignore[attr-defined]
                 return Sent(existing, None, _children(conv, existing.parent_id))
-            if any(m.status == Message.Status.STREAMING for m in found):
+            if streaming:
                 raise ChatError("busy", BUSY)
-            roots = tuple(m.pk for m in found if m.parent_id is None)
             parent = _parent_for_send(conv, parent_id, edit_of)
+            # A new first message joins the first messages as their version (read only if any).
+            roots = _children(conv, None) if parent is None and root_count else ()
             _check_persona(conv)
             spec = _check_model(conv, model)
             files = _check_attachments(conv, ids, text, spec, parent)
@@ -501,10 +493,10 @@ def message_send(
             _update_columns(conv, fields)
     except IntegrityError:
         # Another send won a race: the same client_id (a resend) or a reply opened meanwhile.
-        existing = Message.objects.filter(conversation=conversation, client_id=client_id).first()
-        if existing:
-            existing.files = list(existing.attachments.all())  # type: ignore[attr-defined]
-            return Sent(existing, None, _children(conversation, existing.parent_id))
+        raced = Message.objects.filter(conversation=conversation, client_id=client_id).first()
+        if raced:
+            raced.files = list(raced.attachments.all())  # type: ignore[attr-defined]
+            return Sent(raced, None, _children(conversation, raced.parent_id))
         raise ChatError("busy", BUSY) from None
     return Sent(message, reply, siblings)
 
