@@ -17,7 +17,7 @@ import pytest
 from django.core.handlers.asgi import ASGIHandler
 
 from conversations.models import Attachment
-from tests.conftest import session_cookie
+from tests.conftest import session_cookie, sqlite_pass_only
 from tests.factories import make_conversation
 
 MB = 1024 * 1024
@@ -93,6 +93,7 @@ def post_through_asgi(path: str, cookie: str, field: str, size: int) -> tuple[in
     return status, content, peak
 
 
+@sqlite_pass_only
 @pytest.mark.django_db(transaction=True)
 def test_a_20_mb_upload_is_streamed_to_storage(alice, settings, tmp_path, capsys):
     settings.MEDIA_ROOT = tmp_path / "media"
@@ -119,6 +120,7 @@ def peak_rss_mib(pid: int) -> int:
     return int(line.split()[1]) // 1024
 
 
+@sqlite_pass_only
 @pytest.mark.slow
 @pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
 def test_daphne_does_not_hold_an_upload_in_memory(alice, live_server_factory, tmp_path):

@@ -14,6 +14,7 @@ from django.utils import timezone
 from playwright.async_api import expect
 
 from conversations.models import Conversation, Message, UserQuota
+from tests.conftest import sqlite_pass_only
 from tests.e2e.conftest import db, screenshot
 from tests.e2e.helpers import connected, send
 from tests.e2e.test_page import CODE_REPLY
@@ -84,6 +85,7 @@ def over_quota(user) -> None:
     UserQuota.objects.update_or_create(user=user, defaults={"daily_token_quota": 10})
 
 
+@sqlite_pass_only
 @pytest.mark.parametrize("dark", [False, True], ids=["light", "dark"])
 async def test_the_chat_page_with_history_has_no_serious_violations(web, alice, dark):
     theme = "dark" if dark else "light"
@@ -132,6 +134,7 @@ async def test_the_chat_page_with_history_has_no_serious_violations(web, alice, 
     assert not found, "\n".join(found)
 
 
+@sqlite_pass_only
 @pytest.mark.parametrize("dark", [False, True], ids=["light", "dark"])
 async def test_the_other_pages_have_no_serious_violations(web, alice, dark):
     theme = "dark" if dark else "light"

@@ -10,6 +10,7 @@ import pytest
 from playwright.async_api import expect
 
 from accounts.models import Profile
+from tests.conftest import sqlite_pass_only
 from tests.e2e.conftest import db, screenshot
 from tests.e2e.test_page import CODE_REPLY, open_menu, thread_with
 
@@ -135,6 +136,7 @@ async def test_a_thread_exports_from_its_menu_and_an_export_imports_on_the_setti
     web.errors[:] = [e for e in web.errors if "400" not in e]  # the refused upload's own status
 
 
+@sqlite_pass_only
 @pytest.mark.parametrize("theme", ["light", "dark"])
 async def test_the_new_pages_have_no_serious_axe_violations(web, alice, theme):
     from accounts.models import ImportJob
