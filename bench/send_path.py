@@ -14,15 +14,11 @@ from __future__ import annotations
 import argparse
 import cProfile
 import inspect
-import os
 import statistics
-import sys
-import tempfile
 import time
 import uuid
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from .scratch import scratch_site
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -33,21 +29,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--show-queries", action="store_true", help="print the last send's and end's statements")
     parser.add_argument("--profile", default="", help="cProfile the measured sends and ends, written to this path")
     args = parser.parse_args(argv)
-    sys.path.insert(0, str(ROOT))
-    with tempfile.TemporaryDirectory() as tmp:
-        os.environ.update(
-            {
-                "DJANGO_SETTINGS_MODULE": "chatsite.settings",
-                "DATABASE_URL": args.database_url or f"sqlite:///{tmp}/send.sqlite3",
-                "LOG_LEVEL": "WARNING",
-                "CHAT_RATE_LIMIT": "1000000/m",
-            }
-        )
-        os.environ.pop("REDIS_URL", None)
-        import django
-        from django.core.management import call_command
-
-        django.setup()
+    with scratch_site(args.database_url, "send.sqlite3", CHAT_RATE_LIMIT="1000000/m"):
         from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
         from django.contrib.sessions.backends.db import SessionStore
         from django.db import close_old_connections, connection
@@ -60,7 +42,6 @@ def main(argv: list[str] | None = None) -> None:
         from conversations.models import Conversation, Persona
         from tests.factories import make_turns, make_user
 
-        call_command("migrate", verbosity=0)
         takes_generation = next(iter(inspect.signature(_finish_row).parameters)) == "generation"
         user = make_user(f"send-{uuid.uuid4().hex[:8]}")
         store = SessionStore()
@@ -93,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
                 w1, c1 = time.perf_counter(), time.thread_time()
             close_old_connections()
             # Before 2026-12-03 `_finish_row` took the reply's id and owner, not its generation: this
-            # file, copied into a worktree of an older commit, measures that commit as well.
+            # file (with scratch.py), copied into a worktree of an older commit, measures that commit as well.
             first = Generation(sent.reply, owner_id=user.pk, siblings=()) if takes_generation else sent.reply.pk
             rest = () if takes_generation else (user.pk,)
             with CaptureQueriesContext(connection) as end_queries:

@@ -21,10 +21,11 @@ import random
 import re
 import statistics
 import sys
-import tempfile
 import time
 from decimal import Decimal
 from pathlib import Path
+
+from .scratch import scratch_site
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = [
@@ -169,28 +170,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--database-url", default="")
     parser.add_argument("--write", action="store_true")
     args = parser.parse_args(argv)
-    sys.path.insert(0, str(ROOT))
-    with tempfile.TemporaryDirectory() as tmp:
-        os.environ.update(
-            {
-                "DJANGO_SETTINGS_MODULE": "chatsite.settings",
-                "DATABASE_URL": args.database_url or f"sqlite:///{tmp}/usage.sqlite3",
-                "LOG_LEVEL": "WARNING",
-                "ALLOWED_HOSTS": "testserver,localhost",
-            }
-        )
-        os.environ.pop("REDIS_URL", None)
-        import django
-        from django.core.management import call_command
-
-        django.setup()
+    with scratch_site(args.database_url, "usage.sqlite3", ALLOWED_HOSTS="testserver,localhost"):
+        import django.utils.timezone
         from django.conf import settings
         from django.db import connection
         from django.test import Client
 
         from tests.factories import make_user
 
-        call_command("migrate", verbosity=0)
         started = time.perf_counter()
         rows = seed(args.users, args.days, args.calls, random.Random(11), even=args.even)
         seeded = time.perf_counter() - started

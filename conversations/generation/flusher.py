@@ -96,12 +96,11 @@ def _flush_rows(rows: list[tuple[int, str]], watched: list[int]) -> tuple[set[in
     return set(watched) - streaming, stop
 
 
-def stop_requested(reply_id: int, *, fresh_connection: bool = True) -> bool:
-    """Whether `stop` was asked for this reply from any process (the durable flag). `fresh_connection`:
-    check the thread's connection first (a pool thread's may be stale); a caller already in a database
-    call passes False (on PostgreSQL the check is a `SELECT 1` round trip)."""
-    if fresh_connection:
-        close_old_connections()
+def stop_requested(reply_id: int) -> bool:
+    """Whether `stop` was asked for this reply from any process (the durable flag). The caller has
+    checked its thread's connection (`close_old_connections`) at the start of its database call: doing
+    it again here would cost PostgreSQL a second health check's `SELECT 1`. (A send's build reads the
+    flag with its path instead: `selectors.PathHistory.leaf_stop_requested`.)"""
     with connection.cursor() as cursor:
         cursor.execute(_stop_sql(), [reply_id])
         return cursor.fetchone() is not None
