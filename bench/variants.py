@@ -6,6 +6,8 @@
 - `cleanup-hop`: ChatConsumer dispatches every event through Channels' DB-connection cleanup hop;
 - `frame-cleanup-hop`: only the socket's own frames (connect, receive, disconnect) go through it, as
   before a burst of sends was found waiting there (conversations/consumers.py, `frame_cleanup_hop`);
+- `channels-dispatch`: the socket's loop over its two sources is Channels' `await_many_dispatch` (a new
+  task and an `asyncio.wait` per message), not `consumers.dispatch_many` (one task per source);
 - `sdk-parse`: the openai adapter reads the SDK's parsed stream (a pydantic model per chunk);
 - `httpx-transport`: the SDK's default httpx2 transport instead of its aiohttp one;
 - `sdk-transform`: the history passed as `messages=` (the SDK transforms it per message);
@@ -199,6 +201,8 @@ for variant in VARIANTS:
     elif variant == "cleanup-hop":
         if "dispatch" in ChatConsumer.__dict__:
             del ChatConsumer.dispatch
+    elif variant == "channels-dispatch":
+        ChatConsumer.channels_dispatch = True
     elif variant == "frame-cleanup-hop":
         ChatConsumer.frame_cleanup_hop = True
     elif variant == "sdk-parse":

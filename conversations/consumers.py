@@ -7,15 +7,20 @@ join up exactly: `state` first, then deltas with repeats trimmed, whatever order
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeGuard
 
 import orjson
 from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
+from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
+from channels.layers import get_channel_layer
 from django.conf import settings
 from django.http import Http404
 
@@ -40,6 +45,40 @@ REMOTE_STATE_TIMEOUT = 2.0
 # them on the default pool's threads instead let sends overlap, but more threads contending for the
 # GIL with the event loop made per-token p99 worse (191 ms -> 722 ms at 50 streams on PostgreSQL +
 # Redis; docs/performance.md).
+
+
+async def dispatch_many(
+    sources: list[Callable[[], Awaitable[dict[str, Any]]]], dispatch: Callable[[dict[str, Any]], Awaitable[None]]
+) -> None:
+    """Channels' `await_many_dispatch` without its cost per message: one long-lived task per source
+    (the client's frames, the channel layer) hands each message to `dispatch`, one at a time (a lock,
+    first come first served), in each source's order. Channels' loop makes a new task and runs
+    `asyncio.wait` over the sources for every message, a relayed delta's included (docs/performance.md).
+    Ends with the first exception of a handler or a source (`StopConsumer` on disconnect)."""
+    lock = asyncio.Lock()
+
+    async def pump(source: Callable[[], Awaitable[dict[str, Any]]]) -> None:
+        while True:
+            message = await source()
+            async with lock:
+                await dispatch(message)
+
+    tasks = [asyncio.ensure_future(pump(source)) for source in sources]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for task in done:
+            task.result()
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            try:
+                await task
+            except (asyncio.CancelledError, StopConsumer):
+                pass
+            except Exception:
+                # The first failure was raised above; a second one (rare) is only logged.
+                log.exception("a socket's second source failed as it closed")
 
 
 @database_sync_to_async
@@ -164,14 +203,34 @@ class ChatConsumer(AsyncWebsocketConsumer):
     # The session cookie of the handshake: what the socket keeps of its session (checked on every send).
     session: str | None = None
 
+    # Channels' own loop over the socket's two sources (`await_many_dispatch`); the benchmark's
+    # `channels-dispatch` variant sets it, to measure `dispatch_many` against it.
+    channels_dispatch = False
+
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         try:
-            await super().__call__(scope, receive, send)
+            if self.channels_dispatch:
+                await super().__call__(scope, receive, send)
+            else:
+                await self._run(scope, receive, send)
         finally:
             # A consumer that ends without `disconnect` (an unexpected exception, a cancelled task)
             # still counts its socket out: a leaked count refuses the user's sockets for up to an hour.
             shutdown.sockets.discard(self)
             await self.count_out()
+
+    async def _run(self, scope: Any, receive: Any, send: Any) -> None:
+        """`AsyncConsumer.__call__` (Channels 4) with `dispatch_many` as its loop."""
+        self.scope = scope
+        self.channel_layer = get_channel_layer(self.channel_layer_alias)
+        sources = [receive]
+        if self.channel_layer is not None:
+            self.channel_name = await self.channel_layer.new_channel()
+            self.channel_receive = functools.partial(self.channel_layer.receive, self.channel_name)
+            sources.append(self.channel_receive)
+        self.base_send = send
+        with contextlib.suppress(StopConsumer):  # the disconnect's normal end
+            await dispatch_many(sources, self.dispatch)
 
     async def count_out(self) -> None:
         """Take this socket out of its user's count, once."""

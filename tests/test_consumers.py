@@ -409,3 +409,75 @@ async def test_a_frame_is_handled_while_the_database_thread_is_busy(alice, monke
         assert waited < 1.0, waited
     await busy
     await ws.close()
+
+
+class Source:
+    """One of a socket's sources (the client's frames, the channel layer): its messages, a few
+    milliseconds apart, then nothing more (it waits until cancelled, as a quiet socket does)."""
+
+    def __init__(self, name: str, count: int, gap: float) -> None:
+        self.messages = [{"source": name, "n": n} for n in range(count)]
+        self.gap = gap
+        self.cancelled = False
+
+    async def __call__(self):
+        if self.messages:
+            await asyncio.sleep(self.gap)
+            return self.messages.pop(0)
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            self.cancelled = True
+            raise
+
+
+async def test_the_socket_loop_handles_one_message_at_a_time_in_each_sources_order():
+    from conversations.consumers import dispatch_many
+
+    frames, events = Source("frames", 20, 0.001), Source("events", 40, 0.0005)
+    handled: list[dict] = []
+    running = 0
+
+    async def dispatch(message):
+        nonlocal running
+        running += 1
+        assert running == 1, "two handlers ran at once"
+        await asyncio.sleep(0.0007)  # a handler that awaits (a send to the client)
+        handled.append(message)
+        running -= 1
+        if len(handled) == 60:
+            raise ValueError("all handled")
+
+    with pytest.raises(ValueError, match="all handled"):
+        await asyncio.wait_for(dispatch_many([frames, events], dispatch), 10)
+    assert [m["n"] for m in handled if m["source"] == "frames"] == list(range(20))
+    assert [m["n"] for m in handled if m["source"] == "events"] == list(range(40))
+    # Both sources were taken turns with, not one drained before the other.
+    first_frame = next(i for i, m in enumerate(handled) if m["source"] == "frames")
+    assert first_frame < 40
+
+
+async def test_the_socket_loop_ends_on_stop_consumer_and_cancels_the_other_source():
+    from channels.exceptions import StopConsumer
+
+    from conversations.consumers import dispatch_many
+
+    frames, events = Source("frames", 1, 0.001), Source("events", 0, 0)
+
+    async def dispatch(message):
+        raise StopConsumer
+
+    with pytest.raises(StopConsumer):
+        await asyncio.wait_for(dispatch_many([frames, events], dispatch), 10)
+    assert events.cancelled
+
+
+async def test_a_real_socket_closes_cleanly_through_its_loop(alice, caplog):
+    conv = await sync_to_async(make_conversation)(alice)
+    ok, ws = await open_socket(alice, conv.pk)
+    assert ok
+    assert await ws.recv() == {"type": "state", "generating": None}
+    with caplog.at_level(logging.ERROR):
+        await ws.close()  # the disconnect frame, then the consumer's end (raised here if it failed)
+    assert ws.c.future.done() and not ws.c.future.cancelled() and ws.c.future.exception() is None
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
