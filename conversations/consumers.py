@@ -54,18 +54,32 @@ async def dispatch_many(
     (the client's frames, the channel layer) hands each message to `dispatch`, one at a time (a lock,
     first come first served), in each source's order. Channels' loop makes a new task and runs
     `asyncio.wait` over the sources for every message, a relayed delta's included (docs/performance.md).
-    Ends with the first exception of a handler or a source (`StopConsumer` on disconnect)."""
+
+    Ends as Channels' loop does: with the first exception of a handler (`StopConsumer` on disconnect)
+    or of a source, after which no message is handled; a source's failure lets a handler in progress
+    finish first (a send is never cut between storing its message and starting its reply)."""
     lock = asyncio.Lock()
+    stopped = False
 
     async def pump(source: Callable[[], Awaitable[dict[str, Any]]]) -> None:
+        nonlocal stopped
         while True:
             message = await source()
             async with lock:
-                await dispatch(message)
+                if stopped:
+                    return
+                try:
+                    await dispatch(message)
+                except BaseException:
+                    stopped = True
+                    raise
 
     tasks = [asyncio.ensure_future(pump(source)) for source in sources]
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        stopped = True
+        async with lock:  # a handler in progress (the other source's) ends first
+            pass
         for task in done:
             task.result()
     finally:

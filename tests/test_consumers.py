@@ -481,3 +481,41 @@ async def test_a_real_socket_closes_cleanly_through_its_loop(alice, caplog):
         await ws.close()  # the disconnect frame, then the consumer's end (raised here if it failed)
     assert ws.c.future.done() and not ws.c.future.cancelled() and ws.c.future.exception() is None
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_after_a_handler_raises_the_socket_loop_handles_nothing_more():
+    from channels.exceptions import StopConsumer
+
+    from conversations.consumers import dispatch_many
+
+    frames, events = Source("frames", 1, 0.001), Source("events", 5, 0.005)
+    handled: list[dict] = []
+
+    async def dispatch(message):
+        if message["source"] == "frames":
+            await asyncio.sleep(0.03)  # the events' first message arrives and waits meanwhile
+            raise StopConsumer
+        handled.append(message)
+
+    with pytest.raises(StopConsumer):
+        await asyncio.wait_for(dispatch_many([frames, events], dispatch), 10)
+    assert handled == []
+
+
+async def test_a_source_failing_lets_the_handler_in_progress_finish():
+    from conversations.consumers import dispatch_many
+
+    frames = Source("frames", 1, 0.001)
+    finished: list[dict] = []
+
+    async def failing_events():
+        await asyncio.sleep(0.01)
+        raise RuntimeError("the layer failed")
+
+    async def dispatch(message):
+        await asyncio.sleep(0.05)  # a send in progress when the other source fails
+        finished.append(message)
+
+    with pytest.raises(RuntimeError, match="the layer failed"):
+        await asyncio.wait_for(dispatch_many([frames, failing_events], dispatch), 10)
+    assert finished == [{"source": "frames", "n": 0}]
