@@ -211,7 +211,10 @@ class RefusedConsumer(AsyncWebsocketConsumer):
 class ChatConsumer(AsyncWebsocketConsumer):
     """One browser tab's socket on one conversation."""
 
-    conversation: Conversation
+    # The socket's conversation: only its id and owner (`thread()`); the services read the rest under
+    # their lock. Keeping the row (and its persona) cost about a kilobyte a socket.
+    conversation_id: uuid.UUID
+    owner_id: int
     group: str
     counted_user: int | None  # the user whose socket count this socket holds (set once accepted)
     # The session cookie of the handshake: what the socket keeps of its session (checked on every send).
@@ -246,6 +249,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
         with contextlib.suppress(StopConsumer):  # the disconnect's normal end
             await dispatch_many(sources, self.dispatch)
 
+    def thread(self) -> Conversation:
+        """The conversation as the services take it: its id and owner, the rest read under their lock."""
+        return Conversation(pk=self.conversation_id, owner_id=self.owner_id)
+
     async def count_out(self) -> None:
         """Take this socket out of its user's count, once."""
         counted: int | None = getattr(self, "counted_user", None)
@@ -270,7 +277,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self.close()
             return
         self.counted_user = owner
-        self.conversation = conversation
+        self.conversation_id, self.owner_id = conversation.pk, owner
         self.group = generation.group_name(conversation.pk)
         self.offsets: dict[int, int] = {}  # reply id -> characters the client has
         self.held: list[dict[str, Any]] | None = []  # events held back until `state` is out
@@ -298,9 +305,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         await self.count_out()
         if hasattr(self, "group"):
             await self.channel_layer.group_discard(self.group, self.channel_name)
-            await self.channel_layer.group_discard(
-                sockets.user_group_name(self.conversation.owner_id), self.channel_name
-            )
+            await self.channel_layer.group_discard(sockets.user_group_name(self.owner_id), self.channel_name)
 
     # Whether the socket's own frames (connect, receive, disconnect) go through Channels' per-message
     # connection cleanup first; the benchmark's `frame-cleanup-hop` variant sets it.
@@ -357,12 +362,12 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     async def send_state(self) -> None:
         """The first frame: the reply in progress, with its exact text so far."""
-        running = generation.local(self.conversation.pk)
+        running = generation.local(self.conversation_id)
         if running is not None:
             await self.release_state(running.snapshot())
             return
-        await generation.interrupt_stale(self.conversation.pk)
-        reply = await _streaming(self.conversation.pk)
+        await generation.interrupt_stale(self.conversation_id)
+        reply = await _streaming(self.conversation_id)
         if reply is None:
             await self.release_state(None)
             return
@@ -390,7 +395,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         """No process answered for the running reply: use what the database holds."""
         if self.held is None:
             return
-        reply = await _streaming(self.conversation.pk)
+        reply = await _streaming(self.conversation_id)
         if reply is None:
             await self.release_state(None)
         else:
@@ -398,7 +403,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     async def ask_other_process(self, message_id: int, offset: int, purpose: str) -> None:
         await self.channel_layer.group_send(
-            generation.control_group_name(self.conversation.pk),
+            generation.control_group_name(self.conversation_id),
             {"type": "gen.snapshot", "reply_to": self.channel_name, "offset": offset, "purpose": purpose},
         )
 
@@ -449,7 +454,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self.close(code=CLOSE_SIGNED_OUT)  # nothing stored; the page finds the login page
         except Exception:
             # Never a traceback and a 1011 close for the user: say so, keep the socket.
-            log.exception("%s frame failed on conversation %s", _frame_type(frame), self.conversation.pk)
+            log.exception("%s frame failed on conversation %s", _frame_type(frame), self.conversation_id)
             await self.send_error("unavailable", "Something went wrong on the server. Try again in a moment.")
 
     async def on_send(self, frame: dict[str, Any]) -> None:
@@ -468,7 +473,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 raise ChatError("invalid", "`parent_id` must be a message id or null.")
         content, model, files = frame.get("content"), frame.get("model"), frame.get("attachments")
         sent, prepared = await _send(
-            self.session_key(), self.conversation, client_id, content, parent_id, edit_of, model, files, marks
+            self.session_key(), self.thread(), client_id, content, parent_id, edit_of, model, files, marks
         )
         event: dict[str, Any] = {
             "type": "message",
@@ -482,9 +487,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         # The reply first: the row is committed, and a layer failure below must not leave it
         # `streaming` with nothing behind it. (`message` still goes out before `start`: the reply's
         # first event is sent only once this handler yields.)
-        generation.start(
-            sent.reply, owner_id=self.conversation.owner_id, siblings=(sent.reply.pk,), marks=marks, prepared=prepared
-        )
+        generation.start(sent.reply, owner_id=self.owner_id, siblings=(sent.reply.pk,), marks=marks, prepared=prepared)
         try:
             await self.channel_layer.group_send(self.group, {**event, "type": "chat.message"})
         except Exception:
@@ -503,16 +506,16 @@ class ChatConsumer(AsyncWebsocketConsumer):
         reads it on its next tick, and once when it starts listening), then published to the reply's
         control group (the fast path, which a reply still subscribing would miss).
         """
-        running = generation.local(self.conversation.pk)
+        running = generation.local(self.conversation_id)
         if running is not None:
             running.stop()
             await self.answer({"type": "stopping", "message_id": running.reply_id})
             return
-        reply_id = await _request_stop(self.conversation.pk)
+        reply_id = await _request_stop(self.conversation_id)
         if reply_id is not None:
             try:
                 await self.channel_layer.group_send(
-                    generation.control_group_name(self.conversation.pk), {"type": "gen.stop"}
+                    generation.control_group_name(self.conversation_id), {"type": "gen.stop"}
                 )
             except Exception:  # the stored request still reaches the reply
                 log.exception("could not publish stop for reply %s", reply_id)
@@ -522,15 +525,15 @@ class ChatConsumer(AsyncWebsocketConsumer):
         message_id = frame.get("message_id")
         if message_id is not None and not _is_id(message_id):
             raise ChatError("invalid", "`message_id` must be a reply's id.")
-        reply, siblings, prepared = await _regenerate(self.session_key(), self.conversation, message_id)
-        generation.start(reply, owner_id=self.conversation.owner_id, siblings=siblings, prepared=prepared)
+        reply, siblings, prepared = await _regenerate(self.session_key(), self.thread(), message_id)
+        generation.start(reply, owner_id=self.owner_id, siblings=siblings, prepared=prepared)
 
     async def on_switch(self, frame: dict[str, Any]) -> None:
         """Make the path through a message active; every socket of the conversation gets the new path."""
         message_id = frame.get("message_id")
         if not _is_id(message_id):
             raise ChatError("invalid", "`switch` needs an integer `message_id`.")
-        path = await _switch(self.conversation, message_id)
+        path = await _switch(self.thread(), message_id)
         await self.channel_layer.group_send(self.group, {"type": "chat.path", **path})
 
     async def take_resume(self, text_data: str) -> bool:
@@ -558,7 +561,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         except ChatError as exc:
             await self.answer(exc.as_event())
         except Exception:
-            log.exception("resume failed on conversation %s", self.conversation.pk)
+            log.exception("resume failed on conversation %s", self.conversation_id)
             await self.send_error("unavailable", "Something went wrong on the server. Try again in a moment.")
         return True
 
@@ -566,11 +569,11 @@ class ChatConsumer(AsyncWebsocketConsumer):
         message_id, offset = frame.get("message_id"), frame.get("offset")
         if not _is_id(message_id) or not _is_id(offset, lowest=0):
             raise ChatError("invalid", "`resume` needs integer `message_id` and `offset` >= 0.")
-        running = generation.local(self.conversation.pk)
+        running = generation.local(self.conversation_id)
         if running is not None and running.reply_id == message_id:
             await self.send_resumed(running.snapshot(min(offset, running.length)))
             return
-        message = await _message(self.conversation.pk, message_id)
+        message = await _message(self.conversation_id, message_id)
         if message is None or message.role != Message.Role.ASSISTANT:
             raise ChatError("not_found", "No such reply in this conversation.")
         if message.status == Message.Status.STREAMING:
@@ -602,7 +605,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         """No process answered a cross-process `resume` in time: use what the database holds."""
         if self.resumes.pop(message_id, None) is None:
             return  # answered meanwhile
-        message = await _message(self.conversation.pk, message_id)
+        message = await _message(self.conversation_id, message_id)
         if message is not None:
             await self.resume_from_row(message, min(offset, len(message.content)))
 
@@ -628,9 +631,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def chat_recheck(self, event: dict[str, Any]) -> None:
         """The user signed out, was deactivated or deleted somewhere: close unless still signed in."""
         signed_out = event.get("session_key")
-        if (signed_out and signed_out == self.session_key()) or not await _signed_in(
-            self.session_key(), self.conversation.owner_id
-        ):
+        if (signed_out and signed_out == self.session_key()) or not await _signed_in(self.session_key(), self.owner_id):
             await self.close(code=CLOSE_SIGNED_OUT)
 
     async def chat_message(self, event: dict[str, Any]) -> None:
