@@ -47,6 +47,31 @@ REMOTE_STATE_TIMEOUT = 2.0
 # Redis; docs/performance.md).
 
 
+class _Turns:
+    """What a socket's sources share in `dispatch_many`: the handler, the lock that lets one message
+    be handled at a time, and whether the loop has stopped (a handler raised). Slots, and no closure
+    per socket: every open socket holds one."""
+
+    __slots__ = ("dispatch", "lock", "stopped")
+
+    def __init__(self, dispatch: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
+        self.dispatch = dispatch
+        self.lock = asyncio.Lock()
+        self.stopped = False
+
+    async def pump(self, source: Callable[[], Awaitable[dict[str, Any]]]) -> None:
+        while True:
+            message = await source()
+            async with self.lock:
+                if self.stopped:
+                    return
+                try:
+                    await self.dispatch(message)
+                except BaseException:
+                    self.stopped = True
+                    raise
+
+
 async def dispatch_many(
     sources: list[Callable[[], Awaitable[dict[str, Any]]]], dispatch: Callable[[dict[str, Any]], Awaitable[None]]
 ) -> None:
@@ -58,27 +83,12 @@ async def dispatch_many(
     Ends as Channels' loop does: with the first exception of a handler (`StopConsumer` on disconnect)
     or of a source, after which no message is handled; a source's failure lets a handler in progress
     finish first (a send is never cut between storing its message and starting its reply)."""
-    lock = asyncio.Lock()
-    stopped = False
-
-    async def pump(source: Callable[[], Awaitable[dict[str, Any]]]) -> None:
-        nonlocal stopped
-        while True:
-            message = await source()
-            async with lock:
-                if stopped:
-                    return
-                try:
-                    await dispatch(message)
-                except BaseException:
-                    stopped = True
-                    raise
-
-    tasks = [asyncio.ensure_future(pump(source)) for source in sources]
+    turns = _Turns(dispatch)
+    tasks = [asyncio.ensure_future(turns.pump(source)) for source in sources]
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-        stopped = True
-        async with lock:  # a handler in progress (the other source's) ends first
+        turns.stopped = True
+        async with turns.lock:  # a handler in progress (the other source's) ends first
             pass
         for task in done:
             task.result()
