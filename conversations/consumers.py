@@ -85,24 +85,23 @@ async def dispatch_many(
     finish first (a send is never cut between storing its message and starting its reply)."""
     turns = _Turns(dispatch)
     tasks = [asyncio.ensure_future(turns.pump(source)) for source in sources]
+    done: set[asyncio.Future[None]] = set()
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
         turns.stopped = True
-        async with turns.lock:  # a handler in progress (the other source's) ends first
-            pass
+        # A handler in progress (the other source's) ends before its task is cancelled below.
+        await turns.lock.acquire()
+        turns.lock.release()
         for task in done:
             task.result()
     finally:
         for task in tasks:
             task.cancel()
-        for task in tasks:
-            try:
-                await task
-            except (asyncio.CancelledError, StopConsumer):
-                pass
-            except Exception:
-                # The first failure was raised above; a second one (rare) is only logged.
-                log.exception("a socket's second source failed as it closed")
+        ended = await asyncio.gather(*tasks, return_exceptions=True)
+        for task, outcome in zip(tasks, ended, strict=True):
+            # A failure of a task not in `done` (rare: as it was cancelled) is logged; `done`'s is raised above.
+            if task not in done and isinstance(outcome, Exception) and not isinstance(outcome, StopConsumer):
+                log.error("a socket's other source failed as it closed", exc_info=outcome)
 
 
 @database_sync_to_async

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import functools
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
@@ -31,7 +32,17 @@ def models_for_user(user: AbstractBaseUser | int) -> QuerySet[ChatModel]:
     )
 
 
-def may_use(user_id: int | None, spec: str, *, listed_only: bool = False, known: UseRow | None | str = "") -> bool:
+class _Unread(enum.Enum):
+    UNREAD = "unread"
+
+
+# `may_use(known=...)`'s default: the answer was not read with another query, so `may_use` reads it.
+UNREAD = _Unread.UNREAD
+
+
+def may_use(
+    user_id: int | None, spec: str, *, listed_only: bool = False, known: UseRow | None | _Unread = UNREAD
+) -> bool:
     """May the user talk to `provider:model`?
 
     A model in the registry: if it is active and the user is in one of its groups (or it has none).
@@ -40,7 +51,7 @@ def may_use(user_id: int | None, spec: str, *, listed_only: bool = False, known:
     `spec`, read already (None: not listed), so that no query is needed.
     """
     row: UseRow | None
-    if isinstance(known, str):
+    if known is UNREAD:
         with connection.cursor() as cursor:
             cursor.execute(_may_use_sql(), [user_id, spec])
             row = cursor.fetchone()

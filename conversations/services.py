@@ -141,7 +141,7 @@ def _check_model(conversation: Conversation, chosen: object = None) -> str:
         spec = pricing.thread_model(conversation, persona)
     # The lock read the answer for the thread's own model, resolved as here: no query for it.
     read_spec, known = getattr(conversation, "model_use", (None, None))
-    answer: pricing.UseRow | None | str = known if read_spec == spec else ""
+    answer = known if read_spec == spec else pricing.UNREAD
     if not pricing.may_use(conversation.owner_id, spec, listed_only=spec != persona.resolved_model(), known=answer):
         raise ChatError("invalid", f"The model {spec} is not available to you. Pick another model or persona.")
     return spec
@@ -418,6 +418,12 @@ def _update_columns(row: models.Model, names: list[str]) -> None:
         cursor.execute(sql, [*params, meta.pk.get_db_prep_value(row.pk, connection)])
 
 
+def _sent_before(conversation: Conversation, message: Message) -> Sent:
+    """A resend's answer: the message stored with its `client_id` before, and no new reply."""
+    message.files = list(message.attachments.all())  # type: ignore[attr-defined]
+    return Sent(message, None, _children(conversation, message.parent_id))
+
+
 def message_send(
     *,
     conversation: Conversation,
@@ -445,9 +451,7 @@ def message_send(
             conv = _lock(conversation, client_id)
             existing_id, streaming, root_count = conv.send_found  # type: ignore[attr-defined]
             if existing_id is not None:
-                existing = Message.objects.get(pk=existing_id)
-                existing.files = list(existing.attachments.all())  # type: ignore[attr-defined]
-                return Sent(existing, None, _children(conv, existing.parent_id))
+                return _sent_before(conv, Message.objects.get(pk=existing_id))
             if streaming:
                 raise ChatError("busy", BUSY)
             parent = _parent_for_send(conv, parent_id, edit_of)
@@ -495,8 +499,7 @@ def message_send(
         # Another send won a race: the same client_id (a resend) or a reply opened meanwhile.
         raced = Message.objects.filter(conversation=conversation, client_id=client_id).first()
         if raced:
-            raced.files = list(raced.attachments.all())  # type: ignore[attr-defined]
-            return Sent(raced, None, _children(conversation, raced.parent_id))
+            return _sent_before(conversation, raced)
         raise ChatError("busy", BUSY) from None
     return Sent(message, reply, siblings)
 

@@ -502,7 +502,7 @@ async def test_after_a_handler_raises_the_socket_loop_handles_nothing_more():
     assert handled == []
 
 
-async def test_a_source_failing_lets_the_handler_in_progress_finish():
+async def test_a_source_failing_lets_the_handler_in_progress_finish(caplog):
     from conversations.consumers import dispatch_many
 
     frames = Source("frames", 1, 0.001)
@@ -516,6 +516,8 @@ async def test_a_source_failing_lets_the_handler_in_progress_finish():
         await asyncio.sleep(0.05)  # a send in progress when the other source fails
         finished.append(message)
 
-    with pytest.raises(RuntimeError, match="the layer failed"):
+    with caplog.at_level(logging.ERROR), pytest.raises(RuntimeError, match="the layer failed"):
         await asyncio.wait_for(dispatch_many([frames, failing_events], dispatch), 10)
     assert finished == [{"source": "frames", "n": 0}]
+    # The failure is raised once, to the consumer: not logged as well.
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
