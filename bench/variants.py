@@ -30,6 +30,8 @@
   (conversations/layers/redis_pubsub.py, `LOCAL_RELAY`);
 - `no-send-build`: a send's reply builds its request on a trip of its own to the database, reading its
   row back, as before the send built it (conversations/generation/reply.py, `BUILD_IN_SEND`);
+- `twisted-writes`: daphne's sockets write through Twisted's buffer and the reactor's next turn, not
+  at once (chatsite/daphne_writes.py);
 - `switch=SECONDS`: sys.setswitchinterval (how soon a DB thread gets the GIL from a busy event loop);
 - `no-gc-freeze`: the garbage collector walks everything, start-up's objects and the SDK's included
   (chatsite/gc_tuning.py);
@@ -191,6 +193,10 @@ for variant in VARIANTS:
 
         # The layer is built on first use, so changing the backend here is in time.
         settings.CHANNEL_LAYERS["default"]["BACKEND"] = "channels.layers.InMemoryChannelLayer"
+    elif variant == "twisted-writes":
+        from chatsite import daphne_writes
+
+        daphne_writes.uninstall()
     elif variant == "layer-sweep-only":
         from channels.layers import InMemoryChannelLayer as StockLayer
 

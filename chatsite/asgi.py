@@ -14,7 +14,7 @@ django_asgi_app = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
-from chatsite import daphne_bodies, gc_tuning  # noqa: E402
+from chatsite import daphne_bodies, daphne_writes, gc_tuning  # noqa: E402
 from chatsite.origin import SameOriginValidator  # noqa: E402
 from conversations import timing  # noqa: E402
 from conversations.generation import shutdown  # noqa: E402
@@ -27,9 +27,11 @@ from conversations.routing import websocket_urlpatterns  # noqa: E402
 sys.setswitchinterval(float(os.environ.get("CHAT_GIL_SWITCH_INTERVAL", "0.001")))
 
 # Under daphne: drain on SIGTERM, sweep stale replies at start-up (conversations/generation/shutdown.py),
-# and no upload parsed into memory by Twisted before Django streams it (chatsite/daphne_bodies.py).
+# no upload parsed into memory by Twisted before Django streams it (chatsite/daphne_bodies.py), and a
+# socket's frames written at once instead of on the loop's next turn (chatsite/daphne_writes.py).
 shutdown.install()
 daphne_bodies.install()
+daphne_writes.install()
 
 # No AuthMiddlewareStack: its cookie, session and auth layers each kept a copy of the scope, and the
 # session and user objects, for as long as a socket was open. The chat socket reads its session cookie
