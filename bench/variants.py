@@ -25,6 +25,8 @@
   Channels' one shared database thread (the socket's other database calls stay there);
 - `no-read-join`: the openai adapter yields each SSE event's text on its own, even when one read of
   the stream brought several (conversations/llm/openai.py, `JOIN_READS`);
+- `sdk-reads`: the openai adapter reads the stream's body through httpx2's byte iterators (four async
+  generators a read) instead of aiohttp's reader (conversations/llm/openai.py, `DIRECT_READS`);
 - `no-local-relay`: on Redis, every event goes through Redis to this process's own sockets too
   (serialized, published, read back), and deltas are published while no other process listens
   (conversations/layers/redis_pubsub.py, `LOCAL_RELAY`);
@@ -257,6 +259,10 @@ for variant in VARIANTS:
         from conversations.llm import openai as openai_adapter
 
         openai_adapter.JOIN_READS = False
+    elif variant == "sdk-reads":
+        from conversations.llm import openai as openai_adapter
+
+        openai_adapter.DIRECT_READS = False
     elif variant == "no-coalesce":
         from conversations.layers import coalesce
 

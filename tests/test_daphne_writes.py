@@ -88,9 +88,7 @@ def _read_all(port: int, scenario: str) -> bytes:
 
 @pytest.fixture(params=["patched", "twisted"])
 def server(request):
-    proc = subprocess.Popen(
-        [sys.executable, "-c", CHILD, request.param], cwd=ROOT, stdout=subprocess.PIPE, text=True
-    )
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, request.param], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
         hello = json.loads(proc.stdout.readline())
         assert hello["patched"] is (request.param == "patched")

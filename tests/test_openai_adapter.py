@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import gzip
+
 import httpx2
 import pytest
 
 from conversations.llm import ChatRequest, ProviderError, Usage
-from conversations.llm.openai import OpenAIProvider, _sse_data
+from conversations.llm.openai import OpenAIProvider, _reader, _sse_data
 from tests.fakes.provider import Reply
 from tests.live import free_port
 
@@ -112,6 +114,32 @@ async def test_it_maps_a_silent_stream_as_a_timeout(fake_provider, settings):
     with pytest.raises(ProviderError) as caught:
         await collect(request())
     assert (caught.value.code, caught.value.message) == ("provider_unavailable", "The provider timed out.")
+
+
+async def test_the_body_is_read_from_aiohttp_itself(fake_provider):
+    """The SDK's aiohttp transport keeps aiohttp's response where `_reader` looks for it (private
+    attributes of httpx2 and of the SDK's vendored httpx_aiohttp): an upgrade that moves it fails
+    here instead of quietly reading through httpx2 again."""
+    fake_provider.script(Reply(text="one two"))
+    provider = OpenAIProvider()
+    try:
+        async with provider.client.chat.completions.with_streaming_response.create(
+            model="gpt-test", messages=[{"role": "user", "content": "Hi"}], stream=True
+        ) as response:
+            read = _reader(response.http_response)
+            assert read.__self__ is response.http_response.stream._stream._aiohttp_response.content
+            body = b""
+            while piece := await read():
+                body += piece
+    finally:
+        await provider.aclose()
+    assert b"data: [DONE]" in body
+
+
+async def test_a_compressed_body_is_decoded_through_httpx():
+    lines = b'data: {"a": 1}\n\ndata: [DONE]\n\n'
+    response = httpx2.Response(200, headers={"content-encoding": "gzip"}, content=gzip.compress(lines))
+    assert [d async for batch in _sse_data(response) for d in batch] == [b'{"a": 1}', b"[DONE]"]
 
 
 async def test_it_finds_data_lines_however_the_bytes_are_split():
