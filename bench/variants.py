@@ -34,6 +34,8 @@
   row back, as before the send built it (conversations/generation/reply.py, `BUILD_IN_SEND`);
 - `twisted-writes`: daphne's sockets write through Twisted's buffer and the reactor's next turn, not
   at once (chatsite/daphne_writes.py);
+- `autobahn-frames`: daphne's text frames go through autobahn's `sendMessage` (argument checks, traffic
+  statistics, a debug line's arguments formatted per write), not framed in one step (the same module);
 - `switch=SECONDS`: sys.setswitchinterval (how soon a DB thread gets the GIL from a busy event loop);
 - `no-gc-freeze`: the garbage collector walks everything, start-up's objects and the SDK's included
   (chatsite/gc_tuning.py);
@@ -199,6 +201,10 @@ for variant in VARIANTS:
         from chatsite import daphne_writes
 
         daphne_writes.uninstall()
+    elif variant == "autobahn-frames":
+        from chatsite import daphne_writes
+
+        daphne_writes.uninstall_frames()
     elif variant == "layer-sweep-only":
         from channels.layers import InMemoryChannelLayer as StockLayer
 

@@ -28,10 +28,12 @@ sys.setswitchinterval(float(os.environ.get("CHAT_GIL_SWITCH_INTERVAL", "0.001"))
 
 # Under daphne: drain on SIGTERM, sweep stale replies at start-up (conversations/generation/shutdown.py),
 # no upload parsed into memory by Twisted before Django streams it (chatsite/daphne_bodies.py), and a
-# socket's frames written at once instead of on the loop's next turn (chatsite/daphne_writes.py).
+# socket's text frames framed in one step and written at once instead of on the loop's next turn
+# (chatsite/daphne_writes.py).
 shutdown.install()
 daphne_bodies.install()
 daphne_writes.install()
+daphne_writes.install_frames()
 
 # No AuthMiddlewareStack: its cookie, session and auth layers each kept a copy of the scope, and the
 # session and user objects, for as long as a socket was open. The chat socket reads its session cookie

@@ -1,4 +1,5 @@
-"""Under daphne: a socket's write goes to the kernel at once when nothing is waiting before it.
+"""Under daphne: a text frame is framed in one step, and a socket's write goes to the kernel at once when
+nothing is waiting before it.
 
 Twisted's TCP transport never writes in `write()`: it buffers the bytes and registers the socket
 with the reactor for writability; on the loop's next turn the reactor calls `doWrite`, which sends
@@ -15,15 +16,26 @@ buffer) is buffered as Twisted always did, and so is anything written while byte
 holds. A send that fails is not reported here: the bytes are buffered instead, and Twisted's
 `doWrite` meets the same error and closes the connection its usual way.
 
-The benchmark's `twisted-writes` variant leaves Twisted's transport as it is (bench/variants.py).
+The text frames themselves: daphne hands each to autobahn's `sendMessage`, which checks its arguments,
+counts traffic statistics, weighs compression and fragmentation, builds the header in `sendFrame`,
+formats a debug line's arguments in `sendData` whether or not debug logging is on, then writes. For
+the frames this site sends (text, unfragmented, uncompressed, unmasked, no frame logging or timing,
+nothing queued before them) `server_send` writes the same bytes in one step: the header (RFC 6455
+§5.2: FIN and the text opcode, then the length in 7, 16 or 64 bits) and the UTF-8 payload. Any other
+frame goes through autobahn as before.
+
+The benchmark's `twisted-writes` variant leaves Twisted's transport as it is and `autobahn-frames`
+daphne's frames (bench/variants.py).
 """
 
 from __future__ import annotations
 
+import struct
 import sys
 from typing import Any
 
 _ORIGINAL: Any = None
+_ORIGINAL_SEND: Any = None
 
 
 def install() -> bool:
@@ -70,3 +82,54 @@ def uninstall() -> None:
 
     tcp.Connection.write = _ORIGINAL
     _ORIGINAL = None
+
+
+def install_frames() -> bool:
+    """Frame daphne's text messages in one step (see the module's doc); True if done (under daphne)."""
+    global _ORIGINAL_SEND
+    module: Any = sys.modules.get("daphne.ws_protocol")
+    if module is None or _ORIGINAL_SEND is not None:
+        return _ORIGINAL_SEND is not None
+    protocol = module.WebSocketProtocol
+    original = protocol.serverSend
+    open_state = protocol.STATE_OPEN
+    short, medium = struct.Struct("!BB").pack, struct.Struct("!BBH").pack
+    long = struct.Struct("!BBQ").pack
+
+    def serverSend(self: Any, content: Any, binary: bool = False) -> None:
+        if (
+            not binary
+            and self.state == open_state
+            and self._perMessageCompress is None
+            and not self.autoFragmentSize
+            and not self.maskServerFrames
+            and not self.logFrames
+            and self.trackedTimings is None
+            and not self.send_queue
+        ):
+            payload = content.encode("utf8")
+            size = len(payload)
+            if not 0 < self.maxMessagePayloadSize < size:  # over the limit: autobahn's error
+                if size <= 125:
+                    header = short(0x81, size)
+                elif size <= 0xFFFF:
+                    header = medium(0x81, 126, size)
+                else:
+                    header = long(0x81, 127, size)
+                self.transport.write(header + payload)
+                return
+        original(self, content, binary)
+
+    serverSend.__doc__ = original.__doc__
+    protocol.serverSend = serverSend
+    _ORIGINAL_SEND = original
+    return True
+
+
+def uninstall_frames() -> None:
+    """autobahn's framing back (the benchmark's `autobahn-frames` variant, tests)."""
+    global _ORIGINAL_SEND
+    if _ORIGINAL_SEND is None:
+        return
+    sys.modules["daphne.ws_protocol"].WebSocketProtocol.serverSend = _ORIGINAL_SEND
+    _ORIGINAL_SEND = None

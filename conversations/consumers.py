@@ -336,7 +336,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     # -- sending to the client -----------------------------------------------------------------
     async def send_json(self, content: dict[str, Any]) -> None:
-        await self.send(text_data=orjson.dumps(content).decode())
+        # Straight to the server's `send`: Channels' two `send` wrappers only build this message.
+        await self.base_send({"type": "websocket.send", "text": orjson.dumps(content).decode()})
 
     async def answer(self, frame: dict[str, Any]) -> None:
         """An answer to the client's own frame: after `state`, like every other frame."""

@@ -12,6 +12,7 @@ import textwrap
 
 import pytest
 
+from tests.fakes.provider import Reply
 from tests.live import ROOT
 
 # The child: a Twisted TCP server on the asyncio reactor, with daphne's server module loaded (as under
@@ -28,6 +29,10 @@ CHILD = textwrap.dedent(
     from chatsite import daphne_writes
 
     patched = daphne_writes.install() if sys.argv[1] == "patched" else False
+    if sys.argv[1] == "patched":  # daphne's frames too, as chatsite/asgi.py does under daphne
+        from daphne.ws_protocol import WebSocketProtocol
+        assert daphne_writes.install_frames()
+        assert WebSocketProtocol.serverSend.__module__ == "chatsite.daphne_writes"
     registrations = []
     add_writer = reactor.addWriter
     def counted(writer):
@@ -129,3 +134,31 @@ def test_a_write_larger_than_the_kernel_takes_is_buffered_and_what_follows_stays
 def test_a_pull_producer_is_still_asked_for_more(server):
     _, port, _ = server
     assert _read_all(port, "pull") == b"pull4;pull3;pull2;pull1;pull0;"
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_frames_of_every_length_reach_a_real_client_whole(alice, fake_provider, live_server_factory, settings):
+    """Under daphne, text frames are framed by `server_send`: each of the three length encodings (7, 16
+    and 64 bits) and multi-byte text reach an aiohttp client, which checks the framing, exactly."""
+    from asgiref.sync import sync_to_async
+
+    from tests.factories import make_conversation
+    from tests.wsclient import connect_live
+
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    chunks = ["Hi", " ünï 漢字 🎉" * 40, " 長" * 40_000, " end."]  # frames of ~60 B, ~1 KB and ~240 KB
+    fake_provider.script(Reply(chunks=chunks, token_delay=0.01))
+    server = live_server_factory(
+        OPENAI_API_KEY="x", OPENAI_BASE_URL=fake_provider.openai_base_url, CHAT_DEFAULT_MODEL="openai:gpt-test"
+    )
+    conversation = await sync_to_async(make_conversation)(alice)
+    ws = await connect_live(server, alice, conversation.pk)
+    try:
+        assert await ws.recv() == {"type": "state", "generating": None}
+        await ws.send_message("frames, please")
+        end = await ws.until("end", timeout=20)
+        assert end["status"] == "complete" and end["content"] == "".join(chunks)
+        assert ws.text_of(end["message_id"]) == "".join(chunks)
+        assert len([f for f in ws.frames if f["type"] == "delta"]) >= 3
+    finally:
+        await ws.close()

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Coroutine
 from typing import Any
 
 from channels_redis.pubsub import RedisPubSubChannelLayer as BaseRedisPubSubChannelLayer
@@ -163,6 +164,11 @@ class RedisPubSubChannelLayer(BaseRedisPubSubChannelLayer):
             self._layers[loop] = layer
             _wrap_close(self, loop)
             return layer
+
+    def receive(self, channel: str) -> Coroutine[Any, Any, dict[str, Any]]:
+        """The loop layer's `receive`, called directly: channels-redis's proxy wraps every call in a
+        `functools.partial` and a coroutine of its own (`_async_proxy`), once per message a socket gets."""
+        return self._get_layer().receive(channel)
 
     def deserialize(self, message: Any) -> dict[str, Any]:
         if isinstance(message, dict):  # put on the queue by this process, never serialized
