@@ -68,7 +68,7 @@ def install() -> bool:
         original(self, data)
 
     write.__doc__ = original.__doc__
-    tcp.Connection.write = write
+    tcp.Connection.write = write  # type: ignore[method-assign]
     _ORIGINAL = original
     return True
 
@@ -80,7 +80,7 @@ def uninstall() -> None:
         return
     from twisted.internet import tcp
 
-    tcp.Connection.write = _ORIGINAL
+    tcp.Connection.write = _ORIGINAL  # type: ignore[method-assign]
     _ORIGINAL = None
 
 

@@ -220,7 +220,7 @@ def _reader(response: httpx2.Response) -> Callable[[], Awaitable[bytes]]:
     stream = getattr(response.stream, "_stream", response.stream)
     raw = getattr(stream, "_aiohttp_response", None)
     if DIRECT_READS and raw is not None and response.headers.get("content-encoding", "identity") == "identity":
-        return raw.content.readany  # type: ignore[no-any-return]
+        return raw.content.readany
     pieces = response.aiter_bytes()
 
     async def read() -> bytes:
