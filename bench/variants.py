@@ -37,6 +37,8 @@
 - `autobahn-frames`: daphne's text frames go through autobahn's `sendMessage` (argument checks, traffic
   statistics, a debug line's arguments formatted per write), not framed in one step (the same module);
 - `switch=SECONDS`: sys.setswitchinterval (how soon a DB thread gets the GIL from a busy event loop);
+- `gc0=N`: the youngest generation's collection threshold (700 is Python's default; the site sets
+  10,000, chatsite/gc_tuning.py);
 - `no-gc-freeze`: the garbage collector walks everything, start-up's objects and the SDK's included
   (chatsite/gc_tuning.py);
 - `gc-log=PATH`: the garbage collector's pauses in daphne (count, total, max per generation), written
@@ -201,6 +203,10 @@ for variant in VARIANTS:
         from chatsite import daphne_writes
 
         daphne_writes.uninstall()
+    elif variant.startswith("gc0="):
+        import gc
+
+        gc.set_threshold(int(variant.split("=", 1)[1]), *gc.get_threshold()[1:])
     elif variant == "autobahn-frames":
         from chatsite import daphne_writes
 
