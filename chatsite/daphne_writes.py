@@ -6,23 +6,25 @@ with the reactor for writability; on the loop's next turn the reactor calls `doW
 and unregisters. Under asyncio's reactor that is, for every websocket frame a socket relays, an
 `add_writer` and a `remove_writer` (an `epoll_ctl` each), a handle, a turn of the loop and Twisted's
 logging context around `doWrite`: a large share of daphne's CPU when it relays thousands of deltas a
-second (docs/performance.md, "Writes straight to the socket").
+second (docs/performance.md, "Fifth session: a socket's writes, a stream's reads, a reply's end").
 
 Here `write` sends at once, as asyncio's own transports do, when the transport has nothing buffered
 and nothing that depends on its buffer draining: no pull producer (it is asked for more only when a
 buffer drains), no producer paused, not closing, and no TLS started on the connection (its bytes go
-through the TLS layer). What the kernel does not take (a full socket
-buffer) is buffered as Twisted always did, and so is anything written while bytes wait, so the order
-holds. A send that fails is not reported here: the bytes are buffered instead, and Twisted's
-`doWrite` meets the same error and closes the connection its usual way.
+through the TLS layer). What the kernel does not take (a full socket buffer) is buffered as Twisted
+always did, and so is anything written while bytes wait, so the order holds. A send that fails is
+not reported here: the bytes are buffered instead, and Twisted's `doWrite` meets the same error and
+closes the connection its usual way.
 
 The text frames themselves: daphne hands each to autobahn's `sendMessage`, which checks its arguments,
 counts traffic statistics, weighs compression and fragmentation, builds the header in `sendFrame`,
 formats a debug line's arguments in `sendData` whether or not debug logging is on, then writes. For
 the frames this site sends (text, unfragmented, uncompressed, unmasked, no frame logging or timing,
-nothing queued before them) `server_send` writes the same bytes in one step: the header (RFC 6455
-§5.2: FIN and the text opcode, then the length in 7, 16 or 64 bits) and the UTF-8 payload. Any other
-frame goes through autobahn as before.
+nothing queued before them) the `serverSend` that `install_frames` puts on daphne's protocol writes
+the same bytes in one step: the header (RFC 6455 §5.2: FIN and the text opcode, then the length in 7,
+16 or 64 bits) and the UTF-8 payload. Any other frame goes through autobahn as before. What these
+frames skip besides: autobahn's traffic counters (which nothing here reads) and daphne's debug log
+line per frame.
 
 The benchmark's `twisted-writes` variant leaves Twisted's transport as it is and `autobahn-frames`
 daphne's frames (bench/variants.py).
