@@ -53,8 +53,8 @@ CHILD = textwrap.dedent(
             else:
                 self.transport.unregisterProducer()
                 self.transport.loseConnection()
-        def stopProducing(self):
-            pass
+        def stopProducing(self):  # the connection is going: write nothing more
+            self.left = 0
 
     class Scenario(protocol.Protocol):
         def dataReceived(self, data):
