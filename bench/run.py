@@ -65,6 +65,7 @@ class Plan:
     multi_n: int
     ab_n: int = 200
     ab_variants: list[str] = field(default_factory=list)
+    variants: str = ""  # BENCH_VARIANTS for the site outside --ab (bench/variants.py), e.g. gc-log=PATH
     server: str = "daphne"
     max_minutes: float = 20
     # Fewer runs at large N on one process: it is overloaded there, and each run takes minutes.
@@ -341,7 +342,9 @@ class Bench:
     async def config(self, kind: str) -> dict[str, Any]:
         plan = self.plan
         out: dict[str, Any] = {"phases": {}, "notes": []}
-        site = Site(kind, self.tmp, self.provider_port, server=plan.server, loop_lag=plan.loop_lag)
+        site = Site(
+            kind, self.tmp, self.provider_port, variants=plan.variants, server=plan.server, loop_lag=plan.loop_lag
+        )
         self.say(f"{kind}: creating and migrating the database")
         site.create_database()
         try:
@@ -593,6 +596,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--idle", type=int, help="idle sockets to open (0: skip)")
     parser.add_argument("--multi", type=int, help="daphne processes for the Redis multi-process run (0: skip)")
     parser.add_argument("--multi-n", type=int, help="conversations in the multi-process run")
+    parser.add_argument("--variants", help="BENCH_VARIANTS for the site in a --quick/--full run (bench/variants.py)")
     parser.add_argument("--ab-n", type=int, help="conversations in each A/B run")
     parser.add_argument("--ab-variants", help="semicolon-separated BENCH_VARIANTS values ('' = all on)")
     parser.add_argument("--server", choices=SERVERS, help="the ASGI server to run the site on (default daphne)")
@@ -611,6 +615,7 @@ def main(argv: list[str] | None = None) -> int:
     name = args.mode or "full"
     settings: dict[str, Any] = dict(PLANS[name])
     knobs = ("reps", "tokens", "token_delay", "idle", "multi", "multi_n", "ab_n", "floor", "client_procs", "loop_lag")
+    knobs += ("variants",)
     for key in knobs:
         if getattr(args, key) is not None:
             settings[key] = getattr(args, key)

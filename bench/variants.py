@@ -37,12 +37,17 @@
 - `autobahn-frames`: daphne's text frames go through autobahn's `sendMessage` (argument checks, traffic
   statistics, a debug line's arguments formatted per write), not framed in one step (the same module);
 - `switch=SECONDS`: sys.setswitchinterval (how soon a DB thread gets the GIL from a busy event loop);
+- `cycles`: a closed socket's objects left in reference cycles for the collector, as autobahn, Twisted's
+  HTTP channel and the consumer's dispatch loop leave them (chatsite/daphne_cycles.py);
 - `gc0=N`: the youngest generation's collection threshold (700 is Python's default; the site sets
   10,000, chatsite/gc_tuning.py);
 - `no-gc-freeze`: the garbage collector walks everything, start-up's objects and the SDK's included
   (chatsite/gc_tuning.py);
-- `gc-log=PATH`: the garbage collector's pauses in daphne (count, total, max per generation), written
-  to PATH as JSON when daphne stops;
+- `gc-log=PATH`: the garbage collector's pauses in daphne (count, total, max per generation; each pause
+  of 5 ms or more; with BENCH_GC_CENSUS=1 the types walked by each older collection), written to
+  PATH.PID as JSON when daphne stops;
+- `gc-garbage=PATH`: keep what the collector finds unreachable and write, when daphne stops, what it
+  was (types, the code of its frames, where its exceptions were raised) to PATH.PID as JSON;
 - `profile=PATH`: cProfile the event loop thread, written to PATH when daphne stops.
 Only the benchmark uses this module (`daphne bench.variants:application`).
 """
@@ -52,6 +57,7 @@ from __future__ import annotations
 import atexit
 import cProfile
 import os
+import threading
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -106,6 +112,91 @@ def _start_profile(path: str) -> None:
     atexit.register(dump)
 
 
+def _gc_garbage(path_out: str) -> None:
+    """Keep what the collector finds unreachable (DEBUG_SAVEALL) and, when daphne stops, write where it
+    was made: counts by type, and the code of the frames and exceptions' innermost frames among it."""
+    import collections
+    import gc
+    import json
+    import types
+
+    gc.set_debug(gc.DEBUG_SAVEALL)
+
+    def dump() -> None:
+        gc.collect()
+        garbage = list(gc.garbage)
+        kinds = collections.Counter(type(o).__qualname__ for o in garbage)
+        frames = collections.Counter(
+            f"{o.f_code.co_filename.rsplit('site-packages/', 1)[-1]}:{o.f_code.co_name}"
+            for o in garbage
+            if type(o) is types.FrameType
+        )
+        excs: collections.Counter[str] = collections.Counter()
+        for o in garbage:
+            if issubclass(type(o), BaseException):  # not isinstance: a lazy object would set itself up
+                tb, where = o.__traceback__, "no traceback"
+                chain = []
+                while tb is not None:
+                    chain.append(f"{tb.tb_frame.f_code.co_filename.rsplit('/', 1)[-1]}:{tb.tb_frame.f_code.co_name}")
+                    tb = tb.tb_next
+                where = " > ".join(chain[:3] + ["..."] + chain[-2:]) if len(chain) > 5 else " > ".join(chain)
+                excs[f"{type(o).__name__} at {where}"] += 1
+        cycles = {}
+        ids = {id(o) for o in garbage}
+        for kind in os.environ.get("BENCH_GC_CYCLES", "").split(","):
+            start = next((o for o in garbage if type(o).__qualname__ == kind), None)
+            if start is None:
+                continue
+            # The shortest way back to `start` through the garbage's references: the cycle that keeps it.
+            seen, queue, found = {id(start): None}, [start], None
+            while queue and found is None:
+                nxt = []
+                for o in queue:
+                    for r in gc.get_referents(o):
+                        if r is start:
+                            found = o
+                            break
+                        if id(r) in ids and id(r) not in seen:
+                            seen[id(r)] = o
+                            nxt.append(r)
+                    if found is not None:
+                        break
+                queue = nxt
+            path, o = [], found
+            while o is not None:
+                label = type(o).__qualname__
+                parent = seen.get(id(o))
+                if type(parent) is dict:
+                    label += " (key " + ", ".join(repr(k) for k, v in parent.items() if v is o)[:60] + ")"
+                path.append(label)
+                o = parent
+            cycles[kind] = list(reversed(path))
+        with open(f"{path_out}.{os.getpid()}", "w") as out:
+            json.dump(
+                {
+                    "cycles": cycles,
+                    "objects": len(garbage),
+                    "kinds": kinds.most_common(60),
+                    "frames": frames.most_common(40),
+                    "exceptions": excs.most_common(25),
+                },
+                out,
+                indent=1,
+            )
+
+    def every(seconds: float) -> None:
+        while True:
+            time.sleep(seconds)
+            try:
+                dump()
+            except Exception as exc:  # a summary that fails says so, and the next one is tried
+                print(f"gc-garbage: could not write the summary: {exc!r}", flush=True)
+
+    # Written every 3 s as well: at exit, summing up a long run's garbage can outlast the stop's timeout.
+    threading.Thread(target=every, args=(3,), daemon=True).start()
+    atexit.register(dump)
+
+
 def _log_gc(path: str) -> None:
     import gc
     import json
@@ -113,11 +204,24 @@ def _log_gc(path: str) -> None:
     pauses: dict[int, list[float]] = {0: [], 1: [], 2: []}
     started = [0.0]
 
+    census: list[Any] = []
+    long: list[Any] = []
+
     def timed(phase: str, info: dict[str, Any]) -> None:
         if phase == "start":
+            if info["generation"] >= 1 and os.environ.get("BENCH_GC_CENSUS"):
+                import collections
+
+                objs = gc.get_objects(info["generation"])
+                kinds = collections.Counter(type(o).__qualname__ for o in objs).most_common(25)
+                census.append((info["generation"], len(objs), kinds))
+                del objs
             started[0] = time.perf_counter()
         else:
-            pauses[info["generation"]].append((time.perf_counter() - started[0]) * 1000)
+            ms = (time.perf_counter() - started[0]) * 1000
+            pauses[info["generation"]].append(ms)
+            if ms >= 5:
+                long.append((round(time.time(), 2), info["generation"], round(ms, 1), info["collected"]))
 
     gc.callbacks.append(timed)
 
@@ -126,8 +230,9 @@ def _log_gc(path: str) -> None:
             gen: {"count": len(p), "total_ms": round(sum(p), 1), "max_ms": round(max(p, default=0), 2)}
             for gen, p in pauses.items()
         }
-        with open(path, "w") as out:
+        with open(f"{path}.{os.getpid()}", "w") as out:
             json.dump(summary, out)
+            out.write("\n" + json.dumps(long) + "\n" + json.dumps(census))
 
     atexit.register(dump)
 
@@ -203,6 +308,12 @@ for variant in VARIANTS:
         from chatsite import daphne_writes
 
         daphne_writes.uninstall()
+    elif variant == "cycles":
+        from chatsite import daphne_cycles
+        from conversations import consumers
+
+        daphne_cycles.uninstall()
+        consumers.BREAK_CYCLES = False
     elif variant.startswith("gc0="):
         import gc
 
@@ -300,6 +411,8 @@ for variant in VARIANTS:
         gc.unfreeze()
     elif variant.startswith("gc-log="):
         _log_gc(variant.split("=", 1)[1])
+    elif variant.startswith("gc-garbage="):
+        _gc_garbage(variant.split("=", 1)[1])
     elif variant.startswith("profile="):
         _start_profile(variant.split("=", 1)[1])
     else:

@@ -14,7 +14,7 @@ django_asgi_app = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
-from chatsite import daphne_bodies, daphne_writes, gc_tuning  # noqa: E402
+from chatsite import daphne_bodies, daphne_cycles, daphne_writes, gc_tuning  # noqa: E402
 from chatsite.origin import SameOriginValidator  # noqa: E402
 from conversations import timing  # noqa: E402
 from conversations.generation import shutdown  # noqa: E402
@@ -29,9 +29,11 @@ sys.setswitchinterval(float(os.environ.get("CHAT_GIL_SWITCH_INTERVAL", "0.001"))
 # Under daphne: drain on SIGTERM, sweep stale replies at start-up (conversations/generation/shutdown.py),
 # no upload parsed into memory by Twisted before Django streams it (chatsite/daphne_bodies.py), and a
 # socket's text frames framed in one step and written at once instead of on the loop's next turn
-# (chatsite/daphne_writes.py).
+# (chatsite/daphne_writes.py), and a closed socket's objects freed as it closes, not by the garbage
+# collector's older generations under load (chatsite/daphne_cycles.py).
 shutdown.install()
 daphne_bodies.install()
+daphne_cycles.install()
 daphne_writes.install()
 daphne_writes.install_frames()
 

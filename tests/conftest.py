@@ -170,13 +170,14 @@ async def open_socket(user, conversation_id, *, origin: str = "http://localhost"
 
 @pytest.fixture
 def live_server_factory(transactional_db, tmp_path):
-    """Start real daphne processes on the test database: `live_server_factory(**env)`; all stopped after."""
+    """Start real daphne processes on the test database: `live_server_factory(**env)` (`app=` another ASGI
+    application than the site's); all stopped after."""
     from tests.live import LiveServer
 
     servers: list[LiveServer] = []
 
-    def start(**env: str) -> LiveServer:
-        server = LiveServer(tmp_path, name=f"daphne{len(servers)}", **env).start()
+    def start(app: str = "chatsite.asgi:application", **env: str) -> LiveServer:
+        server = LiveServer(tmp_path, name=f"daphne{len(servers)}", app=app, **env).start()
         servers.append(server)
         return server
 

@@ -53,7 +53,8 @@ def server_env(**overrides: str) -> dict[str, str]:
 class LiveServer:
     """One daphne process serving the site on a free loopback port."""
 
-    def __init__(self, log_dir: Path, name: str = "daphne", **env: str) -> None:
+    def __init__(self, log_dir: Path, name: str = "daphne", app: str = "chatsite.asgi:application", **env: str) -> None:
+        self.app = app
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.ws_url = f"ws://127.0.0.1:{self.port}"
@@ -64,7 +65,7 @@ class LiveServer:
     def start(self, timeout: float = 20) -> LiveServer:
         log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the process
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port), "chatsite.asgi:application"],
+            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port), self.app],
             cwd=ROOT,
             env=self.env,
             stdout=log,

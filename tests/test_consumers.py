@@ -472,6 +472,42 @@ async def test_the_socket_loop_ends_on_stop_consumer_and_cancels_the_other_sourc
     assert events.cancelled
 
 
+@pytest.mark.parametrize("break_cycles", [True, False])
+async def test_the_socket_loop_leaves_no_cycle_for_the_collector_when_it_ends(break_cycles, monkeypatch):
+    """A disconnect's StopConsumer leaves `dispatch_many`'s frame in its traceback; holding the tasks that
+    hold it, that frame made a cycle only the collector could free. With the collector off, what the
+    handler belonged to is freed as the loop ends (and is not, with the frame's references kept)."""
+    import gc
+    import weakref
+
+    from channels.exceptions import StopConsumer
+
+    from conversations import consumers
+
+    monkeypatch.setattr(consumers, "BREAK_CYCLES", break_cycles)
+
+    class Consumer:
+        async def dispatch(self, message):
+            raise StopConsumer
+
+    async def run() -> weakref.ref:
+        consumer = Consumer()
+        frames, events = Source("frames", 1, 0.001), Source("events", 0, 0)
+        with contextlib.suppress(StopConsumer):  # as ChatConsumer._run ends a socket
+            await consumers.dispatch_many([frames, events], consumer.dispatch)
+        return weakref.ref(consumer)
+
+    gc.collect()
+    gc.disable()
+    try:
+        ref = await run()
+        await asyncio.sleep(0)  # the cancelled source's task finishes its callbacks
+        assert (ref() is None) is break_cycles
+    finally:
+        gc.enable()
+        gc.collect()
+
+
 async def test_a_real_socket_closes_cleanly_through_its_loop(alice, caplog):
     conv = await sync_to_async(make_conversation)(alice)
     ok, ws = await open_socket(alice, conv.pk)

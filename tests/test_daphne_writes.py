@@ -1,14 +1,19 @@
 """chatsite/daphne_writes.py on Twisted's real asyncio reactor and real sockets, in a child process (the
 reactor is process-wide): what a connection writes arrives whole and in order, at once when nothing is
-buffered, through Twisted's buffer when the kernel's is full, and a pull producer is still served."""
+buffered, through Twisted's buffer when the kernel's is full, and a pull producer is still served.
+And under a real daphne: frames of every length reach a client whole, and closed sockets leave no
+cycles for the garbage collector (chatsite/daphne_cycles.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import socket
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -162,3 +167,43 @@ async def test_frames_of_every_length_reach_a_real_client_whole(alice, fake_prov
         assert len([f for f in ws.frames if f["type"] == "delta"]) >= 3
     finally:
         await ws.close()
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("variants, left", [("", False), ("cycles", True)])
+async def test_closed_sockets_leave_nothing_for_the_collector(variants, left, alice, live_server_factory, tmp_path):
+    """Under daphne, a closed socket's protocol, its HTTP upgrade request and its consumer are freed as it
+    closes (chatsite/daphne_cycles.py, `dispatch_many`): none is among what daphne's collector finds
+    unreachable. With the libraries' cycles left in (the benchmark's `cycles` variant), all three are."""
+    import glob
+    import json
+
+    from asgiref.sync import sync_to_async
+
+    from tests.factories import make_conversation
+    from tests.wsclient import connect_live
+
+    out = tmp_path / "garbage"
+    server = live_server_factory(
+        app="bench.variants:application", BENCH_VARIANTS=",".join(filter(None, [variants, f"gc-garbage={out}"]))
+    )
+    conversation = await sync_to_async(make_conversation)(alice)
+    for _ in range(5):
+        ws = await connect_live(server, alice, conversation.pk)
+        assert await ws.recv() == {"type": "state", "generating": None}
+        await ws.close()
+    closed = time.time()
+    # daphne writes what its collector found every 3 s, after a collection: wait for one made after the closes.
+    kinds: dict[str, int] = {}
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        await asyncio.sleep(0.5)
+        dumps = [p for p in glob.glob(f"{out}.*") if os.path.getmtime(p) > closed + 3.5]
+        if dumps:
+            with open(dumps[0]) as f:
+                kinds = dict(json.load(f)["kinds"])
+            break
+    else:
+        pytest.fail("daphne wrote no garbage summary")
+    found = {k for k in ("WebSocketProtocol", "HTTPChannel", "ChatConsumer") if kinds.get(k, 0) >= 5}
+    assert found == ({"WebSocketProtocol", "HTTPChannel", "ChatConsumer"} if left else set()), kinds

@@ -1,0 +1,102 @@
+"""What an idle daphne and the task worker hold: `python -m bench.memory [--configs sqlite,postgres]`.
+
+For each configuration it starts the fake provider, the site (one daphne and the worker) and one seeded
+user, then reads each process's RSS (and its USS, the pages no other process shares) 5 s after start,
+and again 5 s after the user's first reply has ended: the idle process a team runs, before and after it
+has imported a provider's SDK. `--variants` passes BENCH_VARIANTS to daphne (bench/variants.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from . import client as C
+from .procs import PYTHON, ROOT, Site, postgres_available, rss_bytes, start_provider
+
+MB = 1024 * 1024
+
+
+def uss_bytes(pid: int) -> int:
+    """Private pages (clean and dirty) from /proc/PID/smaps_rollup: what the process alone holds."""
+    total = 0
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            if line.startswith(("Private_Clean:", "Private_Dirty:")):
+                total += int(line.split()[1]) * 1024
+    return total
+
+
+def sizes(pid: int) -> dict[str, float]:
+    return {"rss_mb": rss_bytes(pid) / MB, "uss_mb": uss_bytes(pid) / MB}
+
+
+async def one_reply(port: int, user: dict[str, Any]) -> C.StreamResult:
+    async with C.new_session() as http:
+        ws, _, _ = await C.connect(http, port, user)
+        try:
+            return await C.site_stream(ws, 60)
+        finally:
+            await ws.close()
+
+
+def measure(kind: str, tmp: Path, provider_port: int, variants: str, settle: float) -> dict[str, Any]:
+    site = Site(kind, tmp, provider_port, variants=variants)
+    site.create_database()
+    try:
+        seed_path = tmp / f"seed-{kind}.json"
+        subprocess.run(
+            [PYTHON, "-m", "bench.seed", str(seed_path), "--users", "1", "--threads", ""],
+            cwd=ROOT, env=site.env(), check=True, timeout=300,
+        )  # fmt: skip
+        user = json.loads(seed_path.read_text())["users"][0]
+        site.start(1)
+        assert site.worker is not None
+        daphne, worker = site.daphnes[0].pid, site.worker.pid
+        time.sleep(settle)
+        out: dict[str, Any] = {"daphne_start": sizes(daphne), "worker_start": sizes(worker)}
+        result = asyncio.run(one_reply(site.ports[0], user))
+        if result.status != "complete":
+            raise RuntimeError(f"the reply did not complete: {result.status} {result.error}")
+        time.sleep(settle)
+        out |= {"daphne_after_reply": sizes(daphne), "worker_after_reply": sizes(worker)}
+        return out
+    finally:
+        site.stop()
+        site.drop_database()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--configs", default="sqlite,postgres")
+    parser.add_argument("--variants", default="")
+    parser.add_argument("--settle", type=float, default=5.0, help="seconds to wait before each reading")
+    parser.add_argument("--reps", type=int, default=1)
+    args = parser.parse_args(argv)
+    configs = [c for c in args.configs.split(",") if c]
+    if "postgres" in configs and not postgres_available():
+        print("PostgreSQL or Redis is not reachable: skipping postgres")
+        configs.remove("postgres")
+    with tempfile.TemporaryDirectory(prefix="bench-memory-") as d:
+        tmp = Path(d)
+        provider, port = start_provider(tmp, tokens=20, token_delay=0.01)
+        try:
+            for kind in configs:
+                for rep in range(args.reps):
+                    (tmp / f"{kind}{rep}").mkdir()
+                    m = measure(kind, tmp / f"{kind}{rep}", port, args.variants, args.settle)
+                    cells = ", ".join(f"{k} {v['rss_mb']:.1f} MB RSS ({v['uss_mb']:.1f} USS)" for k, v in m.items())
+                    print(f"{kind} run {rep + 1}{' [' + args.variants + ']' if args.variants else ''}: {cells}")
+        finally:
+            provider.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
