@@ -171,7 +171,8 @@ def _gc_garbage(path_out: str) -> None:
                 path.append(label)
                 o = parent
             cycles[kind] = list(reversed(path))
-        with open(f"{path_out}.{os.getpid()}", "w") as out:
+        target = f"{path_out}.{os.getpid()}"
+        with open(f"{target}.tmp", "w") as out:
             json.dump(
                 {
                     "cycles": cycles,
@@ -183,6 +184,7 @@ def _gc_garbage(path_out: str) -> None:
                 out,
                 indent=1,
             )
+        os.replace(f"{target}.tmp", target)  # whole: a reader never sees a summary half-written
 
     def every(seconds: float) -> None:
         while True:

@@ -11,11 +11,12 @@ Two reference cycles in the libraries daphne runs on outlive every websocket:
 Hanging off them are the socket's transport, its ASGI queue, its consumer's task and their buffers,
 about 80 objects a socket. Reference counting cannot free a cycle; only a collection of the generation it
 has aged into can, and by the time a socket closes it has aged into the older ones: a collection there
-walks everything that survived since, and at 200 streams closing one batch of sockets took 70 to 140 ms
-of the event loop at once (docs/performance.md). `install()` breaks both cycles where they are made:
-after a websocket protocol's connection is lost its fired `is_closed` no longer holds it as its result
-(nothing in daphne awaits it), and once a request has handed its connection to a websocket the channel
-forgets the request.
+walks everything that survived since, and at 200 streams such a collection after a batch of sockets
+closed held the event loop for 50 to 140 ms at once (docs/performance.md, "Sixth session").
+
+`install()` breaks both cycles where they are made: after a websocket protocol's connection is lost its
+fired `is_closed` no longer holds it as its result (nothing in daphne awaits it), and once a request has
+handed its connection to a websocket the channel forgets the request.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def install() -> bool:
             original_lost(self, reason)
         finally:
             closed = self.__dict__.get("is_closed")
-            if closed is not None and closed.called and closed.result is self:
+            if getattr(closed, "called", False) and getattr(closed, "result", None) is self:
                 # Resolved with the protocol itself and awaited by nothing: it no longer holds the protocol.
                 closed.result = None
 
