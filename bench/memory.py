@@ -3,7 +3,9 @@
 For each configuration it starts the fake provider, the site (one daphne and the worker) and one seeded
 user, then reads each process's RSS (and its USS, the pages no other process shares) 5 s after start,
 and again 5 s after the user's first reply has ended: the idle process a team runs, before and after it
-has imported a provider's SDK. `--variants` passes BENCH_VARIANTS to daphne (bench/variants.py).
+has imported a provider's SDK. `--churn N` then opens and closes N sockets `--rounds` times, reading
+daphne's RSS after each round: memory that grows round after round is what closed sockets leave behind.
+`--variants` passes BENCH_VARIANTS to daphne (bench/variants.py).
 """
 
 from __future__ import annotations
@@ -46,16 +48,31 @@ async def one_reply(port: int, user: dict[str, Any]) -> C.StreamResult:
             await ws.close()
 
 
-def measure(kind: str, tmp: Path, provider_port: int, variants: str, settle: float) -> dict[str, Any]:
+async def churn(port: int, users: list[dict[str, Any]], rounds: int, pid: int, settle: float) -> list[float]:
+    """Open a socket for every user and close them all, `rounds` times; daphne's RSS (MB) after each."""
+    sizes_mb = []
+    async with C.new_session() as http:
+        for _ in range(rounds):
+            sockets = await C.connect_many(http, [port], users, slots=[0] * len(users))
+            await C.close_many(sockets)
+            await asyncio.sleep(settle)
+            sizes_mb.append(rss_bytes(pid) / MB)
+    return sizes_mb
+
+
+def measure(
+    kind: str, tmp: Path, provider_port: int, variants: str, settle: float, sockets: int = 0, rounds: int = 0
+) -> dict[str, Any]:
     site = Site(kind, tmp, provider_port, variants=variants)
     site.create_database()
     try:
         seed_path = tmp / f"seed-{kind}.json"
         subprocess.run(
-            [PYTHON, "-m", "bench.seed", str(seed_path), "--users", "1", "--threads", ""],
+            [PYTHON, "-m", "bench.seed", str(seed_path), "--users", str(max(1, sockets)), "--threads", ""],
             cwd=ROOT, env=site.env(), check=True, timeout=300,
         )  # fmt: skip
-        user = json.loads(seed_path.read_text())["users"][0]
+        users = json.loads(seed_path.read_text())["users"]
+        user = users[0]
         site.start(1)
         assert site.worker is not None
         daphne, worker = site.daphnes[0].pid, site.worker.pid
@@ -66,6 +83,8 @@ def measure(kind: str, tmp: Path, provider_port: int, variants: str, settle: flo
             raise RuntimeError(f"the reply did not complete: {result.status} {result.error}")
         time.sleep(settle)
         out |= {"daphne_after_reply": sizes(daphne), "worker_after_reply": sizes(worker)}
+        if sockets and rounds:
+            out["churn_mb"] = asyncio.run(churn(site.ports[0], users, rounds, daphne, settle))
         return out
     finally:
         site.stop()
@@ -78,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", default="")
     parser.add_argument("--settle", type=float, default=5.0, help="seconds to wait before each reading")
     parser.add_argument("--reps", type=int, default=1)
+    parser.add_argument("--churn", type=int, default=0, help="sockets to open and close in each round")
+    parser.add_argument("--rounds", type=int, default=4, help="rounds of --churn")
     args = parser.parse_args(argv)
     configs = [c for c in args.configs.split(",") if c]
     if "postgres" in configs and not postgres_available():
@@ -90,8 +111,12 @@ def main(argv: list[str] | None = None) -> int:
             for kind in configs:
                 for rep in range(args.reps):
                     (tmp / f"{kind}{rep}").mkdir()
-                    m = measure(kind, tmp / f"{kind}{rep}", port, args.variants, args.settle)
+                    m = measure(kind, tmp / f"{kind}{rep}", port, args.variants, args.settle, args.churn, args.rounds)
+                    rounds = m.pop("churn_mb", None)
                     cells = ", ".join(f"{k} {v['rss_mb']:.1f} MB RSS ({v['uss_mb']:.1f} USS)" for k, v in m.items())
+                    if rounds:
+                        cells += f"; daphne after each of {len(rounds)} rounds of {args.churn} sockets opened and "
+                        cells += "closed: " + ", ".join(f"{mb:.1f}" for mb in rounds) + " MB"
                     print(f"{kind} run {rep + 1}{' [' + args.variants + ']' if args.variants else ''}: {cells}")
         finally:
             provider.stop()
