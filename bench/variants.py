@@ -46,8 +46,9 @@
 - `gc-log=PATH`: the garbage collector's pauses in daphne (count, total, max per generation; each pause
   of 5 ms or more; with BENCH_GC_CENSUS=1 the types walked by each older collection), written to
   PATH.PID as JSON when daphne stops;
-- `gc-garbage=PATH`: keep what the collector finds unreachable and write, when daphne stops, what it
-  was (types, the code of its frames, where its exceptions were raised) to PATH.PID as JSON;
+- `gc-garbage=PATH`: keep what the collector finds unreachable and write what it is (types, the code
+  of its frames, where its exceptions were raised; with BENCH_GC_CYCLES=Type,... the cycle that kept
+  one of each) to PATH.PID as JSON, every 3 s after a full collection (diagnostics: it pauses) and at exit;
 - `profile=PATH`: cProfile the event loop thread, written to PATH when daphne stops.
 Only the benchmark uses this module (`daphne bench.variants:application`).
 """
@@ -113,8 +114,10 @@ def _start_profile(path: str) -> None:
 
 
 def _gc_garbage(path_out: str) -> None:
-    """Keep what the collector finds unreachable (DEBUG_SAVEALL) and, when daphne stops, write where it
-    was made: counts by type, and the code of the frames and exceptions' innermost frames among it."""
+    """Keep what the collector finds unreachable (DEBUG_SAVEALL) and write what it is: counts by type, the
+    code of the frames among it, where its exceptions were raised, and (for the types named in
+    BENCH_GC_CYCLES) the cycle that kept one of each. Written every 3 s after a full collection of its own
+    (a pause: for finding garbage, not for timing runs) and when daphne stops."""
     import collections
     import gc
     import json
@@ -134,12 +137,11 @@ def _gc_garbage(path_out: str) -> None:
         excs: collections.Counter[str] = collections.Counter()
         for o in garbage:
             if issubclass(type(o), BaseException):  # not isinstance: a lazy object would set itself up
-                tb, where = o.__traceback__, "no traceback"
-                chain = []
+                tb, chain = o.__traceback__, []
                 while tb is not None:
                     chain.append(f"{tb.tb_frame.f_code.co_filename.rsplit('/', 1)[-1]}:{tb.tb_frame.f_code.co_name}")
                     tb = tb.tb_next
-                where = " > ".join(chain[:3] + ["..."] + chain[-2:]) if len(chain) > 5 else " > ".join(chain)
+                where = " > ".join(chain[:3] + ["..."] + chain[-2:] if len(chain) > 5 else chain) or "no traceback"
                 excs[f"{type(o).__name__} at {where}"] += 1
         cycles = {}
         ids = {id(o) for o in garbage}
