@@ -54,12 +54,7 @@ def install() -> bool:
         channel = self.channel
         # Upgraded: the connection is the websocket protocol's now (daphne took `self.transport`). The
         # channel is left as Twisted's own `requestDone` would leave it, without this request.
-        if (
-            self.transport is None
-            and channel is not None
-            and channel.transport is not None
-            and self in channel.requests
-        ):
+        if self.transport is None and channel is not None and self in channel.requests:
             channel.requests.remove(self)
 
     connectionLost.__doc__, process.__doc__ = original_lost.__doc__, original_process.__doc__

@@ -176,7 +176,6 @@ async def test_closed_sockets_leave_nothing_for_the_collector(variants, left, al
     closes (chatsite/daphne_cycles.py, `dispatch_many`): none is among what daphne's collector finds
     unreachable. With the libraries' cycles left in (the benchmark's `cycles` variant), all three are."""
     import glob
-    import json
 
     from asgiref.sync import sync_to_async
 
