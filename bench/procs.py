@@ -110,14 +110,16 @@ def wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float
 SERVERS = ("daphne", "uvicorn", "granian")
 
 
-def server_command(server: str, port: int, app: str) -> list[str]:
+def server_command(server: str, port: int, app: str, variants: str = "") -> list[str]:
     """One ASGI server process serving `app` on 127.0.0.1:`port`. daphne is what `make run` starts;
     uvicorn and granian run the same Channels application unchanged (the benchmark compares them):
     one worker each, their default event loop (uvloop when installed), no access log; the site's ASGI
     application has no lifespan handler, so lifespan is off."""
     host = "127.0.0.1"
     if server == "daphne":
-        return [PYTHON, "-m", "daphne", "-b", host, "-p", str(port), app]
+        # The `uvloop` variant: daphne on uvloop (bench/uvloop_daphne.py), the loop chosen before it starts.
+        launcher = "bench.uvloop_daphne" if "uvloop" in variants.split(",") else "daphne"
+        return [PYTHON, "-m", launcher, "-b", host, "-p", str(port), app]
     if server == "uvicorn":
         return [PYTHON, "-m", "uvicorn", "--host", host, "--port", str(port), "--lifespan", "off", "--no-access-log",
                 app]  # fmt: skip
@@ -271,7 +273,7 @@ class Site:
         for i in range(processes):
             port = free_port()
             name = f"{self.server}{i}-{self.kind}-{port}"
-            args = server_command(self.server, port, app)
+            args = server_command(self.server, port, app, self.variants)
             self.daphnes.append(Proc(name, args, env, self.tmp / f"{name}.log").start())
             self.ports.append(port)
         for proc, port in zip(self.daphnes, self.ports, strict=True):

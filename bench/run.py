@@ -386,7 +386,7 @@ class Bench:
                             f"client {d['client_cores']:.2f}/{s['client_cores']:.2f} cores, "
                             f"tokens/s {_n(s['emitted_tps'])} emitted {_n(s['delivered_tps'])} delivered, "
                             f"loop lag p99 {_n(s['loop_lag_p99'], 1)} max {_n(s['loop_lag_max'], 1)} ms, "
-                            f"other load {s['other_cores']:.2f} cores"
+                            f"other load {s['other_cores']:.2f} cores, p99 by second {s['lat_p99_by_second']}"
                         )
                     out["phases"][str(n)] = {
                         "direct": combine(direct_runs),

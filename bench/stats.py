@@ -59,7 +59,24 @@ def summarize_streams(results: list[StreamResult], tokens: int) -> dict[str, Any
         # arrivals), each over its own span: from the phase's first token to its last.
         "emitted_tps": _rate([s for r in results for s in set(r.stamps)]),
         "delivered_tps": _rate([s + lat for r in results for s, lat in zip(r.stamps, r.latencies, strict=True)]),
+        "lat_p99_by_second": p99_by_second(results),
     }
+
+
+def p99_by_second(results: list[StreamResult]) -> list[float | None]:
+    """The per-token latency's p99 (ms) of the tokens emitted in each second of the phase, from its first
+    token on: whether the tail sits in the sends' first second, the replies' last, or all along."""
+    if not any(r.stamps for r in results):
+        return []
+    start = min(s for r in results for s in r.stamps)
+    by_second: dict[int, list[float]] = {}
+    for r in results:
+        for stamp, lat in zip(r.stamps, r.latencies, strict=True):
+            by_second.setdefault(int((stamp - start) // 1000), []).append(lat)
+    return [
+        round(p, 1) if (p := percentile(by_second.get(i, []), 99)) is not None else None
+        for i in range(max(by_second) + 1)
+    ]
 
 
 def _rate(times_ms: list[float]) -> float | None:

@@ -49,6 +49,8 @@
 - `gc-garbage=PATH`: keep what the collector finds unreachable and write what it is (types, the code
   of its frames, where its exceptions were raised; with BENCH_GC_CYCLES=Type,... the cycle that kept
   one of each) to PATH.PID as JSON, every 3 s after a full collection (diagnostics: it pauses) and at exit;
+- `uvloop`: daphne on uvloop instead of asyncio's own loop (started as `python -m bench.uvloop_daphne`;
+  tried and left off: docs/performance.md);
 - `profile=PATH`: cProfile the event loop thread, written to PATH when daphne stops.
 Only the benchmark uses this module (`daphne bench.variants:application`).
 """
@@ -417,6 +419,8 @@ for variant in VARIANTS:
         _log_gc(variant.split("=", 1)[1])
     elif variant.startswith("gc-garbage="):
         _gc_garbage(variant.split("=", 1)[1])
+    elif variant == "uvloop":
+        pass  # chosen before daphne started (bench/procs.py, bench/uvloop_daphne.py)
     elif variant.startswith("profile="):
         _start_profile(variant.split("=", 1)[1])
     else:

@@ -1,0 +1,23 @@
+"""daphne on uvloop, for the benchmark's `uvloop` variant: `python -m bench.uvloop_daphne [daphne's arguments]`.
+
+daphne makes the event loop its Twisted reactor runs on when `daphne.server` is imported, before the
+site's code is, so the loop's kind is chosen here, first. Tried as the site's default and left off: it
+did not lower the server's CPU per token (docs/performance.md, "Seventh session").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+import uvloop
+
+asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+from daphne import server  # noqa: E402  (makes the reactor's loop, now uvloop's)
+from daphne.cli import CommandLineInterface  # noqa: E402
+
+if __name__ == "__main__":
+    kind = type(server.twisted_loop)
+    print(f"Event loop: {kind.__module__}.{kind.__qualname__}", file=sys.stderr, flush=True)
+    CommandLineInterface.entrypoint()
