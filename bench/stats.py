@@ -101,6 +101,8 @@ def combine(runs: list[dict[str, Any]]) -> dict[str, Any]:
             out[key] = median(values)
         elif key == "failures":
             out[key] = sorted({f for v in values for f in v or []})[:5]
+        elif key == "lat_p99_by_second":
+            out[key] = values  # one list per run: seconds do not line up across runs to take a median of
         else:
             out[key] = values[0]
     return out
