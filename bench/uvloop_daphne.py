@@ -10,14 +10,18 @@ from __future__ import annotations
 import asyncio
 import sys
 
-import uvloop
 
-asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+def main() -> None:
+    import uvloop
 
-from daphne import server  # noqa: E402  (makes the reactor's loop, now uvloop's)
-from daphne.cli import CommandLineInterface  # noqa: E402
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    from daphne import server  # makes the reactor's loop, now uvloop's
+    from daphne.cli import CommandLineInterface
 
-if __name__ == "__main__":
     kind = type(server.twisted_loop)
     print(f"Event loop: {kind.__module__}.{kind.__qualname__}", file=sys.stderr, flush=True)
     CommandLineInterface.entrypoint()
+
+
+if __name__ == "__main__":
+    main()
