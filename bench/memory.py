@@ -5,7 +5,8 @@ user, then reads each process's RSS (and its USS, the pages no other process sha
 and again 5 s after the user's first reply has ended: the idle process a team runs, before and after it
 has imported a provider's SDK. `--churn N` then opens and closes N sockets `--rounds` times, reading
 daphne's RSS after each round: memory that grows round after round is what closed sockets leave behind.
-`--variants` passes BENCH_VARIANTS to daphne (bench/variants.py).
+`--variants` passes BENCH_VARIANTS to daphne (bench/variants.py); `--server uvicorn` reads uvicorn (the
+README's production option) in daphne's place.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from . import client as C
-from .procs import PYTHON, ROOT, Site, postgres_available, rss_bytes, start_provider
+from .procs import PYTHON, ROOT, SERVERS, Site, postgres_available, rss_bytes, start_provider
 
 MB = 1024 * 1024
 
@@ -61,9 +62,16 @@ async def churn(port: int, users: list[dict[str, Any]], rounds: int, pid: int, s
 
 
 def measure(
-    kind: str, tmp: Path, provider_port: int, variants: str, settle: float, sockets: int = 0, rounds: int = 0
+    kind: str,
+    tmp: Path,
+    provider_port: int,
+    variants: str,
+    settle: float,
+    sockets: int = 0,
+    rounds: int = 0,
+    server: str = "daphne",
 ) -> dict[str, Any]:
-    site = Site(kind, tmp, provider_port, variants=variants)
+    site = Site(kind, tmp, provider_port, variants=variants, server=server)
     site.create_database()
     try:
         seed_path = tmp / f"seed-{kind}.json"
@@ -95,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", default="sqlite,postgres")
     parser.add_argument("--variants", default="")
+    parser.add_argument("--server", default="daphne", choices=SERVERS, help="the ASGI server read as `daphne`")
     parser.add_argument("--settle", type=float, default=5.0, help="seconds to wait before each reading")
     parser.add_argument("--reps", type=int, default=1)
     parser.add_argument("--churn", type=int, default=0, help="sockets to open and close in each round")
@@ -111,13 +120,23 @@ def main(argv: list[str] | None = None) -> int:
             for kind in configs:
                 for rep in range(args.reps):
                     (tmp / f"{kind}{rep}").mkdir()
-                    m = measure(kind, tmp / f"{kind}{rep}", port, args.variants, args.settle, args.churn, args.rounds)
+                    m = measure(
+                        kind,
+                        tmp / f"{kind}{rep}",
+                        port,
+                        args.variants,
+                        args.settle,
+                        args.churn,
+                        args.rounds,
+                        args.server,
+                    )
                     rounds = m.pop("churn_mb", None)
                     cells = ", ".join(f"{k} {v['rss_mb']:.1f} MB RSS ({v['uss_mb']:.1f} USS)" for k, v in m.items())
                     if rounds:
                         cells += f"; daphne after each of {len(rounds)} rounds of {args.churn} sockets opened and "
                         cells += "closed: " + ", ".join(f"{mb:.1f}" for mb in rounds) + " MB"
-                    print(f"{kind} run {rep + 1}{' [' + args.variants + ']' if args.variants else ''}: {cells}")
+                    label = ",".join(x for x in (args.variants, "" if args.server == "daphne" else args.server) if x)
+                    print(f"{kind} run {rep + 1}{' [' + label + ']' if label else ''}: {cells}")
         finally:
             provider.stop()
     return 0

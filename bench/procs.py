@@ -113,15 +113,15 @@ SERVERS = ("daphne", "uvicorn", "granian")
 def server_command(server: str, port: int, app: str, variants: str = "") -> list[str]:
     """One ASGI server process serving `app` on 127.0.0.1:`port`. daphne is what `make run` starts;
     uvicorn and granian run the same Channels application unchanged (the benchmark compares them):
-    one worker each, their default event loop (uvloop when installed), no access log; the site's ASGI
-    application has no lifespan handler, so lifespan is off."""
+    one worker each, their default event loop (uvloop when installed), no access log; uvicorn as the
+    README's production option runs it, with lifespan on (the site's start-up sweep and drain)."""
     host = "127.0.0.1"
     if server == "daphne":
         # The `uvloop` variant: daphne on uvloop (bench/uvloop_daphne.py), the loop chosen before it starts.
         launcher = "bench.uvloop_daphne" if "uvloop" in variants.split(",") else "daphne"
         return [PYTHON, "-m", launcher, "-b", host, "-p", str(port), app]
     if server == "uvicorn":
-        return [PYTHON, "-m", "uvicorn", "--host", host, "--port", str(port), "--lifespan", "off", "--no-access-log",
+        return [PYTHON, "-m", "uvicorn", "--host", host, "--port", str(port), "--lifespan", "on", "--no-access-log",
                 app]  # fmt: skip
     if server == "granian":
         return [PYTHON, "-m", "granian", "--interface", "asginl", "--host", host, "--port", str(port), "--workers", "1",

@@ -46,6 +46,8 @@ application = timing.with_loop_lag(
         {
             "http": django_asgi_app,
             "websocket": SameOriginValidator(URLRouter(websocket_urlpatterns)),
+            # uvicorn's start and stop (daphne sends no lifespan events): the sweep and the drain.
+            "lifespan": shutdown.lifespan,
         }
     )
 )

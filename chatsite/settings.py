@@ -58,13 +58,14 @@ INSTALLED_APPS = [
     "django_tasks",
     "django_tasks_db",
 ]
-# daphne's app installs Twisted's asyncio reactor as Django starts (and gives `runserver` its ASGI
-# version). The task worker never serves a request: it goes without, and without Twisted (about 40 MB);
-# and without the OpenID Connect sign-in, whose provider module allauth loads at start with `requests`
-# (about 5 MB). Neither has models.
+# daphne's app gives `runserver` its ASGI version, and installs Twisted's asyncio reactor as Django
+# starts (about 35 MB). Only `runserver` needs it: the daphne command installs its reactor itself,
+# and nothing else (uvicorn, the task worker, the tests) runs on Twisted. The task worker never
+# serves a request: it goes without the OpenID Connect sign-in too, whose provider module allauth
+# loads at start with `requests` (about 5 MB). Neither app has models.
 if sys.argv[1:2] == ["db_worker"]:
     INSTALLED_APPS.remove("allauth.socialaccount.providers.openid_connect")
-else:
+elif sys.argv[1:2] == ["runserver"]:
     INSTALLED_APPS.insert(0, "daphne")
 
 MIDDLEWARE = [

@@ -171,16 +171,16 @@ async def open_socket(user, conversation_id, *, origin: str = "http://localhost"
 @pytest.fixture
 def live_server_factory(transactional_db, tmp_path):
     """Start real daphne processes on the test database: `live_server_factory(**env)` (`app=` another ASGI
-    application than the site's); all stopped after."""
+    application than the site's, `server="uvicorn"` uvicorn instead); all stopped after."""
     from tests.live import LiveServer
 
     servers: list[LiveServer] = []
 
-    def start(app: str = "chatsite.asgi:application", **env: str) -> LiveServer:
-        server = LiveServer(tmp_path, name=f"daphne{len(servers)}", app=app, **env).start()
-        servers.append(server)
-        return server
+    def start(app: str = "chatsite.asgi:application", server: str = "daphne", **env: str) -> LiveServer:
+        live = LiveServer(tmp_path, name=f"{server}{len(servers)}", app=app, server=server, **env).start()
+        servers.append(live)
+        return live
 
     yield start
-    for server in servers:
-        server.stop()
+    for live in servers:
+        live.stop()

@@ -50,11 +50,28 @@ def server_env(**overrides: str) -> dict[str, str]:
     return env
 
 
-class LiveServer:
-    """One daphne process serving the site on a free loopback port."""
+def server_command(server: str, port: int, app: str) -> list[str]:
+    """daphne, as `make run` starts it, or uvicorn as the README's production option runs it."""
+    if server == "daphne":
+        return [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), app]
+    if server == "uvicorn":
+        return [sys.executable, "-m", "uvicorn", "--host", "127.0.0.1", "--port", str(port), "--lifespan", "on", app]
+    raise ValueError(f"unknown server {server!r}")
 
-    def __init__(self, log_dir: Path, name: str = "daphne", app: str = "chatsite.asgi:application", **env: str) -> None:
+
+class LiveServer:
+    """One daphne (or uvicorn) process serving the site on a free loopback port."""
+
+    def __init__(
+        self,
+        log_dir: Path,
+        name: str = "daphne",
+        app: str = "chatsite.asgi:application",
+        server: str = "daphne",
+        **env: str,
+    ) -> None:
         self.app = app
+        self.server = server
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.ws_url = f"ws://127.0.0.1:{self.port}"
@@ -65,7 +82,7 @@ class LiveServer:
     def start(self, timeout: float = 20) -> LiveServer:
         log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the process
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port), self.app],
+            server_command(self.server, self.port, self.app),
             cwd=ROOT,
             env=self.env,
             stdout=log,
@@ -74,14 +91,14 @@ class LiveServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"daphne exited early:\n{self.log()}")
+                raise RuntimeError(f"{self.server} exited early:\n{self.log()}")
             try:
                 with urllib.request.urlopen(f"{self.url}/healthz", timeout=1) as response:
                     if response.status == 200:
                         return self
             except OSError:
                 time.sleep(0.1)
-        raise RuntimeError(f"daphne did not answer in {timeout}s:\n{self.log()}")
+        raise RuntimeError(f"{self.server} did not answer in {timeout}s:\n{self.log()}")
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

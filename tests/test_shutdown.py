@@ -1,6 +1,7 @@
 """A deploy is not a crash: SIGTERM to a daphne process lets its replies finish (up to
 CHAT_SHUTDOWN_GRACE), then stores them `interrupted` at once; sockets elsewhere see every `end`.
-And a process that starts sweeps the rows a dead one left `streaming`."""
+And a process that starts sweeps the rows a dead one left `streaming`. Each under uvicorn too (the
+README's production option: the same drain and sweep, from ASGI's lifespan events)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
 ON_REDIS = os.environ.get("DATABASE_URL", "").startswith("postgres") and bool(os.environ.get("REDIS_URL"))
 two_processes = pytest.mark.skipif(not ON_REDIS, reason="needs PostgreSQL and Redis shared by several processes")
+# The process told to stop: daphne (`make run`) or uvicorn (the production option).
+servers = pytest.mark.parametrize("server", ["daphne", "uvicorn"])
 
 
 @pytest.fixture(autouse=True)
@@ -51,12 +54,13 @@ async def exited(server, timeout):
 
 
 @two_processes
+@servers
 async def test_sigterm_lets_a_running_reply_finish_and_the_other_process_sees_it(
-    alice, fake_provider, live_server_factory
+    alice, fake_provider, live_server_factory, server
 ):
     text = " ".join(f"w{i}" for i in range(200))  # about 3 s at 15 ms a token
     fake_provider.script(Reply(text=text, token_delay=0.015))
-    a = live_server_factory(**provider_env(fake_provider, CHAT_SHUTDOWN_GRACE="30"))
+    a = live_server_factory(server=server, **provider_env(fake_provider, CHAT_SHUTDOWN_GRACE="30"))
     b = live_server_factory(**provider_env(fake_provider))
     conv = await sync_to_async(make_conversation)(alice)
     on_a = await connect_live(a, alice, conv.pk)
@@ -68,7 +72,8 @@ async def test_sigterm_lets_a_running_reply_finish_and_the_other_process_sees_it
     await on_b.until("delta")
 
     a.proc.send_signal(signal.SIGTERM)
-    # A's socket is closed at once (4012: reconnect elsewhere), and A takes no new ones.
+    # A's socket is closed at once (4012 from daphne, 1012 from uvicorn: reconnect elsewhere), and A
+    # takes no new ones.
     with pytest.raises(ConnectionError):
         await on_a.until("end", timeout=5)
     await asyncio.sleep(0.3)
@@ -79,7 +84,7 @@ async def test_sigterm_lets_a_running_reply_finish_and_the_other_process_sees_it
     end = await on_b.until("end", timeout=20, message_id=start["message_id"])
     assert (end["status"], end["content"]) == ("complete", text)
     assert on_b.text_of(start["message_id"]) == text
-    assert await exited(a, 10), "daphne did not exit after its replies finished"
+    assert await exited(a, 10), f"{server} did not exit after its replies finished"
     assert a.proc.returncode == 0 or a.proc.returncode == -signal.SIGTERM or a.proc.returncode is not None
     stored = await row(start["message_id"])
     assert (stored.status, stored.content) == ("complete", text)
@@ -87,10 +92,13 @@ async def test_sigterm_lets_a_running_reply_finish_and_the_other_process_sees_it
 
 
 @two_processes
-async def test_sigterm_interrupts_a_reply_still_running_after_the_grace(alice, fake_provider, live_server_factory):
+@servers
+async def test_sigterm_interrupts_a_reply_still_running_after_the_grace(
+    alice, fake_provider, live_server_factory, server
+):
     text = "word " * 4000  # about 40 s: far longer than the grace
     fake_provider.script(Reply(text=text, token_delay=0.01))
-    a = live_server_factory(**provider_env(fake_provider, CHAT_SHUTDOWN_GRACE="1"))
+    a = live_server_factory(server=server, **provider_env(fake_provider, CHAT_SHUTDOWN_GRACE="1"))
     b = live_server_factory(**provider_env(fake_provider))
     conv = await sync_to_async(make_conversation)(alice)
     on_a = await connect_live(a, alice, conv.pk)
@@ -116,9 +124,10 @@ async def test_sigterm_interrupts_a_reply_still_running_after_the_grace(alice, f
     await on_b.close()
 
 
-async def test_sigterm_on_a_lone_process_leaves_no_reply_streaming(alice, fake_provider, live_server_factory):
+@servers
+async def test_sigterm_on_a_lone_process_leaves_no_reply_streaming(alice, fake_provider, live_server_factory, server):
     fake_provider.script(Reply(text="word " * 4000, token_delay=0.01))
-    a = live_server_factory(**provider_env(fake_provider, CHAT_SHUTDOWN_GRACE="1"))
+    a = live_server_factory(server=server, **provider_env(fake_provider, CHAT_SHUTDOWN_GRACE="1"))
     conv = await sync_to_async(make_conversation)(alice)
     ws = await connect_live(a, alice, conv.pk)
     await ws.recv()
@@ -132,7 +141,8 @@ async def test_sigterm_on_a_lone_process_leaves_no_reply_streaming(alice, fake_p
     await ws.close()
 
 
-async def test_a_process_sweeps_stale_replies_when_it_starts(alice, live_server_factory):
+@servers
+async def test_a_process_sweeps_stale_replies_when_it_starts(alice, live_server_factory, server):
     """A crash of the only process left a row `streaming`: the restarted process marks it
     `interrupted` by itself, before any socket connects."""
     conv = await sync_to_async(make_conversation)(alice)
@@ -145,7 +155,7 @@ async def test_a_process_sweeps_stale_replies_when_it_starts(alice, live_server_
         return reply
 
     reply = await sync_to_async(leave_a_stale_row)()
-    live_server_factory()
+    live_server_factory(server=server)
     deadline = time.monotonic() + 10
     while (await row(reply.pk)).status == "streaming" and time.monotonic() < deadline:
         await asyncio.sleep(0.2)

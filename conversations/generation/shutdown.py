@@ -12,8 +12,12 @@ and waits for the Deferreds they return. The one installed here:
 4. then ends the rest at once: each stores the text it has, as `interrupted`, and sends `end`.
 
 Installed from `chatsite/asgi.py` when the application is loaded by daphne (plain
-`daphne chatsite.asgi:application`, `make run`); other ASGI servers get the start-up sweep from the
-first socket or reply, and no drain.
+`daphne chatsite.asgi:application`, `make run`). Under uvicorn (the production option in the README)
+the same sweep and drain run from ASGI's lifespan events (`lifespan`, routed in `chatsite/asgi.py`):
+on SIGTERM uvicorn stops listening and closes its sockets itself (code 1012, which the page treats
+as 4012), waits for their consumers to end, then sends `lifespan.shutdown`, and the drain lets the
+replies finish (3 and 4 above) before uvicorn exits. Other ASGI servers without lifespan events get
+the start-up sweep from the first socket or reply, and no drain.
 """
 
 from __future__ import annotations
@@ -66,6 +70,22 @@ async def _started() -> None:
     except Exception:
         log.exception("start-up sweep of stale replies failed")
     ensure_janitor()
+
+
+async def lifespan(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """ASGI's lifespan events (uvicorn; daphne sends none): the start-up sweep, and the drain at shutdown."""
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            spawn(_started())
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            try:
+                await drain()
+            except Exception:
+                log.exception("could not drain the running replies")
+            await send({"type": "lifespan.shutdown.complete"})
+            return
 
 
 def _before_shutdown() -> Any:
