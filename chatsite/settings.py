@@ -356,7 +356,7 @@ CHAT_OFFLINE_WORD_DELAY = env.float("CHAT_OFFLINE_WORD_DELAY", default=0.04)
 # Websocket limits: largest frame (bytes) and frames per 10 seconds per socket.
 CHAT_MAX_FRAME_BYTES = env.int("CHAT_MAX_FRAME_BYTES", default=CHAT_MAX_MESSAGE_CHARS * 4 + 1024)
 CHAT_MAX_FRAMES_PER_10S = env.int("CHAT_MAX_FRAMES_PER_10S", default=60)
-# Seconds a stopping daphne process (SIGTERM) lets its running replies finish before it stores
+# Seconds a stopping daphne or uvicorn process (SIGTERM) lets its running replies finish before it stores
 # them as `interrupted`.
 CHAT_SHUTDOWN_GRACE = env.float("CHAT_SHUTDOWN_GRACE", default=30.0)
 # Open websockets per user, across every process on Redis (0: no limit); one more is refused.

@@ -51,11 +51,12 @@ def server_env(**overrides: str) -> dict[str, str]:
 
 
 def server_command(server: str, port: int, app: str) -> list[str]:
-    """daphne, as `make run` starts it, or uvicorn as the README's production option runs it."""
+    """daphne, as `make run` starts it, or uvicorn with the README's production options."""
     if server == "daphne":
         return [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), app]
     if server == "uvicorn":
-        return [sys.executable, "-m", "uvicorn", "--host", "127.0.0.1", "--port", str(port), "--lifespan", "on", app]
+        options = ["--lifespan", "on", "--ws-max-size", "1048576", "--proxy-headers", "--no-access-log"]
+        return [sys.executable, "-m", "uvicorn", "--host", "127.0.0.1", "--port", str(port), *options, app]
     raise ValueError(f"unknown server {server!r}")
 
 

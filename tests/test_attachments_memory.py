@@ -123,10 +123,14 @@ def peak_rss_mib(pid: int) -> int:
 @sqlite_pass_only
 @pytest.mark.slow
 @pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
-def test_daphne_does_not_hold_an_upload_in_memory(alice, live_server_factory, tmp_path):
+@pytest.mark.parametrize("asgi_server", ["daphne", "uvicorn"])
+def test_the_server_does_not_hold_an_upload_in_memory(alice, live_server_factory, tmp_path, asgi_server):
     """Twisted, under daphne, would parse a multipart body into memory itself (about ten times its size)
-    before Django streams it; chatsite/daphne_bodies.py turns that off."""
-    server = live_server_factory(MEDIA_ROOT=str(tmp_path / "media"), CHAT_DEFAULT_MODEL="openai:gpt-test")
+    before Django streams it; chatsite/daphne_bodies.py turns that off. uvicorn (the production option)
+    hands the body on in pieces as it comes."""
+    server = live_server_factory(
+        server=asgi_server, MEDIA_ROOT=str(tmp_path / "media"), CHAT_DEFAULT_MODEL="openai:gpt-test"
+    )
     conversation = make_conversation(alice)
     cookie, token = session_cookie(alice), "a" * 32
 

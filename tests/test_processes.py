@@ -39,15 +39,18 @@ TEXT = "Across processes: " + " ".join(f"t{i}" for i in range(300)) + " ünï �
 RELEVANT = {"message", "start", "delta", "end", "error"}
 
 
-@pytest.fixture
-def two_servers(fake_provider, live_server_factory):
+# Two daphne processes, as `make run` and the README deploy them; and uvicorn (the README's production
+# option) beside daphne, each side of every cross-process case.
+@pytest.fixture(params=[("daphne", "daphne"), ("uvicorn", "daphne")], ids=["daphne+daphne", "uvicorn+daphne"])
+def two_servers(request, fake_provider, live_server_factory):
     env = {
         "OPENAI_API_KEY": "x",
         "OPENAI_BASE_URL": fake_provider.openai_base_url,
         "CHAT_DEFAULT_MODEL": "openai:gpt-test",
         "CHAT_RATE_LIMIT": "1000/m",
     }
-    return live_server_factory(**env), live_server_factory(**env)
+    first, second = request.param
+    return live_server_factory(server=first, **env), live_server_factory(server=second, **env)
 
 
 def stream(ws, message_id):
