@@ -26,6 +26,14 @@ the same bytes in one step: the header (RFC 6455 §5.2: FIN and the text opcode,
 frames skip besides: autobahn's traffic counters (which nothing here reads) and daphne's debug log
 line per frame.
 
+And autobahn's size check. daphne sets one limit, 1 MiB (`websocket_max_message_size`), for the
+messages a socket receives, and autobahn holds the messages it sends to the same limit: a frame over
+it raised inside the consumer, and the socket closed with 1011. A reply's `end` carries its whole
+text, `state` and a `resume`'s delta the text so far, and a `path` every message of the path, so a
+reply of over a mebibyte, or a branch switched on a long thread, closed every socket of the
+conversation, and a page that reconnected mid-reply met the same `state` again. The site's frames
+are its own data, so here they go out whatever their size; what a socket receives stays limited.
+
 The benchmark's `twisted-writes` variant leaves Twisted's transport as it is and `autobahn-frames`
 daphne's frames (bench/variants.py).
 """
@@ -111,15 +119,15 @@ def install_frames() -> bool:
         ):
             payload = content.encode("utf8")
             size = len(payload)
-            if not 0 < self.maxMessagePayloadSize < size:  # over the limit: autobahn's error
-                if size <= 125:
-                    header = short(0x81, size)
-                elif size <= 0xFFFF:
-                    header = medium(0x81, 126, size)
-                else:
-                    header = long(0x81, 127, size)
-                self.transport.write(header + payload)
-                return
+            # Whatever its size: daphne's message limit is for what the client sends (see the module's doc).
+            if size <= 125:
+                header = short(0x81, size)
+            elif size <= 0xFFFF:
+                header = medium(0x81, 126, size)
+            else:
+                header = long(0x81, 127, size)
+            self.transport.write(header + payload)
+            return
         original(self, content, binary)
 
     serverSend.__doc__ = original.__doc__

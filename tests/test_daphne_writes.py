@@ -144,14 +144,17 @@ def test_a_pull_producer_is_still_asked_for_more(server):
 @pytest.mark.django_db(transaction=True)
 async def test_frames_of_every_length_reach_a_real_client_whole(alice, fake_provider, live_server_factory, settings):
     """Under daphne, text frames are framed by `server_send`: each of the three length encodings (7, 16
-    and 64 bits) and multi-byte text reach an aiohttp client, which checks the framing, exactly."""
+    and 64 bits) and multi-byte text reach an aiohttp client, which checks the framing, exactly. So does
+    an `end` over daphne's 1 MiB message limit (which is for what clients send): autobahn refused to send
+    it, and the socket closed with 1011."""
     from asgiref.sync import sync_to_async
 
     from tests.factories import make_conversation
     from tests.wsclient import connect_live
 
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-    chunks = ["Hi", " ünï 漢字 🎉" * 40, " 長" * 40_000, " end."]  # frames of ~60 B, ~1 KB and ~240 KB
+    # Deltas of ~60 B, ~1 KB, ~160 KB and ~1.2 MB; the `end`, ~1.4 MB.
+    chunks = ["Hi", " ünï 漢字 🎉" * 40, " 長" * 40_000, " 長" * 300_000, " end."]
     fake_provider.script(Reply(chunks=chunks, token_delay=0.01))
     server = live_server_factory(
         OPENAI_API_KEY="x", OPENAI_BASE_URL=fake_provider.openai_base_url, CHAT_DEFAULT_MODEL="openai:gpt-test"
