@@ -39,8 +39,11 @@ class LiveCommunicator:
         await self.session.close()
 
 
-async def connect_live(server, user, conversation_id, *, origin: str | None = None, cookie: str | None = None):
-    """A Socket on a live server's `/ws/conversations/<id>/`, logged in as `user`."""
+async def connect_live(
+    server, user, conversation_id, *, origin: str | None = None, cookie: str | None = None, max_msg_size: int = 4 << 20
+):
+    """A Socket on a live server's `/ws/conversations/<id>/`, logged in as `user`; frames up to `max_msg_size`
+    bytes (aiohttp's default, 4 MiB)."""
     if cookie is None and user is not None:
         cookie = await sync_to_async(session_cookie)(user)
     headers = {"Origin": origin or server.url}
@@ -48,7 +51,9 @@ async def connect_live(server, user, conversation_id, *, origin: str | None = No
         headers["Cookie"] = f"sessionid={cookie}"
     session = aiohttp.ClientSession()
     try:
-        ws = await session.ws_connect(f"{server.ws_url}/ws/conversations/{conversation_id}/", headers=headers)
+        ws = await session.ws_connect(
+            f"{server.ws_url}/ws/conversations/{conversation_id}/", headers=headers, max_msg_size=max_msg_size
+        )
     except BaseException:
         await session.close()
         raise
