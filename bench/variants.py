@@ -49,6 +49,8 @@
 - `gc-garbage=PATH`: keep what the collector finds unreachable and write what it is (types, the code
   of its frames, where its exceptions were raised; with BENCH_GC_CYCLES=Type,... the cycle that kept
   one of each) to PATH.PID as JSON, every 3 s after a full collection (diagnostics: it pauses) and at exit;
+- `rate-two-trips`: on Redis, a send's rate counter in two round trips (`add`, then django-redis's
+  `incr`), as before it took one (conversations/limits.py, `ONE_TRIP`);
 - `uvloop`: daphne on uvloop instead of asyncio's own loop (started as `python -m bench.uvloop_daphne`;
   tried and left off: docs/performance.md);
 - `profile=PATH`: cProfile the event loop thread, written to PATH when daphne stops.
@@ -388,6 +390,10 @@ for variant in VARIANTS:
         from conversations.llm import openai as openai_adapter
 
         openai_adapter.JOIN_READS = False
+    elif variant == "rate-two-trips":
+        from conversations import limits
+
+        limits.ONE_TRIP = False
     elif variant == "sdk-reads":
         from conversations.llm import openai as openai_adapter
 

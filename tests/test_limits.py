@@ -102,6 +102,24 @@ async def test_the_rate_is_per_user(alice, bob, settings):
     await ws_b.close()
 
 
+@pytest.mark.parametrize("one_trip", [True, False])
+def test_the_rate_counter_counts_and_expires_after_its_window(alice, settings, monkeypatch, one_trip):
+    """On Redis (CI's second pass) the counter is one MULTI of SET NX EX and INCR; elsewhere, and with
+    `ONE_TRIP` off, the cache's add and incr. Either way it counts, and lives for its window (+5 s)."""
+    monkeypatch.setattr(limits, "ONE_TRIP", one_trip)
+    settings.CHAT_RATE_LIMIT = "2/h"
+    assert limits.check_rate(alice.pk) is None
+    assert limits.check_rate(alice.pk) is None
+    refused = limits.check_rate(alice.pk)
+    assert refused is not None and refused.code == "rate_limited"
+    start = int(time.time() // 3600) * 3600
+    key = f"chat:rate:{alice.pk}:3600:{start}"
+    assert limits.cache.get(key) == 3  # the same counter the cache reads, whichever way it was counted
+    ttl = getattr(limits.cache, "ttl", None)
+    if ttl is not None:  # django-redis
+        assert 3600 < ttl(key) <= 3605
+
+
 @pytest.mark.parametrize(("rate", "parsed"), [("20/m", (20, 60)), ("100/h", (100, 3600)), ("10/5m", (10, 300))])
 def test_it_parses_rates(rate, parsed):
     assert limits.parse_rate(rate) == parsed
