@@ -104,6 +104,36 @@ async def test_it_skips_a_full_channel_in_a_group_and_raises_on_a_direct_send():
         await layer.send(full, {"type": "fourth"})
 
 
+async def test_a_full_channel_joins_the_deltas_at_its_tail_so_a_replys_text_and_end_still_get_in():
+    """A consumer that stopped taking messages (under uvicorn, its client stopped reading): its channel
+    fills, and then deltas join the last one queued, and the `end` takes the place that joining the last
+    two frees. Nothing of the reply is missed; what cannot be joined is, as before."""
+    layer = InMemoryChannelLayer(capacity=3)
+    stalled = await layer.new_channel()
+    await layer.group_add("g", stalled)
+    words = [f"w{i} " for i in range(50)]
+    await layer.group_send("g", {"type": "chat.start", "message_id": 7})
+    offset = 0
+    for word in words:
+        await layer.group_send("g", {"type": "chat.delta", "message_id": 7, "offset": offset, "text": word})
+        offset += len(word)
+    await layer.group_send("g", {"type": "chat.end", "message_id": 7, "status": "complete"})
+    assert layer.channels[stalled].qsize() == 3  # never over its capacity
+    got = [await asyncio.wait_for(layer.receive(stalled), 5) for _ in range(3)]
+    assert got == [
+        {"type": "chat.start", "message_id": 7},
+        {"type": "chat.delta", "message_id": 7, "offset": 0, "text": "".join(words)},
+        {"type": "chat.end", "message_id": 7, "status": "complete"},
+    ]
+    # Full of what does not join (not deltas, or deltas of two replies): the next message is missed.
+    for event in ({"type": "chat.start", "message_id": 8}, {"type": "chat.delta", "message_id": 8, "offset": 0,
+                  "text": "a"}, {"type": "chat.delta", "message_id": 9, "offset": 0, "text": "b"}):  # fmt: skip
+        await layer.send(stalled, event)
+    with pytest.raises(ChannelFull):
+        await layer.send(stalled, {"type": "chat.end", "message_id": 8, "status": "complete"})
+    assert (await layer.receive(stalled))["type"] == "chat.start"
+
+
 # -- Redis ----------------------------------------------------------------------------------------------
 
 

@@ -1,7 +1,8 @@
 """A socket whose client stops reading holds up no one: the reply streams on to the other sockets and is
 stored whole, and the stalled client, once it reads again, gets every delta and the `end`. Under daphne
 (Twisted buffers what the client does not read) and uvicorn (its flow control pauses that socket's
-consumer alone), on real processes over loopback."""
+consumer alone, whose full channel then joins the deltas at its tail: conversations/layers/memory.py),
+on real processes over loopback."""
 
 from __future__ import annotations
 
@@ -23,11 +24,12 @@ from tests.wsclient import connect_live
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow, sqlite_pass_only]
 
-# 12 MiB of reply in 40 KiB chunks: three times what the kernel's socket buffers hold for a client that
+# 12 MiB of reply in 8 KiB chunks: three times what the kernel's socket buffers hold for a client that
 # reads nothing (its receive buffer is set to 8 KiB; the server's send buffer grows to about 4 MiB on
-# loopback), so the server must hold or pause the rest.
-CHUNK = 40 * 1024
-TEXT_CHUNKS = [f"{i:05d}" + "x" * (CHUNK - 6) + " " for i in range(300)]
+# loopback), so the server must hold or pause the rest; and 1,500 deltas, more than a channel of the
+# in-memory layer holds (1,000) while uvicorn pauses the stalled socket's consumer.
+CHUNK = 8 * 1024
+TEXT_CHUNKS = [f"{i:05d}" + "x" * (CHUNK - 6) + " " for i in range(1500)]
 TEXT = "".join(TEXT_CHUNKS)
 
 
@@ -96,7 +98,7 @@ def kernel_queued(client: socket.socket) -> int:
 
 @pytest.mark.parametrize("server", ["daphne", "uvicorn"])
 async def test_a_client_that_stops_reading_holds_up_no_one(alice, fake_provider, live_server_factory, server):
-    fake_provider.script(Reply(chunks=TEXT_CHUNKS, token_delay=0.005))
+    fake_provider.script(Reply(chunks=TEXT_CHUNKS, token_delay=0.001))
     live = live_server_factory(
         server=server,
         OPENAI_API_KEY="x",

@@ -5,7 +5,8 @@ consumer takes its turn; sending them as one websocket frame costs one dispatch,
 and one frame instead of many, so a slow moment does not turn into a backlog of tiny frames
 (docs/performance.md; `BENCH_VARIANTS=no-coalesce` switches this off). Only contiguous deltas of one
 reply are joined (the next one's `offset` is where the text so far ends), and only the events already
-queued: nothing waits for more, and every other event keeps its place in the order.
+queued: nothing waits for more, and every other event keeps its place in the order. `joined` is the
+same join for two events, which the in-memory layer uses to make room in a full channel (memory.py).
 """
 
 from __future__ import annotations
@@ -46,3 +47,12 @@ def coalesce(
     if len(texts) == 1:
         return message
     return {**message, "text": "".join(texts)}
+
+
+def joined(first: object, second: object) -> dict[str, Any] | None:
+    """`first` and `second` as one delta, if both are deltas of one reply and `second` continues `first`."""
+    if not (ENABLED and _delta(first) and _delta(second)) or first.get("message_id") != second.get("message_id"):
+        return None
+    if second["offset"] != first["offset"] + len(first["text"]):
+        return None
+    return {**first, "text": first["text"] + second["text"]}

@@ -9,7 +9,11 @@ Channels' InMemoryChannelLayer costs grow with the number of streams (see docs/a
 - every message is deep-copied per channel; a message of plain scalars (every `chat.delta`)
   gets a flat copy instead, which is the same thing for such a message.
 
-- a delta received with more deltas of the same reply queued behind it leaves as one (coalesce.py).
+- a delta received with more deltas of the same reply queued behind it leaves as one (coalesce.py);
+- a full channel (its consumer stopped taking messages: under uvicorn, a client that stopped reading
+  pauses its consumer's sends) makes room by joining contiguous deltas at its tail, so a reply's
+  text and its `chat.end` still get in; only a message that finds no such room is missed, as in the
+  base class.
 
 Private parts of the base class relied on (pinned by tests/test_layers.py): `_clean_expired` (which
 its `receive` calls), and its `channels` dict of `asyncio.Queue`s holding `(expires_at, message)`
@@ -21,13 +25,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from copy import deepcopy
 from typing import Any
 
 from channels.exceptions import ChannelFull
 from channels.layers import InMemoryChannelLayer as BaseInMemoryChannelLayer
 
-from .coalesce import coalesce
+from .coalesce import coalesce, joined
 
 _SCALARS = (str, int, float, bool, type(None))
 
@@ -38,6 +43,27 @@ def copy_message(message: dict[str, Any]) -> dict[str, Any]:
         if not isinstance(value, _SCALARS):
             return deepcopy(message)
     return dict(message)
+
+
+def _make_room(queued: deque[tuple[float, dict[str, Any]]], message: dict[str, Any], expires: float) -> bool:
+    """Put `message` on a full channel's queue by joining deltas (see the module's doc); False if it cannot.
+
+    A delta that continues the last one queued joins it; any other message takes the place that
+    joining the last two queued deltas frees. Each join copies the text joined, once per message put
+    on a full channel."""
+    if queued:
+        merged = joined(queued[-1][1], message)
+        if merged is not None:
+            queued[-1] = (expires, merged)
+            return True
+    if len(queued) >= 2:
+        merged = joined(queued[-2][1], queued[-1][1])
+        if merged is not None:
+            queued.pop()
+            queued[-1] = (queued[-1][0], merged)
+            queued.append((expires, copy_message(message)))
+            return True
+    return False
 
 
 class InMemoryChannelLayer(BaseInMemoryChannelLayer):
@@ -58,10 +84,12 @@ class InMemoryChannelLayer(BaseInMemoryChannelLayer):
         queue = self.channels.get(channel)
         if queue is None:
             queue = self.channels[channel] = asyncio.Queue(maxsize=self.get_capacity(channel))
+        expires = time.time() + self.expiry
         try:
-            queue.put_nowait((time.time() + self.expiry, copy_message(message)))
+            queue.put_nowait((expires, copy_message(message)))
         except asyncio.QueueFull:
-            raise ChannelFull(channel) from None
+            if not _make_room(queue._queue, message, expires):
+                raise ChannelFull(channel) from None
 
     async def receive(self, channel: str) -> dict[str, Any]:
         """The next message; a delta with the contiguous deltas queued behind it joined (coalesce.py)."""
