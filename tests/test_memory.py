@@ -52,6 +52,34 @@ def test_the_worker_starts_without_the_views_and_their_imports():
         assert module not in modules, f"the worker imported {module} at start"
 
 
+@pytest.mark.parametrize("redis_url", ["", "redis://127.0.0.1:6379/0"], ids=["in-memory", "redis"])
+def test_a_server_imports_only_the_channel_layer_it_uses(redis_url):
+    # The ASGI application and its channel layer, as a server process loads them (no connection is
+    # made). One process on the in-memory layer loads no Redis client; neither layer loads cryptography's
+    # Rust bindings (channels-redis's serializers import them only for encryption the site never sets),
+    # and cryptography's Fernet still imports afterwards for anything that asks for it.
+    code = (
+        "import sys; import chatsite.asgi; from channels.layers import get_channel_layer;"
+        "layer = get_channel_layer(); print(type(layer).__name__);"
+        "print(' '.join(sorted(sys.modules)));"
+        "from cryptography.fernet import Fernet; print(Fernet.__name__)"
+    )
+    env = server_env(REDIS_URL=redis_url)
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    layer, modules, fernet = done.stdout.splitlines()[-3:]
+    modules_loaded = set(modules.split())
+    assert fernet == "Fernet"
+    assert "cryptography.hazmat.bindings._rust" not in modules_loaded
+    if redis_url:
+        assert layer == "RedisPubSubChannelLayer"
+        assert "channels_redis.serializers" in modules_loaded
+    else:
+        assert layer == "InMemoryChannelLayer"
+        for module in ("redis", "channels_redis", "conversations.layers.redis_pubsub"):
+            assert module not in modules_loaded, f"the in-memory configuration imported {module}"
+
+
 async def test_open_sockets_keep_no_session_or_user_of_their_own(alice):
     conv = await sync_to_async(make_conversation)(alice)
     sockets = []

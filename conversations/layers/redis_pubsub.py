@@ -24,15 +24,36 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 from collections.abc import Coroutine
 from typing import Any
 
-from channels_redis.pubsub import RedisPubSubChannelLayer as BaseRedisPubSubChannelLayer
-from channels_redis.pubsub import RedisPubSubLoopLayer, RedisSingleShardConnection
-from channels_redis.utils import _wrap_close
 
-from .coalesce import coalesce
-from .memory import copy_message
+def _import_serializers_without_fernet() -> None:
+    """Import channels-redis's serializers without `cryptography.fernet` when nothing has loaded it.
+
+    They import it (and with it cryptography's Rust bindings, about 7 MB of a process's memory) only
+    for `symmetric_encryption_keys`, which the site's layer settings never set; when it is missing they
+    take their own "not installed" path. The module is hidden for this one import only: anything that
+    imports it afterwards (a JWT check at single sign-on, say) gets it as usual."""
+    if "cryptography.fernet" in sys.modules or "channels_redis.serializers" in sys.modules:
+        return
+    sys.modules["cryptography.fernet"] = None  # type: ignore[assignment]  # import system: "not installed"
+    try:
+        import channels_redis.serializers  # noqa: F401
+    finally:
+        if sys.modules.get("cryptography.fernet", False) is None:
+            del sys.modules["cryptography.fernet"]
+
+
+_import_serializers_without_fernet()
+
+from channels_redis.pubsub import RedisPubSubChannelLayer as BaseRedisPubSubChannelLayer  # noqa: E402
+from channels_redis.pubsub import RedisPubSubLoopLayer, RedisSingleShardConnection  # noqa: E402
+from channels_redis.utils import _wrap_close  # noqa: E402
+
+from .coalesce import coalesce  # noqa: E402
+from .memory import copy_message  # noqa: E402
 
 LOCAL_RELAY = True  # the benchmark's `no-local-relay` variant sets it off (bench/variants.py)
 
