@@ -8,6 +8,7 @@ import time
 from playwright.async_api import Page, expect
 
 REPLY_TIMEOUT = 20_000  # ms
+SHOWN_REPLY = "document.querySelector('article.msg-assistant .msg-content')"  # the first reply on the page
 
 
 async def until(page: Page, js: str, timeout: float = 10, interval: float = 0.05):
@@ -63,3 +64,18 @@ async def send(page: Page, text: str) -> None:
     """Type into the composer and press Enter, as a person would."""
     await page.locator("#composer-input").fill(text)
     await page.locator("#composer-input").press("Enter")
+
+
+async def reply_through_dropped_sockets(page: Page, drop_at: tuple[int, ...]) -> int:
+    """Send on a connected page and drop its socket once the streaming reply shows more than each of
+    `drop_at` characters (the page reconnects in between); the id of the reply, once it has ended.
+    The provider's reply must be scripted long enough to pass every mark."""
+    await send(page, "Go")
+    for i, length in enumerate(drop_at):
+        if i:
+            await until(page, f"window.__sockets.connections() >= {i + 1}")
+        await until(page, f"{SHOWN_REPLY}?.textContent.length > {length}")
+        await page.evaluate("window.__sockets.drop()")
+    await until(page, f"window.__sockets.connections() >= {len(drop_at) + 1}")
+    await reply_ends(page)
+    return int(await last_reply(page).get_attribute("data-message-id"))

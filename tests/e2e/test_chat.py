@@ -17,6 +17,7 @@ from tests.e2e.helpers import (
     last_reply,
     reply_ends,
     reply_length,
+    reply_through_dropped_sockets,
     send,
     until,
 )
@@ -123,16 +124,8 @@ async def test_it_shows_the_exact_text_after_the_socket_drops_mid_reply(web, ali
     _provider_server.script(Reply(text=text, token_delay=0.015))
     page = await web.page(alice, f"/conversations/{conversation.pk}/")
     await connected(page)
-    await send(page, "Go")
-    await until(page, "document.querySelector('article.msg-assistant .msg-content')?.textContent.length > 60")
-    await page.evaluate("window.__sockets.drop()")
-    await until(page, "window.__sockets.connections() >= 2")
-    await until(page, "document.querySelector('article.msg-assistant .msg-content')?.textContent.length > 400")
-    await page.evaluate("window.__sockets.drop()")
-    await reply_ends(page)
+    reply_id = await reply_through_dropped_sockets(page, drop_at=(60, 400))
 
-    reply_id = int(await last_reply(page).get_attribute("data-message-id"))
-    assert await page.evaluate("window.__sockets.connections()") >= 3
     assert await assembled_text(page, reply_id) == text  # what the deltas built: exactly the stored reply
     await expect(last_reply(page).locator(".msg-content")).to_have_text(text)
 

@@ -7,7 +7,7 @@ import pytest
 from playwright.async_api import expect
 
 from tests.e2e.conftest import db
-from tests.e2e.helpers import assembled_text, connected, last_reply, reply_ends, send, until
+from tests.e2e.helpers import assembled_text, connected, last_reply, reply_through_dropped_sockets
 from tests.factories import make_conversation
 from tests.fakes.provider import Reply
 from tests.live import LiveServer
@@ -38,13 +38,8 @@ async def test_the_page_streams_and_resumes_a_dropped_socket_under_uvicorn(web, 
     _provider_server.script(Reply(text=text, token_delay=0.015))
     page = await web.page(alice, f"/conversations/{conversation.pk}/")
     await connected(page)
-    await send(page, "Go")
-    await until(page, "document.querySelector('article.msg-assistant .msg-content')?.textContent.length > 60")
-    await page.evaluate("window.__sockets.drop()")
-    await until(page, "window.__sockets.connections() >= 2")
-    await reply_ends(page)
+    reply_id = await reply_through_dropped_sockets(page, drop_at=(60,))
 
-    reply_id = int(await last_reply(page).get_attribute("data-message-id"))
     assert await assembled_text(page, reply_id) == text  # what the deltas built: exactly the stored reply
     await expect(last_reply(page).locator(".msg-content")).to_have_text(text)
     assert await web.csp_violations(page) == []
