@@ -264,8 +264,10 @@ class Bench:
         return summary
 
     def spy(self, site: Site) -> list[Proc]:
-        """With BENCH_PY_SPY=/path/to/py-spy: sample each daphne's stacks during the phase (collapsed format),
-        into BENCH_PY_SPY_OUT (default: the run's scratch directory), with BENCH_PY_SPY_ARGS added."""
+        """With BENCH_PY_SPY=/path/to/py-spy: sample each daphne's stacks during the phase (collapsed format,
+        or BENCH_PY_SPY_FORMAT: `chrometrace` keeps each sample's time, to line up what each thread did
+        while the loop lagged), into BENCH_PY_SPY_OUT (default: the run's scratch directory), with
+        BENCH_PY_SPY_ARGS added."""
         tool = os.environ.get("BENCH_PY_SPY")
         if not tool:
             return []
@@ -274,7 +276,7 @@ class Bench:
         for d in site.daphnes:
             out = self.plan_out / f"py-spy-{d.name}-{self.spied}.txt"
             pid = str(d.app_pid or d.pid)
-            args = [tool, "record", "--pid", pid, "--rate", "250", "--format", "raw", "--nonblocking"]
+            args = [tool, "record", "--pid", pid, "--rate", "250", "--format", os.environ.get("BENCH_PY_SPY_FORMAT", "raw"), "--nonblocking"]
             args += os.environ.get("BENCH_PY_SPY_ARGS", "").split()  # e.g. "--gil --threads"
             spies.append(Proc("py-spy", [*args, "-o", str(out)], dict(os.environ), self.tmp / "py-spy.log").start())
         return spies
