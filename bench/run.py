@@ -236,7 +236,6 @@ class Bench:
         children_cpu = 0.0
         try:
             await asyncio.sleep(0.3)
-            probe_before = speed_probe()
             with Sampler([d.app_pid or d.pid for d in site.daphnes]) as sampler:
                 self.infra = infra_pids()
                 before, t0, since = self.cpu(site), time.monotonic(), time.time()
@@ -255,7 +254,6 @@ class Bench:
             await C.close_many(sockets)
         summary = summarize_streams(results, tokens)
         summary |= self.spent(before, after, wall, summary["tokens_received"], children_cpu)
-        summary["speed_probe_ms"] = (probe_before + speed_probe()) / 2
         summary["rss_peak_mb"] = sum(sampler.peak.values()) / MB
         summary["rss_peak_max_process_mb"] = max(sampler.peak.values()) / MB
         summary |= self.writes(site, results)
@@ -386,7 +384,7 @@ class Bench:
                             f"{kind} N={n} run {rep + 1}: site p50 {s['lat_p50']:.1f} p99 {s['lat_p99']:.1f} ms "
                             f"(direct {d['lat_p50']:.1f}/{d['lat_p99']:.1f}), ttft {s['ttft_p50']:.1f} "
                             f"(direct {d['ttft_p50']:.1f}; msg {s['message_p50']:.1f} start {s['start_p50']:.1f}), "
-                            f"cpu {s['server_ms_per_token']:.3f} ms/token (speed probe {s['speed_probe_ms']:.1f} ms), "
+                            f"cpu {s['server_ms_per_token']:.3f} ms/token, "
                             f"lost {s['lost']} repeated {s['repeated']} failed {s['failed']}, "
                             f"client {d['client_cores']:.2f}/{s['client_cores']:.2f} cores, "
                             f"tokens/s {_n(s['emitted_tps'])} emitted {_n(s['delivered_tps'])} delivered, "
@@ -530,8 +528,7 @@ class Bench:
                     self.say(
                         f"A/B [{label}] N={len(users)}: p50 {s['lat_p50']:.1f} p99 {s['lat_p99']:.1f} ms, "
                         f"ttft {s['ttft_p50']:.1f} (msg {s['message_p50']:.1f}), "
-                        f"cpu {s['server_ms_per_token']:.3f} ms/token (speed probe {s['speed_probe_ms']:.1f} ms), "
-                        f"other load {s['other_cores']:.2f} cores"
+                        f"cpu {s['server_ms_per_token']:.3f} ms/token, other load {s['other_cores']:.2f} cores"
                     )
                 finally:
                     site.stop_daphnes()
@@ -586,29 +583,6 @@ def machine() -> dict[str, Any]:
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "commit": commit.stdout.strip() + (" (with uncommitted changes)" if dirty.stdout.strip() else ""),
     }
-
-
-def speed_probe(repeats: int = 7) -> float:
-    """ms for a fixed piece of single-threaded Python of the server's kind (JSON frames built and parsed,
-    dicts, string joins, calls), the median of `repeats`: run by the load client just before and after
-    each site phase, while the site is idle. A machine whose cores got slower or busier from outside
-    between two phases (another tenant of the host, which this VM's `other load` cannot see) reads
-    higher here, so phases of the same commit can be told apart from a change in the site."""
-    frame = {"type": "delta", "message_id": 123456, "offset": 0, "text": "token "}
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        text: list[str] = []
-        for i in range(4000):
-            frame["offset"] = i
-            encoded = json.dumps(frame)
-            decoded = json.loads(encoded)
-            text.append(decoded["text"])
-            if len(text) > 64:
-                "".join(text)
-                text.clear()
-        times.append((time.perf_counter() - t0) * 1000)
-    return float(median(times))
 
 
 def main(argv: list[str] | None = None) -> int:
