@@ -80,6 +80,20 @@ def test_a_server_imports_only_the_channel_layer_it_uses(redis_url):
             assert module not in modules_loaded, f"the in-memory configuration imported {module}"
 
 
+def test_a_redis_layer_given_encryption_keys_still_encrypts_in_a_fresh_process():
+    # The serializers were imported without Fernet (above); a layer that is given keys gets it back.
+    code = (
+        "import chatsite.asgi; from conversations.layers.redis_pubsub import RedisPubSubChannelLayer;"
+        "layer = RedisPubSubChannelLayer(hosts=['redis://127.0.0.1:6379/0'], symmetric_encryption_keys=['k']);"
+        "data = layer.serialize({'type': 'chat.delta', 'text': 'secret'});"
+        "print(b'secret' in data, layer.deserialize(data))"
+    )
+    env = server_env(REDIS_URL="redis://127.0.0.1:6379/0")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "False {'type': 'chat.delta', 'text': 'secret'}"
+
+
 async def test_open_sockets_keep_no_session_or_user_of_their_own(alice):
     conv = await sync_to_async(make_conversation)(alice)
     sockets = []

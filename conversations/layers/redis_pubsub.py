@@ -35,7 +35,8 @@ def _import_serializers_without_fernet() -> None:
     They import it (and with it cryptography's Rust bindings, about 7 MB of a process's memory) only
     for `symmetric_encryption_keys`, which the site's layer settings never set; when it is missing they
     take their own "not installed" path. The module is hidden for this one import only: anything that
-    imports it afterwards (a JWT check at single sign-on, say) gets it as usual."""
+    imports it afterwards (a JWT check at single sign-on, say) gets it as usual, and a layer given
+    encryption keys imports it then (`RedisPubSubChannelLayer.__init__`)."""
     if "cryptography.fernet" in sys.modules or "channels_redis.serializers" in sys.modules:
         return
     sys.modules["cryptography.fernet"] = None  # type: ignore[assignment]  # import system: "not installed"
@@ -44,6 +45,15 @@ def _import_serializers_without_fernet() -> None:
     finally:
         if sys.modules.get("cryptography.fernet", False) is None:
             del sys.modules["cryptography.fernet"]
+
+
+def _with_fernet() -> None:
+    """Give channels-redis's serializers the Fernet that `_import_serializers_without_fernet` kept from
+    them, for a layer that encrypts its messages."""
+    import channels_redis.serializers as serializers
+    from cryptography.fernet import Fernet, MultiFernet
+
+    serializers.Fernet, serializers.MultiFernet = Fernet, MultiFernet
 
 
 _import_serializers_without_fernet()
@@ -175,6 +185,11 @@ class _PipelinedLoopLayer(RedisPubSubLoopLayer):
 class RedisPubSubChannelLayer(BaseRedisPubSubChannelLayer):
     """channels-redis's pub/sub layer, with publishes pipelined (see _PipelinedShard) and a process's
     own members served without Redis (see _PipelinedLoopLayer.group_send)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        if kwargs.get("symmetric_encryption_keys"):
+            _with_fernet()
+        super().__init__(*args, **kwargs)
 
     def _get_layer(self) -> RedisPubSubLoopLayer:
         loop = asyncio.get_running_loop()
