@@ -19,6 +19,9 @@
   under the shard lock), not conversations.layers' pipelined one;
 - `cache-per-call`: Django's own RedisCache (a new client, pool and connection per async context),
   not django-redis (one connection pool per process);
+- `no-direct-deltas`: every delta of this process's reply is queued on its sockets' channels and handled
+  by their loops, not handed at once to a socket with nothing queued and nothing in hand
+  (conversations/layers/direct.py);
 - `no-coalesce`: every queued delta leaves a socket's channel as its own event (not joined with the
   contiguous deltas of the same reply queued behind it: conversations/layers/coalesce.py);
 - `send-threads=K`: the socket's `send` stores its message on a pool of K threads of its own instead of
@@ -342,6 +345,8 @@ for variant in VARIANTS:
             del ChatConsumer.dispatch
     elif variant == "channels-dispatch":
         ChatConsumer.channels_dispatch = True
+    elif variant == "no-direct-deltas":
+        ChatConsumer.direct_deltas = False
     elif variant == "frame-cleanup-hop":
         ChatConsumer.frame_cleanup_hop = True
     elif variant == "sdk-parse":

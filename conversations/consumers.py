@@ -12,7 +12,7 @@ import functools
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import Any, TypeGuard
 
 import orjson
@@ -53,20 +53,62 @@ BREAK_CYCLES = True
 
 class _Turns:
     """What a socket's sources share in `dispatch_many`: the handler, the lock that lets one message
-    be handled at a time, and whether the loop has stopped (a handler raised). Slots, and no closure
-    per socket: every open socket holds one."""
+    be handled at a time, whether the loop has stopped (a handler raised), the sources' tasks, and a
+    message handled at once outside the loop (`handle_now`) that is still being written. Slots, and no
+    closure per socket: every open socket holds one."""
 
-    __slots__ = ("dispatch", "lock", "stopped")
+    __slots__ = ("dispatch", "lock", "stopped", "tasks", "error", "writing")
 
     def __init__(self, dispatch: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
         self.dispatch = dispatch
         self.lock = asyncio.Lock()
         self.stopped = False
+        self.tasks: list[asyncio.Task[None]] = []
+        self.error: BaseException | None = None  # a failure of a message handled at once
+        self.writing: asyncio.Future[None] | None = None
+
+    def free(self) -> bool:
+        """Whether a message may be handled at once: the loop runs and has nothing in hand."""
+        return not self.stopped and self.writing is None and not self.lock.locked()
+
+    def handle_now(self, step: Coroutine[Any, Any, None]) -> None:
+        """Run a handler's coroutine now, outside the loop (the caller checked `free`). Under daphne it
+        ends at once: its send writes to the socket without waiting. A send that waits (uvicorn's, under
+        flow control) is finished by a task, before the loop handles its next message; a failure ends
+        the loop, as a handler's failure does."""
+        try:
+            waiting = step.send(None)
+        except StopIteration:
+            return
+        except BaseException as exc:
+            self.fail(exc)
+            return
+        self.writing = asyncio.ensure_future(self._finish(step, waiting))
+
+    async def _finish(self, step: Coroutine[Any, Any, None], waiting: Any) -> None:
+        try:
+            await _Resumed(step, waiting)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            self.fail(exc)
+        finally:
+            self.writing = None
+
+    def fail(self, exc: BaseException) -> None:
+        """A message handled at once failed: the loop ends with its exception (`dispatch_many`)."""
+        self.stopped = True
+        if self.error is None:
+            self.error = exc
+        for task in self.tasks:
+            task.cancel()
 
     async def pump(self, source: Callable[[], Awaitable[dict[str, Any]]]) -> None:
         while True:
             message = await source()
             async with self.lock:
+                if self.writing is not None:  # a message handled at once is still being written: first
+                    await self.writing
                 if self.stopped:
                     return
                 try:
@@ -76,29 +118,57 @@ class _Turns:
                     raise
 
 
+class _Resumed:
+    """Awaits a started coroutine from where it waits (`waiting`, what its `send(None)` yielded) to its end."""
+
+    __slots__ = ("step", "waiting")
+
+    def __init__(self, step: Coroutine[Any, Any, None], waiting: Any) -> None:
+        self.step, self.waiting = step, waiting
+
+    def __await__(self) -> Generator[Any, None, None]:
+        try:
+            yield self.waiting
+        except BaseException:
+            self.step.close()
+            raise
+        return (yield from self.step.__await__())
+
+
 async def dispatch_many(
-    sources: list[Callable[[], Awaitable[dict[str, Any]]]], dispatch: Callable[[dict[str, Any]], Awaitable[None]]
+    sources: list[Callable[[], Awaitable[dict[str, Any]]]],
+    dispatch: Callable[[dict[str, Any]], Awaitable[None]],
+    turns: _Turns | None = None,
 ) -> None:
     """Channels' `await_many_dispatch` without its cost per message: one long-lived task per source
     (the client's frames, the channel layer) hands each message to `dispatch`, one at a time (a lock,
     first come first served), in each source's order. Channels' loop makes a new task and runs
     `asyncio.wait` over the sources for every message, a relayed delta's included (docs/performance.md).
+    `turns`: the socket's, when it also handles messages at once (`_Turns.handle_now`).
 
     Ends as Channels' loop does: with the first exception of a handler (`StopConsumer` on disconnect)
     or of a source, after which no message is handled; a source's failure lets a handler in progress
     finish first (a send is never cut between storing its message and starting its reply)."""
-    turns = _Turns(dispatch)
+    if turns is None:
+        turns = _Turns(dispatch)
     tasks = [asyncio.ensure_future(turns.pump(source)) for source in sources]
+    turns.tasks = tasks
     done: set[asyncio.Future[None]] = set()
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
         turns.stopped = True
-        # A handler in progress (the other source's) ends before its task is cancelled below.
+        # A handler in progress (the other source's, or one handled at once) ends before the tasks are
+        # cancelled below.
         await turns.lock.acquire()
         turns.lock.release()
+        if turns.writing is not None:
+            await turns.writing
+        if turns.error is not None:
+            raise turns.error
         for task in done:
             task.result()
     finally:
+        turns.tasks = []
         for task in tasks:
             task.cancel()
         ended = await asyncio.gather(*tasks, return_exceptions=True)
@@ -112,6 +182,7 @@ async def dispatch_many(
             # consumer, that only the collector's older generations free, tens of milliseconds of a pause
             # at a time under load (chatsite/daphne_cycles.py). Dropped, the consumer is freed as it ends.
             del tasks, done, ended, task, outcome
+            turns.error = None
 
 
 @database_sync_to_async
@@ -243,6 +314,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
     # `channels-dispatch` variant sets it, to measure `dispatch_many` against it.
     channels_dispatch = False
 
+    # A relayed delta is handled at once when the socket's loop is free (`take_delta`); the benchmark's
+    # `no-direct-deltas` variant sets this off.
+    direct_deltas = True
+
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         try:
             if self.channels_dispatch:
@@ -265,8 +340,13 @@ class ChatConsumer(AsyncWebsocketConsumer):
             self.channel_receive = functools.partial(self.channel_layer.receive, self.channel_name)
             sources.append(self.channel_receive)
         self.base_send = send
-        with contextlib.suppress(StopConsumer):  # the disconnect's normal end
-            await dispatch_many(sources, self.dispatch)
+        self.turns: _Turns | None = _Turns(self.dispatch)
+        try:
+            with contextlib.suppress(StopConsumer):  # the disconnect's normal end
+                await dispatch_many(sources, self.dispatch, self.turns)
+        finally:
+            self.stop_taking()
+            self.turns = None  # it refers back to this consumer (its `dispatch`)
 
     def thread(self) -> Conversation:
         """The conversation as the services take it: its id and owner, the rest read under their lock."""
@@ -306,6 +386,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.resume_times: list[float] = []
         await self.channel_layer.group_add(self.group, self.channel_name)
         await self.channel_layer.group_add(sockets.user_group_name(owner), self.channel_name)
+        if self.direct_deltas and getattr(self, "turns", None) is not None:
+            takers = getattr(self.channel_layer, "takers", None)
+            if takers is not None:
+                takers[self.channel_name] = self.take_delta
         await self.accept()
         shutdown.sockets.add(self)
         # Every process with sockets sweeps for replies left by a dead process, not only those
@@ -321,6 +405,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         for pending in getattr(self, "resumes", {}).values():
             pending.cancel()
         shutdown.sockets.discard(self)
+        self.stop_taking()
         await self.count_out()
         if hasattr(self, "group"):
             await self.channel_layer.group_discard(self.group, self.channel_name)
@@ -665,6 +750,22 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     async def chat_path(self, event: dict[str, Any]) -> None:
         await self.relay({"type": "path", "messages": event["messages"], "summary": event.get("summary")})
+
+    def stop_taking(self) -> None:
+        """No more deltas handled at once (the socket is closing)."""
+        takers = getattr(self.channel_layer, "takers", None) if hasattr(self, "channel_name") else None
+        if takers:
+            takers.pop(self.channel_name, None)
+
+    def take_delta(self, event: dict[str, Any]) -> bool:
+        """A delta of a reply of this process, offered by the layer before it queues it (layers/direct.py):
+        handled now, as the socket's loop would handle it, if that loop has nothing in hand (the layer
+        checked that nothing is queued). False: the layer queues it."""
+        turns = self.turns
+        if turns is None or not turns.free():
+            return False
+        turns.handle_now(self.chat_delta(event))
+        return True
 
     async def chat_delta(self, event: dict[str, Any]) -> None:
         await self.relay(

@@ -508,6 +508,85 @@ async def test_the_socket_loop_leaves_no_cycle_for_the_collector_when_it_ends(br
         gc.collect()
 
 
+async def test_a_message_handled_at_once_goes_before_the_loops_next_even_when_its_send_waits():
+    """`_Turns.handle_now` (a relayed delta taken outside the socket's loop): one whose send ends at once
+    is done on return; one whose send waits (uvicorn under flow control) holds the loop's next message
+    back until it is written; and a failure ends the loop with its exception, with nothing else to wake it."""
+    from conversations import consumers
+
+    frames: asyncio.Queue = asyncio.Queue()
+    handled: list[int] = []
+
+    async def dispatch(message):
+        handled.append(message["n"])
+
+    async def write(n, gate=None):
+        if gate is not None:
+            await gate
+        handled.append(n)
+
+    turns = consumers._Turns(dispatch)
+    loop = asyncio.ensure_future(consumers.dispatch_many([frames.get], dispatch, turns))
+    await asyncio.sleep(0)
+    assert turns.free()
+    turns.handle_now(write(1))
+    assert handled == [1] and turns.free()  # done before `handle_now` returned
+    gate = asyncio.get_running_loop().create_future()
+    turns.handle_now(write(2, gate))
+    assert not turns.free()
+    frames.put_nowait({"n": 3})
+    await asyncio.sleep(0.05)
+    assert handled == [1]  # the loop's next message waits for the write in progress
+    gate.set_result(None)
+    for _ in range(100):
+        if handled == [1, 2, 3]:
+            break
+        await asyncio.sleep(0.01)
+    assert handled == [1, 2, 3] and turns.free()
+
+    async def broken():
+        raise ValueError("the socket is gone")
+
+    turns.handle_now(broken())
+    assert not turns.free()
+    with pytest.raises(ValueError, match="the socket is gone"):
+        await asyncio.wait_for(loop, 5)
+
+
+@pytest.mark.parametrize("direct", [True, False])
+async def test_a_socket_takes_its_replys_deltas_at_once_when_it_has_nothing_in_hand(
+    alice, settings, monkeypatch, direct
+):
+    from conversations.consumers import ChatConsumer
+
+    monkeypatch.setattr(ChatConsumer, "direct_deltas", direct)
+    taken = 0
+    take = ChatConsumer.take_delta
+
+    def counted(self, event):
+        nonlocal taken
+        took = take(self, event)
+        taken += took
+        return took
+
+    monkeypatch.setattr(ChatConsumer, "take_delta", counted)
+    settings.CHAT_OFFLINE_WORD_DELAY = 0.003
+    conv = await sync_to_async(make_conversation)(alice)
+    ok, ws = await open_socket(alice, conv.pk)
+    await ws.recv()
+    await ws.send_message("Hello")
+    start = await ws.until("start")
+    end = await ws.until("end")
+    assert end["status"] == "complete" and ws.text_of(start["message_id"]) == end["content"]
+    deltas = [f for f in ws.frames if f["type"] == "delta"]
+    assert [d["offset"] for d in deltas] == sorted({d["offset"] for d in deltas})
+    if direct:
+        assert taken >= len(deltas) - 2  # all, but for any that met the socket busy with a frame
+    else:
+        assert taken == 0
+    await ws.close()
+
+
 async def test_a_real_socket_closes_cleanly_through_its_loop(alice, caplog):
     conv = await sync_to_async(make_conversation)(alice)
     ok, ws = await open_socket(alice, conv.pk)

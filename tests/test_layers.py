@@ -441,6 +441,57 @@ async def test_the_redis_layer_joins_contiguous_queued_deltas_of_one_reply_and_k
         await other.flush()
 
 
+DELTA = {"type": "chat.delta", "message_id": 1, "offset": 0, "text": "a"}
+NEXT = {"type": "chat.delta", "message_id": 1, "offset": 1, "text": "b"}
+END = {"type": "chat.end", "message_id": 1, "status": "complete"}
+
+
+async def _hands_deltas_to_takers(layer, group):
+    """A delta goes to a socket's taker instead of its queue while nothing is queued for it; any other
+    event, a delta behind a queued event, and a delta a taker declines are queued, in order."""
+    taker, plain = await layer.new_channel(), await layer.new_channel()
+    await layer.group_add(group, taker)
+    await layer.group_add(group, plain)
+    taken: list[dict] = []
+    accept = True
+
+    def take(message):
+        if accept:
+            taken.append(message)
+        return accept
+
+    layer.takers[taker] = take
+    try:
+        layer.group_send_local(group, DELTA)
+        assert taken == [DELTA]
+        assert await _drain(layer, plain, 1) == [DELTA]  # a channel without a taker: queued
+        layer.group_send_local(group, END)  # not a delta: queued, never offered
+        layer.group_send_local(group, NEXT)  # behind the queued end: queued too
+        assert taken == [DELTA]
+        assert await _drain(layer, taker, 2) == [END, NEXT]
+        accept = False  # the socket is busy with a message: it declines
+        layer.group_send_local(group, NEXT)
+        assert await _drain(layer, taker, 1) == [NEXT]
+        assert await _drain(layer, plain, 3) == [END, NEXT, NEXT]
+    finally:
+        layer.takers.pop(taker, None)
+        await layer.group_discard(group, taker)
+        await layer.group_discard(group, plain)
+
+
+async def test_the_in_memory_layer_hands_a_delta_to_a_socket_with_nothing_queued():
+    await _hands_deltas_to_takers(InMemoryChannelLayer(), "g")
+
+
+@needs_redis
+async def test_the_redis_layer_hands_a_delta_to_a_socket_of_this_process_with_nothing_queued():
+    layer = RedisPubSubChannelLayer(hosts=[REDIS_URL])
+    try:
+        await _hands_deltas_to_takers(layer, f"test-layers-{uuid.uuid4().hex}")
+    finally:
+        await layer.flush()
+
+
 # -- the cache ------------------------------------------------------------------------------------------
 
 

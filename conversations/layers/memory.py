@@ -9,6 +9,8 @@ Channels' InMemoryChannelLayer costs grow with the number of streams (see docs/a
 - every message is deep-copied per channel; a message of plain scalars (every `chat.delta`)
   gets a flat copy instead, which is the same thing for such a message.
 
+- a delta of this process's reply goes straight to a socket with nothing queued and nothing in hand
+  (direct.py);
 - a delta received with more deltas of the same reply queued behind it leaves as one (coalesce.py);
 - a full channel (its consumer stopped taking messages: under uvicorn, a client that stopped reading
   pauses its consumer's sends) makes room by joining contiguous deltas at its tail, so a reply's
@@ -33,6 +35,7 @@ from channels.exceptions import ChannelFull
 from channels.layers import InMemoryChannelLayer as BaseInMemoryChannelLayer
 
 from .coalesce import coalesce, joined
+from .direct import DELTA, Taker, handed
 
 _SCALARS = (str, int, float, bool, type(None))
 
@@ -72,6 +75,7 @@ class InMemoryChannelLayer(BaseInMemoryChannelLayer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._last_sweep = 0.0
+        self.takers: dict[str, Taker] = {}  # channel -> its socket's taker of deltas (direct.py)
 
     def _clean_expired(self) -> None:
         now = time.monotonic()
@@ -116,9 +120,13 @@ class InMemoryChannelLayer(BaseInMemoryChannelLayer):
         self.group_send_local(group, message)
 
     def group_send_local(self, group: str, message: dict[str, Any]) -> None:
-        """`group_send` without the checks and without awaiting: one process has every member."""
+        """`group_send` without the checks and without awaiting: one process has every member. A delta
+        goes straight to each socket that can take it now (direct.py)."""
         self._clean_expired()
+        takers = self.takers if message["type"] == DELTA and self.takers else None
         for channel in list(self.groups.get(group, ())):
+            if takers is not None and handed(takers, channel, self.channels.get(channel), message):
+                continue
             try:  # noqa: SIM105 - a plain try costs less than contextlib.suppress on this hot path
                 self._put(channel, message)
             except ChannelFull:

@@ -10,6 +10,7 @@ own sockets served without Redis.
   back. A channel of this process gets its message locally only. `group_send_local` puts a message on
   this process's members only: a running reply uses it for its deltas while no other process listens
   (`remote_listeners`, generation/reply.py). `BENCH_VARIANTS=no-local-relay` switches this off.
+  A delta put there goes straight to a socket that can take it at once (direct.py).
 
 Private parts of channels-redis relied on (pinned by tests/test_layers.py): the proxy's `_get_layer`,
 `_layers`, `_args`, `_kwargs` and `channels_redis.utils._wrap_close`; the loop layer's `_shards`,
@@ -63,6 +64,7 @@ from channels_redis.pubsub import RedisPubSubLoopLayer, RedisSingleShardConnecti
 from channels_redis.utils import _wrap_close  # noqa: E402
 
 from .coalesce import coalesce  # noqa: E402
+from .direct import DELTA, Taker, handed  # noqa: E402
 from .memory import copy_message  # noqa: E402
 
 LOCAL_RELAY = True  # the benchmark's `no-local-relay` variant sets it off (bench/variants.py)
@@ -132,6 +134,7 @@ class _PipelinedLoopLayer(RedisPubSubLoopLayer):
         super().__init__(*args, **kwargs)
         self._shards: list[RedisSingleShardConnection] = [_PipelinedShard(s.host, self) for s in self._shards]
         self.origin = os.urandom(8)
+        self.takers: dict[str, Taker] = {}  # channel -> its socket's taker of deltas (direct.py)
 
     async def receive(self, channel: str) -> dict[str, Any]:
         """The next message; a delta with the contiguous deltas queued behind it joined (coalesce.py).
@@ -151,10 +154,14 @@ class _PipelinedLoopLayer(RedisPubSubLoopLayer):
         await self._publish(channel, message)
 
     def group_send_local(self, group: str, message: dict[str, Any]) -> None:
-        """Put a message on the queues of the group's members in this process (no other process gets it)."""
+        """Put a message on the queues of the group's members in this process (no other process gets it);
+        a delta goes straight to each socket that can take it now (direct.py)."""
+        takers = self.takers if message["type"] == DELTA and self.takers else None
         for channel in self.groups.get(self._get_group_channel_name(group), ()):
             queue = self.channels.get(channel)
             if queue is not None:
+                if takers is not None and handed(takers, channel, queue, message):
+                    continue
                 queue.put_nowait(copy_message(message))
 
     async def group_send(self, group: str, message: dict[str, Any]) -> None:
@@ -214,6 +221,11 @@ class RedisPubSubChannelLayer(BaseRedisPubSubChannelLayer):
 
     def group_send_local(self, group: str, message: dict[str, Any]) -> None:
         self._get_layer().group_send_local(group, message)
+
+    @property
+    def takers(self) -> dict[str, Taker]:
+        """This event loop's sockets' takers of deltas (direct.py)."""
+        return self._get_layer().takers
 
     async def remote_listeners(self, group: str) -> bool:
         result: bool = await self._get_layer().remote_listeners(group)
