@@ -57,19 +57,22 @@ class _Turns:
     message handled at once outside the loop (`handle_now`) that is still being written. Slots, and no
     closure per socket: every open socket holds one."""
 
-    __slots__ = ("dispatch", "lock", "stopped", "tasks", "error", "writing")
+    __slots__ = ("dispatch", "lock", "stopped", "in_hand", "tasks", "error", "writing")
 
     def __init__(self, dispatch: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
         self.dispatch = dispatch
         self.lock = asyncio.Lock()
         self.stopped = False
+        self.in_hand = 0  # messages taken from a source and not yet handled (waiting for the lock, or in it)
         self.tasks: list[asyncio.Task[None]] = []
         self.error: BaseException | None = None  # a failure of a message handled at once
         self.writing: asyncio.Future[None] | None = None
 
     def free(self) -> bool:
-        """Whether a message may be handled at once: the loop runs and has nothing in hand."""
-        return not self.stopped and self.writing is None and not self.lock.locked()
+        """Whether a message may be handled at once: the loop runs and has nothing in hand. (Not the
+        lock's state: released, it reads free until the task it hands over to runs, which may hold a
+        message taken before the one offered now.)"""
+        return not self.stopped and not self.in_hand and self.writing is None
 
     def handle_now(self, step: Coroutine[Any, Any, None]) -> None:
         """Run a handler's coroutine now, outside the loop (the caller checked `free`). Under daphne it
@@ -106,16 +109,20 @@ class _Turns:
     async def pump(self, source: Callable[[], Awaitable[dict[str, Any]]]) -> None:
         while True:
             message = await source()
-            async with self.lock:
-                if self.writing is not None:  # a message handled at once is still being written: first
-                    await self.writing
-                if self.stopped:
-                    return
-                try:
-                    await self.dispatch(message)
-                except BaseException:
-                    self.stopped = True
-                    raise
+            self.in_hand += 1
+            try:
+                async with self.lock:
+                    if self.writing is not None:  # a message handled at once is still being written: first
+                        await self.writing
+                    if self.stopped:
+                        return
+                    try:
+                        await self.dispatch(message)
+                    except BaseException:
+                        self.stopped = True
+                        raise
+            finally:
+                self.in_hand -= 1
 
 
 class _Resumed:

@@ -553,6 +553,48 @@ async def test_a_message_handled_at_once_goes_before_the_loops_next_even_when_it
         await asyncio.wait_for(loop, 5)
 
 
+async def test_a_message_offered_while_the_lock_passes_to_a_waiting_source_waits_its_turn():
+    """A handler ends and releases the lock to the other source's task, which holds a message taken
+    before: until that task runs, the lock reads free. A message offered in between must not go first."""
+    from conversations import consumers
+
+    frames: asyncio.Queue = asyncio.Queue()
+    events: asyncio.Queue = asyncio.Queue()
+    handled: list[str] = []
+    gate = asyncio.get_running_loop().create_future()
+
+    async def dispatch(message):
+        if message["n"] == "slow":
+            await gate
+        handled.append(message["n"])
+
+    async def write(n):
+        handled.append(n)
+
+    def offer():  # what the layer does with a delta: handled at once if the socket is free, else queued
+        if turns.free():
+            turns.handle_now(write("offered"))
+        else:
+            events.put_nowait({"n": "offered"})
+
+    turns = consumers._Turns(dispatch)
+    loop = asyncio.ensure_future(consumers.dispatch_many([frames.get, events.get], dispatch, turns))
+    frames.put_nowait({"n": "slow"})
+    await asyncio.sleep(0.01)
+    events.put_nowait({"n": "queued"})  # taken by its task, which waits for the lock
+    await asyncio.sleep(0.01)
+    gate.set_result(None)  # the slow handler's task runs next, ends, and hands the lock over...
+    asyncio.get_running_loop().call_soon(offer)  # ...and this runs before the task it handed it to
+    for _ in range(100):
+        if len(handled) == 3:
+            break
+        await asyncio.sleep(0.01)
+    assert handled == ["slow", "queued", "offered"]
+    loop.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await loop
+
+
 @pytest.mark.parametrize("direct", [True, False])
 async def test_a_socket_takes_its_replys_deltas_at_once_when_it_has_nothing_in_hand(
     alice, settings, monkeypatch, direct
