@@ -54,6 +54,14 @@
   one of each) to PATH.PID as JSON, every 3 s after a full collection (diagnostics: it pauses) and at exit;
 - `rate-two-trips`: on Redis, a send's rate counter in two round trips (`add`, then django-redis's
   `incr`), as before it took one (conversations/limits.py, `ONE_TRIP`);
+- `reply-end-statements`: on PostgreSQL a reply's end is a transaction of three statements (BEGIN, the
+  UPDATE, the record's INSERT, the rollup's upsert, COMMIT), as before it became one statement
+  (conversations/services.py, `ONE_STATEMENT_END`);
+- `prepare-counting`: psycopg counts every query for its prepared-statement cache (its default), which
+  Django's client-side cursors never use (chatsite/settings.py, `prepare_threshold`);
+- `aiohttp-read-timer`: the openai adapter's stream request keeps the SDK's read timeout, so aiohttp sets
+  and cancels a timer on every read of the body, instead of one lazily re-armed guard for the stream
+  (conversations/llm/openai.py, `GUARD_READS`);
 - `uvloop`: daphne on uvloop instead of asyncio's own loop (started as `python -m bench.uvloop_daphne`;
   tried and left off: docs/performance.md);
 - `profile=PATH`: cProfile the event loop thread, written to PATH when daphne stops.
@@ -430,6 +438,19 @@ for variant in VARIANTS:
         _log_gc(variant.split("=", 1)[1])
     elif variant.startswith("gc-garbage="):
         _gc_garbage(variant.split("=", 1)[1])
+    elif variant == "reply-end-statements":
+        from conversations import services
+
+        services.ONE_STATEMENT_END = False
+    elif variant == "prepare-counting":
+        from django.conf import settings
+
+        # Connections open on first use, after this: psycopg's own default (5) again.
+        settings.DATABASES["default"].get("OPTIONS", {}).pop("prepare_threshold", None)
+    elif variant == "aiohttp-read-timer":
+        from conversations.llm import openai as openai_adapter
+
+        openai_adapter.GUARD_READS = False
     elif variant == "uvloop":
         pass  # chosen before daphne started (bench/procs.py, bench/uvloop_daphne.py)
     elif variant.startswith("profile="):

@@ -283,6 +283,39 @@ class UsageRecord(models.Model):
             DailyUsage.add(self)
 
     @classmethod
+    def close_reply_and_store(
+        cls, close_sql: str, close_params: list[Any], conversation_id: uuid.UUID, **numbers: Any
+    ) -> bool:
+        """PostgreSQL: close a reply (`close_sql`, an UPDATE of its row while it still streams, with
+        `close_params`) and store its usage record with its day's rollup, in one statement: the UPDATE,
+        the INSERT … SELECT of `store_for_conversation` and `DailyUsage.add`'s upsert as data-modifying
+        parts of one `WITH`, each taking what the one before returned. One round trip, atomic as any
+        statement is, instead of four and the transaction's BEGIN and COMMIT (docs/performance.md).
+        Whether the reply was still streaming: if not, nothing is written.
+        """
+        record = cls(conversation_id=conversation_id, **numbers)
+        if timezone.is_naive(record.created_at):
+            record.created_at = timezone.make_aware(record.created_at, dt.UTC)
+        sql, given = _close_and_record_sql(close_sql)
+        fields = {f.attname: f for f in DailyUsage._meta.concrete_fields}
+        daily = {  # in the order of the upsert's values that are not taken from the record's row
+            "day": record.created_at.astimezone(dt.UTC).date(),
+            "model": record.model,
+            "kind": record.kind,
+            **{f: Decimal(str(record.cost or 0)) if f == "cost" else int(getattr(record, f) or 0) for f in SUMMED},
+        }
+        params = [
+            *close_params,
+            *(f.get_db_prep_save(getattr(record, f.attname), connection) for f in given),
+            Conversation._meta.pk.get_db_prep_value(conversation_id, connection),
+            *(fields[name].get_db_prep_save(value, connection) for name, value in daily.items()),
+        ]
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            row = cursor.fetchone()
+        return bool(row and row[0])
+
+    @classmethod
     def store_for_conversation(cls, conversation_id: uuid.UUID, **numbers: Any) -> None:
         """Store a record of a call in a thread for the thread's owner and persona as they are now, and add
         it to its day's rollup: what `save` does, in two statements and no read of the thread (the INSERT
@@ -378,6 +411,30 @@ def _record_insert_sql() -> tuple[str, list[models.Field[Any, Any]]]:
         + ", ".join(["%s"] * len(given))
         + f" FROM {qn(c._meta.db_table)} c WHERE c.{quoted(c, 'pk')} = %s"
         f" RETURNING {quoted(UsageRecord, 'user')}, {quoted(UsageRecord, 'persona')}"
+    )
+    return sql, given
+
+
+@functools.cache
+def _close_and_record_sql(close_sql: str) -> tuple[str, list[models.Field[Any, Any]]]:
+    """`close_reply_and_store`'s statement (PostgreSQL): `close_sql`, then `_record_insert_sql`'s INSERT
+    (only if the UPDATE closed the row), then the daily upsert of what it returned. Params: the UPDATE's,
+    the record's `given` fields, the thread's id, then the rollup's day, model, kind and SUMMED values."""
+    insert, given = _record_insert_sql()
+    head, _, rest = insert.partition(" WHERE ")
+    qn = connection.ops.quote_name
+    table = qn(DailyUsage._meta.db_table)
+    key = [quoted(DailyUsage, name) for name in ("day", "user", "model", "persona_ref", "kind")]
+    sums = [quoted(DailyUsage, name) for name in SUMMED]
+    user, persona = quoted(UsageRecord, "user"), quoted(UsageRecord, "persona")
+    sql = (
+        f"WITH closed AS ({close_sql} RETURNING 1),"
+        f" record AS ({head} WHERE EXISTS (SELECT 1 FROM closed) AND {rest}),"
+        f" daily AS (INSERT INTO {table} ({', '.join(key + sums)})"  # noqa: S608 - names from the models
+        f" SELECT %s, r.{user}, %s, COALESCE(r.{persona}, 0), %s, {', '.join(['%s'] * len(sums))} FROM record r"
+        f" WHERE true ON CONFLICT ({', '.join(key)})"
+        f" DO UPDATE SET {', '.join(f'{c} = {table}.{c} + excluded.{c}' for c in sums)})"
+        " SELECT COUNT(*) FROM closed"
     )
     return sql, given
 

@@ -36,6 +36,9 @@ if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser
 
 TITLE_WORDS = 8
+# On PostgreSQL a reply's end is one statement (`UsageRecord.close_reply_and_store`); the benchmark's
+# `reply-end-statements` variant sets this off (docs/performance.md).
+ONE_STATEMENT_END = True
 
 
 class ChatError(Exception):
@@ -596,7 +599,8 @@ def reply_finish(
     One UPDATE closes the row only while it is still `streaming` (so two closers cannot both record
     it), and the usage record takes the thread's owner and persona in its INSERT: three statements in
     the transaction, the price read before it; reading the row, locked, and saving it through the ORM
-    were five (docs/performance.md).
+    were five (docs/performance.md). On PostgreSQL the three are one statement, with no transaction
+    around it (`UsageRecord.close_reply_and_store`).
     """
     if model is None or conversation_id is None:
         known = Message.objects.filter(pk=reply_id).values_list("model", "conversation_id").first()
@@ -627,23 +631,29 @@ def reply_finish(
     )
     sql, fields = _close_reply_sql()
     params = [f.get_db_prep_save(getattr(closed, f.attname), connection) for f in fields]
-    with transaction.atomic():
-        with connection.cursor() as cursor:
-            cursor.execute(sql, [*params, reply_id, Message.Status.STREAMING])
-            if not cursor.rowcount:
-                return None
-        UsageRecord.store_for_conversation(
-            conversation_id,
-            message_id=reply_id,
-            model=model,
-            kind=UsageRecord.Kind.REPLY,
-            input_tokens=counted.input_tokens or 0,
-            cached_input_tokens=counted.cached_input_tokens or 0,
-            cache_write_tokens=counted.cache_write_tokens or 0,
-            output_tokens=counted.output_tokens or 0,
-            estimated=input_tokens is None or output_tokens is None,
-            cost=cost,
-        )
+    numbers = {
+        "message_id": reply_id,
+        "model": model,
+        "kind": UsageRecord.Kind.REPLY,
+        "input_tokens": counted.input_tokens or 0,
+        "cached_input_tokens": counted.cached_input_tokens or 0,
+        "cache_write_tokens": counted.cache_write_tokens or 0,
+        "output_tokens": counted.output_tokens or 0,
+        "estimated": input_tokens is None or output_tokens is None,
+        "cost": cost,
+    }
+    if ONE_STATEMENT_END and connection.vendor == "postgresql":
+        if not UsageRecord.close_reply_and_store(
+            sql, [*params, reply_id, Message.Status.STREAMING], conversation_id, **numbers
+        ):
+            return None
+    else:
+        with transaction.atomic():
+            with connection.cursor() as cursor:
+                cursor.execute(sql, [*params, reply_id, Message.Status.STREAMING])
+                if not cursor.rowcount:
+                    return None
+            UsageRecord.store_for_conversation(conversation_id, **numbers)
     if owner_id is None:
         owner_id = Conversation.objects.filter(pk=conversation_id).values_list("owner_id", flat=True).first()
     if owner_id is not None:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
+import time
 
 import httpx2
 import pytest
 
 from conversations.llm import ChatRequest, ProviderError, Usage
+from conversations.llm import openai as adapter
 from conversations.llm.openai import OpenAIProvider, _reader, _sse_data
 from tests.fakes.provider import Reply
 from tests.live import free_port
@@ -114,6 +117,68 @@ async def test_it_maps_a_silent_stream_as_a_timeout(fake_provider, settings):
     with pytest.raises(ProviderError) as caught:
         await collect(request())
     assert (caught.value.code, caught.value.message) == ("provider_unavailable", "The provider timed out.")
+
+
+@pytest.mark.parametrize("guarded", [True, False])
+async def test_a_silent_stream_is_timed_out_by_the_guard_or_by_aiohttp(fake_provider, settings, monkeypatch, guarded):
+    """With the adapter's own guard (the default) or aiohttp's read timeout (the `aiohttp-read-timer`
+    variant), the same silence ends the same way."""
+    monkeypatch.setattr(adapter, "GUARD_READS", guarded)
+    settings.CHAT_READ_TIMEOUT = 0.3
+    fake_provider.script(Reply(text="a b c", hang_after=1))
+    began = time.monotonic()
+    with pytest.raises(ProviderError) as caught:
+        await collect(request())
+    assert time.monotonic() - began < 3
+    assert (caught.value.code, caught.value.message, caught.value.retryable) == (
+        "provider_unavailable",
+        "The provider timed out.",
+        True,
+    )
+
+
+@pytest.mark.parametrize("guarded", [True, False])
+async def test_a_provider_that_never_sends_its_headers_is_timed_out(fake_provider, settings, monkeypatch, guarded):
+    monkeypatch.setattr(adapter, "GUARD_READS", guarded)
+    settings.CHAT_READ_TIMEOUT = 0.3
+    fake_provider.script(Reply(text="late", headers_delay=5))
+    began = time.monotonic()
+    with pytest.raises(ProviderError) as caught:
+        await collect(request())
+    assert time.monotonic() - began < 3
+    assert (caught.value.code, caught.value.message) == ("provider_unavailable", "The provider timed out.")
+
+
+async def test_a_guarded_stream_arms_no_timer_per_read(fake_provider, settings):
+    """aiohttp's connection is given no read timeout (no timer set and cancelled per read), and a
+    stream slower than the gap in all but its pauses is not cut."""
+    settings.CHAT_READ_TIMEOUT = 0.3
+    fake_provider.script(Reply(text=" ".join(f"w{i}" for i in range(12)), token_delay=0.1))
+    provider = OpenAIProvider()
+    texts, timeouts = [], []
+    try:
+        async for item in provider.stream(request()):
+            if isinstance(item, str):
+                texts.append(item)
+                for conn in provider.client._client._transport.client.connector._conns.values():
+                    timeouts += [proto._read_timeout for proto, _ in conn]
+                for proto in provider.client._client._transport.client.connector._acquired:
+                    timeouts.append(proto._read_timeout)
+    finally:
+        await provider.aclose()
+    assert "".join(texts) == " ".join(f"w{i}" for i in range(12))  # 1.2 s in all, no gap of 0.3 s
+    assert timeouts and set(timeouts) == {None}
+
+
+async def test_a_cancelled_stream_stays_cancelled(fake_provider, settings):
+    """Cancelling the reader (a stop) is not mistaken for the guard's timeout."""
+    settings.CHAT_READ_TIMEOUT = 0.3
+    fake_provider.script(Reply(text="a b c", hang_after=1))
+    task = asyncio.ensure_future(collect(request()))
+    await asyncio.sleep(0.15)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
 
 
 async def test_the_body_is_read_from_aiohttp_itself(fake_provider):

@@ -117,6 +117,82 @@ def test_a_reply_ends_in_one_transaction_without_savepoints_or_reading_its_row(a
     assert UsageRecord.objects.filter(user=alice, conversation=conv, persona=conv.persona).count() == 2
 
 
+postgresql_only = pytest.mark.skipif(
+    connection.vendor != "postgresql", reason="the one-statement end is PostgreSQL's (SQLite has no UPDATE in WITH)"
+)
+
+
+@postgresql_only
+def test_on_postgresql_a_reply_ends_in_one_statement_after_its_price(alice):
+    conv = make_conversation(alice)
+    sent = _send(conv)
+    generation = Generation(sent.reply, owner_id=alice.pk, siblings=())
+    with CaptureQueriesContext(connection) as queries:
+        stored = _finish_row(generation, "Herons wade.", "complete", Usage(12, 3), "", 15, (12, 3))
+    assert stored is not None
+    sqls = [q["sql"] for q in queries.captured_queries]
+    # The health check's `SELECT 1` may come first; then the price, then everything else in one.
+    sqls = [sql for sql in sqls if sql != "SELECT 1"]
+    assert len(sqls) == 2 and sqls[1].startswith("WITH closed AS (UPDATE"), sqls
+    assert not any(sql in ("BEGIN", "COMMIT") for sql in sqls), sqls
+
+
+def _ended_rows(conv, sent) -> tuple[object, ...]:
+    reply = Message.objects.filter(pk=sent.reply.pk).values(
+        "content", "status", "input_tokens", "output_tokens", "cached_input_tokens", "cache_write_tokens", "cost",
+        "error_code",
+    ).get()  # fmt: skip
+    records = list(
+        UsageRecord.objects.filter(conversation=conv).values_list(
+            "user_id", "persona_id", "message_id", "model", "kind", "calls", "input_tokens", "cached_input_tokens",
+            "cache_write_tokens", "output_tokens", "estimated", "cost",
+        )
+    )  # fmt: skip
+    days = list(
+        DailyUsage.objects.filter(user=conv.owner).values_list(
+            "day", "model", "persona_ref", "kind", "calls", "input_tokens", "cached_input_tokens",
+            "cache_write_tokens", "output_tokens", "cost",
+        )
+    )  # fmt: skip
+    return reply, records, days
+
+
+@postgresql_only
+@pytest.mark.parametrize("one_statement", [True, False])
+def test_the_one_statement_end_stores_what_the_transaction_stores(alice, monkeypatch, one_statement):
+    """The same two replies (the day's row inserted, then added to; a priced model; one closed twice),
+    ended either way, leave the same rows: compared with the values the transaction's path wrote."""
+    from decimal import Decimal
+
+    from conversations.models import ChatModel
+
+    monkeypatch.setattr(services, "ONE_STATEMENT_END", one_statement)
+    ChatModel.objects.create(
+        name="openai:priced", input_price=Decimal("2.5"), cached_input_price=Decimal("1.25"), output_price=Decimal("10")
+    )
+    conv = make_conversation(alice)
+    got = []
+    for usage, estimates in ((Usage(1200, 30, 200, 0), (0, 0)), (Usage(None, None), (40, 7))):
+        sent = _send(conv)
+        Message.objects.filter(pk=sent.reply.pk).update(model="openai:priced")
+        generation = Generation(sent.reply, owner_id=alice.pk, siblings=())
+        generation.model = "openai:priced"
+        stored = _finish_row(generation, "Herons wade.", "complete", usage, "", 0, estimates)
+        assert stored is not None
+        assert _finish_row(generation, "again", "stopped", Usage(1, 1), "", 0, (1, 1)) is None  # closed already
+        got.append(_ended_rows(conv, sent))
+    reply, records, days = got[-1]
+    assert (reply["status"], reply["content"], reply["input_tokens"]) == ("complete", "Herons wade.", None)
+    assert [r[6:] for r in records] == [
+        (1200, 200, 0, 30, False, Decimal("0.00305000")),  # 1000 fresh at 2.5, 200 cached at 1.25, 30 out at 10
+        (40, 0, 0, 7, True, Decimal("0.00017000")),
+    ]
+    assert [r[:6] for r in records] == [(alice.pk, conv.persona_id, r[2], "openai:priced", "reply", 1) for r in records]
+    assert [d[1:] for d in days] == [
+        ("openai:priced", conv.persona_id, "reply", 2, 1240, 200, 0, 37, Decimal("0.00322000"))
+    ]
+
+
 def test_a_reply_closed_by_someone_else_is_not_recorded_again(alice):
     conv = make_conversation(alice)
     sent = _send(conv)

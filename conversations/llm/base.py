@@ -149,49 +149,69 @@ def error_for_status(status: int, message: str, *, kind: str = "", retry_after: 
     return ProviderError("provider_unavailable", f"The provider refused the request ({status}).")
 
 
+class GapGuard:
+    """Cancels the task that made it once one of its waits has lasted `gap` seconds.
+
+    One timer for all the waits, re-armed lazily (firing early, it sets itself for the current wait's
+    deadline), not one per wait: the waits are per chunk, the hot path. Before a wait set `since` to
+    `loop.time()`, after it to None; a CancelledError for which `expired()` is true is the timeout
+    (and no longer a cancellation of the task). `close()` when done.
+    """
+
+    __slots__ = ("fired", "gap", "handle", "loop", "since", "task")
+
+    def __init__(self, gap: float) -> None:
+        self.loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        self.task = task
+        self.gap = gap
+        self.since: float | None = None  # set while waiting
+        self.fired = False
+        self.handle = self.loop.call_at(self.loop.time() + gap, self._check)
+
+    def _check(self) -> None:
+        now = self.loop.time()
+        if self.since is not None and now - self.since >= self.gap:
+            self.fired = True
+            self.task.cancel()
+        else:
+            self.handle = self.loop.call_at((self.since if self.since is not None else now) + self.gap, self._check)
+
+    def expired(self) -> bool:
+        """Whether the task's cancellation is this guard's, and nobody else's."""
+        return self.fired and self.task.uncancel() == 0
+
+    def close(self) -> None:
+        self.handle.cancel()
+
+
 async def within_gap(stream: AsyncIterable[str | Usage], gap: float) -> AsyncIterator[str | Usage]:
     """`stream`, failing with a retryable ProviderError when it yields nothing for `gap` seconds.
 
     The SDKs' read timeouts catch a silent connection, not one kept busy by keep-alives
     (Anthropic's `ping` events, an OpenAI-compatible proxy's SSE comments) while no text comes.
-    One timer per stream, re-armed lazily, rather than one per chunk: chunks are the hot path.
     """
-    loop = asyncio.get_running_loop()
-    task = asyncio.current_task()
-    assert task is not None
+    guard = GapGuard(gap)
+    loop = guard.loop
     iterator = aiter(stream)
-    waiting_since: float | None = None  # set while we wait for the provider, not for our caller
-    fired = False
-    handle: asyncio.TimerHandle | None = None
-
-    def check() -> None:
-        nonlocal handle, fired
-        now = loop.time()
-        if waiting_since is not None and now - waiting_since >= gap:
-            fired = True
-            task.cancel()
-        else:
-            handle = loop.call_at((waiting_since if waiting_since is not None else now) + gap, check)
-
-    handle = loop.call_at(loop.time() + gap, check)
     try:
         while True:
-            waiting_since = loop.time()
+            guard.since = loop.time()  # waiting for the provider, not for our caller
             try:
                 item = await anext(iterator)
             except StopAsyncIteration:
                 return
             except asyncio.CancelledError:
-                if fired and task.uncancel() == 0:  # our timer, and nobody else, cancelled it
+                if guard.expired():
                     raise ProviderError(
                         "provider_unavailable", "The provider stopped sending.", retryable=True
                     ) from None
                 raise
-            waiting_since = None
+            guard.since = None
             yield item
     finally:
-        if handle is not None:
-            handle.cancel()
+        guard.close()
         # Release the provider's connection now, not when the garbage collector gets to it.
         if isinstance(iterator, AsyncGenerator):
             await iterator.aclose()

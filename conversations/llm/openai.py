@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -11,7 +12,16 @@ import openai
 import orjson
 from django.conf import settings
 
-from .base import ChatRequest, Content, Provider, ProviderError, Usage, error_for_status, parse_retry_after
+from .base import (
+    ChatRequest,
+    Content,
+    GapGuard,
+    Provider,
+    ProviderError,
+    Usage,
+    error_for_status,
+    parse_retry_after,
+)
 
 # The text of the events one read of the stream completes is yielded as one piece (the benchmark's
 # `no-read-join` variant sets this off: docs/performance.md).
@@ -19,6 +29,10 @@ JOIN_READS = True
 # The stream's body is read from aiohttp's response directly, not through httpx2's byte iterators
 # (four async generators a read), when nothing needs decoding (the `sdk-reads` variant sets this off).
 DIRECT_READS = True
+# A stream's request is sent without a read timeout, so aiohttp sets and cancels no timer on each read;
+# one lazily re-armed timer of ours (`GapGuard`) bounds the wait for the headers and every read instead
+# (the `aiohttp-read-timer` variant sets this off: docs/performance.md).
+GUARD_READS = True
 
 
 def map_error(exc: Exception) -> ProviderError:
@@ -108,6 +122,11 @@ class OpenAIProvider(Provider):
             body["prompt_cache_key"] = request.cache_key
         usage = Usage()
         finished = False  # a finish_reason or [DONE] seen: the reply is whole
+        guard = None
+        if GUARD_READS:
+            kwargs["timeout"] = openai.Timeout(None, connect=settings.CHAT_CONNECT_TIMEOUT)
+            guard = GapGuard(settings.CHAT_READ_TIMEOUT)
+            guard.since = guard.loop.time()  # until the response's headers
         try:
             # The SDK sends the request (auth, headers, status errors as APIStatusError); we read
             # the raw SSE lines and parse them with orjson: the SDK's per-chunk pydantic models
@@ -123,7 +142,9 @@ class OpenAIProvider(Provider):
                 stream_options={"include_usage": True},
                 **kwargs,
             ) as response:
-                async for batch in _sse_data(response.http_response):
+                if guard is not None:
+                    guard.since = None
+                async for batch in _sse_data(response.http_response, guard):
                     # The events of one read leave as one piece of text: when the process is behind,
                     # several tokens wait in the socket's buffer, and relaying them as one delta costs
                     # one event instead of many (docs/performance.md). Unhurried, a read holds one event.
@@ -158,8 +179,15 @@ class OpenAIProvider(Provider):
                 raise ProviderError("provider_unavailable", "The provider ended the reply early.", retryable=True)
         except ProviderError:
             raise
+        except asyncio.CancelledError:
+            if guard is not None and guard.expired():
+                raise ProviderError("provider_unavailable", "The provider timed out.", retryable=True) from None
+            raise
         except Exception as exc:  # every SDK/transport failure becomes a ProviderError
             raise map_error(exc) from exc
+        finally:
+            if guard is not None:
+                guard.close()
         yield usage
 
     async def list_models(self) -> list[tuple[str, str]]:
@@ -185,9 +213,9 @@ def parse_usage(counted: dict[str, Any]) -> Usage:
     )
 
 
-async def _sse_data(response: httpx2.Response) -> AsyncIterator[list[bytes]]:
+async def _sse_data(response: httpx2.Response, guard: GapGuard | None = None) -> AsyncIterator[list[bytes]]:
     """The `data:` payloads of a server-sent event stream, one per line (OpenAI sends one-line events),
-    in batches: those completed by one read of the body.
+    in batches: those completed by one read of the body. `guard`, if given, watches each read.
 
     Transport failures surface as the SDK's own APITimeoutError / APIConnectionError, as they do
     from its parsed stream, so `map_error` treats both paths alike.
@@ -195,7 +223,14 @@ async def _sse_data(response: httpx2.Response) -> AsyncIterator[list[bytes]]:
     buffer = b""
     try:
         read = _reader(response)
-        while piece := await read():
+        while True:
+            if guard is not None:
+                guard.since = guard.loop.time()
+            piece = await read()
+            if guard is not None:
+                guard.since = None
+            if not piece:
+                break
             buffer += piece
             if b"\n" not in piece:
                 continue

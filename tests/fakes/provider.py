@@ -86,6 +86,7 @@ class Reply:
     chunks: list[str] | None = None  # explicit chunking; default: words keeping leading whitespace
     token_delay: float = 0.0  # seconds between chunks
     first_token_delay: float = 0.0  # seconds before the first chunk, after the headers
+    headers_delay: float = 0.0  # seconds before the headers: the request taken, then silence
     status: int = 200  # non-2xx: that status with the provider's own error body, no stream
     error_type: str | None = None  # either vocabulary: "rate_limit_error", "context_length_exceeded", ...
     error_message: str = DEFAULT_ERROR_MESSAGE
@@ -267,6 +268,8 @@ class FakeProvider:
         if reply.cache_write_tokens is not None:
             written = reply.cache_write_tokens
         usage_in = (tokens_in, min(cached, tokens_in), min(written, max(0, tokens_in - cached)) if anthropic else 0)
+        if reply.headers_delay:
+            await asyncio.sleep(reply.headers_delay)
         if not body.get("stream"):
             return await self._complete(request, reply, body, anthropic, usage_in)
         resp = web.StreamResponse(headers={"content-type": "text/event-stream; charset=utf-8"})
