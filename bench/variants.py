@@ -57,8 +57,6 @@
 - `reply-end-statements`: on PostgreSQL a reply's end is a transaction of three statements (BEGIN, the
   UPDATE, the record's INSERT, the rollup's upsert, COMMIT), as before it became one statement
   (conversations/services.py, `ONE_STATEMENT_END`);
-- `prepare-counting`: psycopg counts every query for its prepared-statement cache (its default), which
-  Django's client-side cursors never use (chatsite/settings.py, `prepare_threshold`);
 - `aiohttp-read-timer`: the openai adapter's stream request keeps the SDK's read timeout, so aiohttp sets
   and cancels a timer on every read of the body, instead of one lazily re-armed guard for the stream
   (conversations/llm/openai.py, `GUARD_READS`);
@@ -442,11 +440,6 @@ for variant in VARIANTS:
         from conversations import services
 
         services.ONE_STATEMENT_END = False
-    elif variant == "prepare-counting":
-        from django.conf import settings
-
-        # Connections open on first use, after this: psycopg's own default (5) again.
-        settings.DATABASES["default"].get("OPTIONS", {}).pop("prepare_threshold", None)
     elif variant == "aiohttp-read-timer":
         from conversations.llm import openai as openai_adapter
 

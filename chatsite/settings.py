@@ -125,11 +125,6 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 else:
     DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("CONN_MAX_AGE", default=60))
     DATABASES["default"].setdefault("CONN_HEALTH_CHECKS", True)
-    # Django's psycopg cursors bind parameters on the client and never prepare a statement, yet psycopg
-    # counts every query they run (its text, values and all) towards preparing it: no counting. (With
-    # `server_side_binding` set, psycopg's own default stands: such cursors do prepare.)
-    if not DATABASES["default"].get("OPTIONS", {}).get("server_side_binding"):
-        DATABASES["default"].setdefault("OPTIONS", {}).setdefault("prepare_threshold", None)
     DATABASES["default"].setdefault("TEST", {"NAME": f"test_{DATABASES['default']['NAME']}_{os.getpid()}"})
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
