@@ -302,7 +302,7 @@ class UsageRecord(models.Model):
             "day": record.created_at.astimezone(dt.UTC).date(),
             "model": record.model,
             "kind": record.kind,
-            **{f: Decimal(str(record.cost or 0)) if f == "cost" else int(getattr(record, f) or 0) for f in SUMMED},
+            **_summed(record),
         }
         params = [
             *close_params,
@@ -415,6 +415,12 @@ def _record_insert_sql() -> tuple[str, list[models.Field[Any, Any]]]:
     return sql, given
 
 
+def _daily_columns() -> tuple[str, list[str], list[str]]:
+    """The rollup's table, its key columns and its summed columns (SUMMED), quoted."""
+    key = [quoted(DailyUsage, name) for name in ("day", "user", "model", "persona_ref", "kind")]
+    return connection.ops.quote_name(DailyUsage._meta.db_table), key, [quoted(DailyUsage, n) for n in SUMMED]
+
+
 @functools.cache
 def _close_and_record_sql(close_sql: str) -> tuple[str, list[models.Field[Any, Any]]]:
     """`close_reply_and_store`'s statement (PostgreSQL): `close_sql`, then `_record_insert_sql`'s INSERT
@@ -422,10 +428,7 @@ def _close_and_record_sql(close_sql: str) -> tuple[str, list[models.Field[Any, A
     the record's `given` fields, the thread's id, then the rollup's day, model, kind and SUMMED values."""
     insert, given = _record_insert_sql()
     head, _, rest = insert.partition(" WHERE ")
-    qn = connection.ops.quote_name
-    table = qn(DailyUsage._meta.db_table)
-    key = [quoted(DailyUsage, name) for name in ("day", "user", "model", "persona_ref", "kind")]
-    sums = [quoted(DailyUsage, name) for name in SUMMED]
+    table, key, sums = _daily_columns()
     user, persona = quoted(UsageRecord, "user"), quoted(UsageRecord, "persona")
     sql = (
         f"WITH closed AS ({close_sql} RETURNING 1),"
@@ -440,6 +443,11 @@ def _close_and_record_sql(close_sql: str) -> tuple[str, list[models.Field[Any, A
 
 
 SUMMED = ("calls", "input_tokens", "cached_input_tokens", "cache_write_tokens", "output_tokens", "cost")
+
+
+def _summed(record: UsageRecord) -> dict[str, Any]:
+    """A record's numbers as its day's rollup adds them (SUMMED, in order)."""
+    return {f: Decimal(str(record.cost or 0)) if f == "cost" else int(getattr(record, f) or 0) for f in SUMMED}
 
 
 class DailyUsage(models.Model):
@@ -498,7 +506,7 @@ class DailyUsage(models.Model):
             "model": record.model,
             "persona_ref": record.persona_id or 0,
             "kind": record.kind,
-            **{f: Decimal(str(record.cost or 0)) if f == "cost" else int(getattr(record, f) or 0) for f in SUMMED},
+            **_summed(record),
         }
         params = [fields[name].get_db_prep_save(value, connection) for name, value in values.items()]
         with connection.cursor() as cursor:
@@ -530,10 +538,7 @@ class DailyUsage(models.Model):
 @functools.cache
 def _daily_add_sql() -> str:
     """`DailyUsage.add`'s upsert: the key, then the sums (SUMMED), as values; where the row exists, added."""
-    qn = connection.ops.quote_name
-    key = [quoted(DailyUsage, name) for name in ("day", "user", "model", "persona_ref", "kind")]
-    sums = [quoted(DailyUsage, name) for name in SUMMED]
-    table = qn(DailyUsage._meta.db_table)
+    table, key, sums = _daily_columns()
     added = {c: f"{table}.{c} + excluded.{c}" for c in sums}
     if connection.vendor == "sqlite":  # decimals are NUMERIC there: cast the sum as the ORM's F() increment did
         cost = quoted(DailyUsage, "cost")

@@ -171,6 +171,8 @@ class GapGuard:
         self.handle = self.loop.call_at(self.loop.time() + gap, self._check)
 
     def _check(self) -> None:
+        if self.task.done():  # its stream was dropped unclosed: nothing left to watch
+            return
         now = self.loop.time()
         if self.since is not None and now - self.since >= self.gap:
             self.fired = True
