@@ -60,6 +60,9 @@
 - `aiohttp-read-timer`: the openai adapter's stream request keeps the SDK's read timeout, so aiohttp sets
   and cancels a timer on every read of the body, instead of one lazily re-armed guard for the stream
   (conversations/llm/openai.py, `GUARD_READS`);
+- `eager-sdk-types`: the OpenAI SDK's type packages run their `__init__` as they are imported, all 560
+  modules at once, instead of when a name is first asked of them (conversations/llm/deferred_types.py;
+  it sets `CHAT_DEFER_SDK_TYPES=0` before the site is imported);
 - `uvloop`: daphne on uvloop instead of asyncio's own loop (started as `python -m bench.uvloop_daphne`;
   tried and left off: docs/performance.md);
 - `profile=PATH`: cProfile the event loop thread, written to PATH when daphne stops.
@@ -76,10 +79,13 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from chatsite.asgi import application as site_application
-from conversations.consumers import ChatConsumer
-from conversations.llm.base import ChatRequest, ProviderError, Usage
-from conversations.llm.openai import OpenAIProvider, map_error
+if "eager-sdk-types" in os.environ.get("BENCH_VARIANTS", "").split(","):
+    os.environ["CHAT_DEFER_SDK_TYPES"] = "0"  # read as conversations.llm is first imported, just below
+
+from chatsite.asgi import application as site_application  # noqa: E402
+from conversations.consumers import ChatConsumer  # noqa: E402
+from conversations.llm.base import ChatRequest, ProviderError, Usage  # noqa: E402
+from conversations.llm.openai import OpenAIProvider, map_error  # noqa: E402
 
 VARIANTS = [v.strip() for v in os.environ.get("BENCH_VARIANTS", "").split(",") if v.strip()]
 
@@ -444,6 +450,8 @@ for variant in VARIANTS:
         from conversations.llm import openai as openai_adapter
 
         openai_adapter.GUARD_READS = False
+    elif variant == "eager-sdk-types":
+        pass  # set before the site was imported (above)
     elif variant == "uvloop":
         pass  # chosen before daphne started (bench/procs.py, bench/uvloop_daphne.py)
     elif variant.startswith("profile="):

@@ -10,7 +10,11 @@ from django.conf import settings
 
 from chatsite import gc_tuning
 
+from . import deferred_types
 from .base import ChatRequest, Provider, ProviderError, Usage
+
+# Before the adapter first imports the SDK: its type packages run their `__init__` only when asked a name.
+deferred_types.install()
 
 __all__ = [
     "ChatRequest",
