@@ -134,7 +134,7 @@ async def chat_completions(request: HttpRequest) -> HttpResponseBase:
         body = None
     parsed, plan = await sync_to_async(_authorize_and_plan)(request.headers.get("Authorization", ""), body)
     try:
-        provider, model = provider_for(plan.spec)
+        provider, model = await provider_for(plan.spec)
     except ProviderError as exc:  # a persona naming an unknown provider: staff's to fix
         log.error("api: persona model %r: %s", plan.spec, exc.message)
         raise _provider_error(exc) from exc

@@ -193,6 +193,7 @@ class Site:
     worker: Proc | None = None
     server: str = "daphne"  # the ASGI server: daphne (the site's), uvicorn or granian (compared)
     loop_lag: bool = False  # the server logs its event loop's lag (CHAT_LOOP_LAG; bench.run turns it on)
+    extra_env: dict[str, str] = field(default_factory=dict)  # set last, over the site's own environment
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST", "DJANGO_", "CHAT_"))}
@@ -223,7 +224,7 @@ class Site:
         )
         if self.kind == "postgres":
             env["REDIS_URL"] = REDIS_URL
-        return env
+        return env | self.extra_env
 
     # -- the database ------------------------------------------------------------------------
     def create_database(self) -> None:

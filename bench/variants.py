@@ -63,6 +63,9 @@
 - `eager-sdk-types`: the OpenAI SDK's type packages run their `__init__` as they are imported, all 560
   modules at once, instead of when a name is first asked of them (conversations/llm/deferred_types.py;
   it sets `CHAT_DEFER_SDK_TYPES=0` before the site is imported);
+- `sdk-import-on-loop`: a provider's adapter and SDK are imported on the event loop at the first reply
+  that needs them (holding every socket of the process meanwhile), not on a thread of their own
+  (conversations/llm/__init__.py, `IMPORT_ON_THREAD`);
 - `uvloop`: daphne on uvloop instead of asyncio's own loop (started as `python -m bench.uvloop_daphne`;
   tried and left off: docs/performance.md);
 - `profile=PATH`: cProfile the event loop thread, written to PATH when daphne stops.
@@ -77,7 +80,7 @@ import os
 import threading
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 if "eager-sdk-types" in os.environ.get("BENCH_VARIANTS", "").split(","):
     os.environ["CHAT_DEFER_SDK_TYPES"] = "0"  # read as conversations.llm is first imported, just below
@@ -85,13 +88,18 @@ if "eager-sdk-types" in os.environ.get("BENCH_VARIANTS", "").split(","):
 from chatsite.asgi import application as site_application  # noqa: E402
 from conversations.consumers import ChatConsumer  # noqa: E402
 from conversations.llm.base import ChatRequest, ProviderError, Usage  # noqa: E402
-from conversations.llm.openai import OpenAIProvider, map_error  # noqa: E402
+
+if TYPE_CHECKING:
+    # Imported by the variants that need it, below: the SDK loads on the first reply, as on the site.
+    from conversations.llm.openai import OpenAIProvider
 
 VARIANTS = [v.strip() for v in os.environ.get("BENCH_VARIANTS", "").split(",") if v.strip()]
 
 
 async def sdk_parsed_stream(self: OpenAIProvider, request: ChatRequest) -> AsyncIterator[str | Usage]:
     """The adapter as it was before the raw-SSE change: the SDK's parsed chunks."""
+    from conversations.llm.openai import map_error
+
     messages: list[Any] = []
     if request.system:
         messages.append({"role": "system", "content": request.system})
@@ -276,7 +284,7 @@ async def sdk_transformed_stream(self: OpenAIProvider, request: ChatRequest) -> 
         yield item
 
 
-ADAPTER_STREAM = OpenAIProvider.stream
+ADAPTER_STREAM: Any = None  # the adapter's own `stream`, kept by the `sdk-transform` variant
 
 
 def build_from_whole_history(reply_id: int) -> Any:
@@ -362,13 +370,20 @@ for variant in VARIANTS:
     elif variant == "frame-cleanup-hop":
         ChatConsumer.frame_cleanup_hop = True
     elif variant == "sdk-parse":
+        from conversations.llm.openai import OpenAIProvider
+
         OpenAIProvider.stream = sdk_parsed_stream  # type: ignore[method-assign]
     elif variant == "httpx-transport":
         import openai
 
+        from conversations.llm.openai import OpenAIProvider
+
         # The SDK's default transport (httpx2, httpcore, h11, anyio) instead of its aiohttp one.
         OpenAIProvider.http_client = staticmethod(openai.DefaultAsyncHttpxClient)  # type: ignore[method-assign,assignment]
     elif variant == "sdk-transform":
+        from conversations.llm.openai import OpenAIProvider
+
+        ADAPTER_STREAM = OpenAIProvider.stream
         OpenAIProvider.stream = sdk_transformed_stream  # type: ignore[method-assign]
     elif variant == "whole-history":
         from conversations import history
@@ -452,6 +467,10 @@ for variant in VARIANTS:
         openai_adapter.GUARD_READS = False
     elif variant == "eager-sdk-types":
         pass  # set before the site was imported (above)
+    elif variant == "sdk-import-on-loop":
+        from conversations import llm
+
+        llm.IMPORT_ON_THREAD = False
     elif variant == "uvloop":
         pass  # chosen before daphne started (bench/procs.py, bench/uvloop_daphne.py)
     elif variant.startswith("profile="):

@@ -322,7 +322,7 @@ async def _stream_preview(head: str, tail: str, spec: str, chat: ChatRequest) ->
     yield head + '<pre class="preview-stream">'
     usage = Usage()
     try:
-        provider, model = provider_for(spec)
+        provider, model = await provider_for(spec)
         async for item in provider.stream(dataclasses.replace(chat, model=model)):
             if isinstance(item, Usage):
                 usage = item

@@ -343,11 +343,11 @@ async def test_a_changed_timeout_setting_reaches_a_new_client(settings):
 
     settings.OPENAI_API_KEY = "k"
     settings.CHAT_READ_TIMEOUT = 5.0
-    first, _ = provider_for("openai:m")
+    first, _ = await provider_for("openai:m")
     settings.CHAT_READ_TIMEOUT = 6.0
-    second, _ = provider_for("openai:m")
+    second, _ = await provider_for("openai:m")
     assert first is not second and second.client.timeout.read == 6.0
-    assert provider_for("openai:m")[0] is second  # and is cached again
+    assert (await provider_for("openai:m"))[0] is second  # and is cached again
     await first.aclose()
     await second.aclose()
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import gc
-import json
 import subprocess
 import sys
 
@@ -20,7 +19,6 @@ from django.core.cache.backends.base import BaseCache
 from conversations import limits, presence
 from tests.conftest import open_socket
 from tests.factories import make_conversation
-from tests.fakes.provider import Reply
 from tests.live import ROOT, server_env
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -94,66 +92,6 @@ def test_a_redis_layer_given_encryption_keys_still_encrypts_in_a_fresh_process()
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[-1] == "False {'type': 'chat.delta', 'text': 'secret'}"
-
-
-# A fresh process streams one reply through the real SDK, lists the models, then asks the type
-# packages for names: it prints what it streamed, whether each package's `__init__` still waits, how
-# many of the Responses API's modules it loaded, and the names' modules.
-SDK_TYPES_SCRIPT = """
-import asyncio, json, sys
-import django
-django.setup()
-from conversations.llm import ChatRequest, Usage, deferred_types
-from conversations.llm.openai import OpenAIProvider
-import openai.types, openai.types.responses
-
-async def reply():
-    provider = OpenAIProvider()
-    try:
-        texts = [t async for t in provider.stream(ChatRequest(model="gpt-test", system="Be brief.",
-                 messages=[{"role": "user", "content": "Hi"}])) if not isinstance(t, Usage)]
-        return "".join(texts), [m for m, _ in await provider.list_models()]
-    finally:
-        await provider.aclose()
-
-text, models = asyncio.run(reply())
-waiting = [deferred_types.deferred(openai.types), deferred_types.deferred(openai.types.responses)]
-responses = sum(1 for m in sys.modules if m.startswith("openai.types.responses."))
-from openai.types import ChatModel, Batch
-from openai.types.responses import Response
-from openai.types.shared.chat_model import ChatModel as chat_model
-star = {}
-exec("from openai.types.graders import *", star)
-print(json.dumps({"text": text, "models": models, "waiting": waiting, "responses_modules": responses,
-    "names": [Batch.__module__, Response.__module__, "LabelModelGrader" in star, ChatModel is chat_model],
-    "waiting_after": [deferred_types.deferred(openai.types), deferred_types.deferred(openai.types.responses)]}))
-"""
-
-
-@pytest.mark.parametrize("defer", ["1", "0"], ids=["deferred", "eager"])
-def test_the_sdk_type_packages_load_what_a_reply_uses_and_every_name_when_asked(fake_provider, defer):
-    fake_provider.script(Reply(text="Deferred types, real stream."))
-    env = server_env(
-        OPENAI_API_KEY="test-key", OPENAI_BASE_URL=fake_provider.openai_base_url, CHAT_DEFER_SDK_TYPES=defer
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", SDK_TYPES_SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
-    )
-    assert done.returncode == 0, done.stderr
-    out = json.loads(done.stdout.splitlines()[-1])
-    assert out["text"] == "Deferred types, real stream."
-    assert out["models"] == fake_provider.openai_models
-    # A reply and the model list ran neither package's `__init__`: of the Responses API's 247 modules,
-    # only the one the SDK's own `openai.lib` imports was loaded. Switched off, all of them were.
-    if defer == "1":
-        assert out["waiting"] == [True, True]
-        assert out["responses_modules"] < 5
-    else:
-        assert out["waiting"] == [False, False]
-        assert out["responses_modules"] > 200
-    # Every name is still there when asked, from the SDK's own modules; a star import sees `__all__`.
-    assert out["names"] == ["openai.types.batch", "openai.types.responses.response", True, True]
-    assert out["waiting_after"] == [False, False]
 
 
 async def test_open_sockets_keep_no_session_or_user_of_their_own(alice):

@@ -268,7 +268,7 @@ def test_a_server_error_shows_no_traceback_and_no_secret(alice, monkeypatch, set
 async def test_a_crash_inside_a_reply_reaches_the_user_without_its_details(alice, monkeypatch):
     from conversations.generation import reply as generation
 
-    def explode(spec):
+    async def explode(spec):
         raise RuntimeError("connection string postgres://chat:hunter2@db/chat")
 
     monkeypatch.setattr(generation, "provider_for", explode)

@@ -208,7 +208,7 @@ class Generation:
 
     async def _stream(self, request: ChatRequest) -> None:
         """Read the provider's stream into the buffer; retry before the first token."""
-        provider, _ = provider_for(self.model)
+        provider, _ = await provider_for(self.model)
         attempt = 0
         trimmed_once = False
         while True:
