@@ -69,7 +69,8 @@ async def main():
     return during, first.cancelled(), type(provider).__name__, model
 
 during, cancelled, name, model = asyncio.run(main())
-print(json.dumps({"ticks": during, "cancelled": cancelled, "on_main_thread": threads, "provider": name, "model": model}))
+out = {"ticks": during, "cancelled": cancelled, "on_main_thread": threads, "provider": name, "model": model}
+print(json.dumps(out))
 """
 
 
