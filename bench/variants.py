@@ -57,6 +57,8 @@
 - `reply-end-statements`: on PostgreSQL a reply's end is a transaction of three statements (BEGIN, the
   UPDATE, the record's INSERT, the rollup's upsert, COMMIT), as before it became one statement
   (conversations/services.py, `ONE_STATEMENT_END`);
+- `send-link-statements`: on PostgreSQL a send links its two rows and updates its thread in two
+  statements, as before they became one (conversations/services.py, `ONE_STATEMENT_SEND`);
 - `aiohttp-read-timer`: the openai adapter's stream request keeps the SDK's read timeout, so aiohttp sets
   and cancels a timer on every read of the body, instead of one lazily re-armed guard for the stream
   (conversations/llm/openai.py, `GUARD_READS`);
@@ -461,6 +463,10 @@ for variant in VARIANTS:
         from conversations import services
 
         services.ONE_STATEMENT_END = False
+    elif variant == "send-link-statements":
+        from conversations import services
+
+        services.ONE_STATEMENT_SEND = False
     elif variant == "aiohttp-read-timer":
         from conversations.llm import openai as openai_adapter
 

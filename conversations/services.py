@@ -39,6 +39,9 @@ TITLE_WORDS = 8
 # On PostgreSQL a reply's end is one statement (`UsageRecord.close_reply_and_store`); the benchmark's
 # `reply-end-statements` variant sets this off (docs/performance.md).
 ONE_STATEMENT_END = True
+# On PostgreSQL a send's link of its two rows and its thread's update are one statement (`_link_and_update`);
+# the benchmark's `send-link-statements` variant sets this off.
+ONE_STATEMENT_SEND = True
 
 
 class ChatError(Exception):
@@ -386,10 +389,10 @@ def _parent_for_send(conv: Conversation, parent_id: int | None | str, edit_of: i
     return int(parent_id)
 
 
-def _link(message_id: int, reply_id: int, parent_id: int | None) -> None:
-    """Point a send's new reply at its new message, the message at the reply, and (`parent_id`, when the
-    message continues the active path) the parent at the message: one UPDATE. One INSERT cannot link
-    its own rows. Plain SQL: the ORM's `Case`/`When` form cost 2 ms a send to compile."""
+def _link(message_id: int, reply_id: int, parent_id: int | None) -> tuple[str, list[int]]:
+    """The UPDATE (SQL, parameters) that points a send's new reply at its new message, the message at
+    the reply, and (`parent_id`, when the message continues the active path) the parent at the message.
+    One INSERT cannot link its own rows. Plain SQL: the ORM's `Case`/`When` form cost 2 ms a send to compile."""
     parent, child, pk = quoted(Message, "parent"), quoted(Message, "active_child"), quoted(Message, "pk")
     children = f"WHEN {pk} = %s THEN %s " * (2 if parent_id is not None else 1)
     ids = [message_id, reply_id] + ([parent_id] if parent_id is not None else [])
@@ -401,13 +404,13 @@ def _link(message_id: int, reply_id: int, parent_id: int | None) -> None:
         f" SET {parent} = CASE WHEN {pk} = %s THEN %s ELSE {parent} END,"
         f" {child} = CASE {children}ELSE {child} END WHERE {pk} IN ({', '.join(['%s'] * len(ids))})"
     )
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params + ids)
+    return sql, params + ids
 
 
-def _update_columns(row: models.Model, names: list[str]) -> None:
-    """`row.save(update_fields=names)` for fields without `auto_now`, in plain SQL: the ORM's UPDATE
-    cost about 1 ms a send to compile. No signals are sent (nothing listens for these rows')."""
+def _update_columns(row: models.Model, names: list[str]) -> tuple[str, list[Any]]:
+    """The UPDATE (SQL, parameters) of `row.save(update_fields=names)` for fields without `auto_now`, in
+    plain SQL: the ORM's UPDATE cost about 1 ms a send to compile. No signals are sent (nothing listens
+    for these rows')."""
     meta = type(row)._meta
     fields = [meta.get_field(name) for name in names]
     if any(getattr(f, "auto_now", False) for f in fields):
@@ -417,8 +420,24 @@ def _update_columns(row: models.Model, names: list[str]) -> None:
         f" SET {', '.join(f'{quoted(type(row), name)} = %s' for name in names)} WHERE {quoted(type(row), 'pk')} = %s"
     )
     params = [f.get_db_prep_save(getattr(row, f.attname), connection) for f in fields]  # type: ignore[union-attr]
+    return sql, [*params, meta.pk.get_db_prep_value(row.pk, connection)]
+
+
+def _execute(*statements: tuple[str, list[Any]]) -> None:
+    """Run each (SQL, parameters) in turn."""
     with connection.cursor() as cursor:
-        cursor.execute(sql, [*params, meta.pk.get_db_prep_value(row.pk, connection)])
+        for sql, params in statements:
+            cursor.execute(sql, params)
+
+
+def _link_and_update(link: tuple[str, list[int]], update: tuple[str, list[Any]]) -> None:
+    """A send's link of its rows, then its thread's update: one statement on PostgreSQL, whose
+    data-modifying `WITH` runs to completion though nothing reads it (the two touch different tables),
+    one round trip fewer; two statements elsewhere (SQLite has no UPDATE inside `WITH`)."""
+    if ONE_STATEMENT_SEND and connection.vendor == "postgresql":
+        _execute((f"WITH linked AS ({link[0]}) {update[0]}", link[1] + update[1]))
+    else:
+        _execute(link, update)
 
 
 def _sent_before(conversation: Conversation, message: Message) -> Sent:
@@ -471,20 +490,23 @@ def message_send(
             )
             reply = Message(conversation=conv, role=Message.Role.ASSISTANT, status=Message.Status.STREAMING, model=spec)
             insert_rows([message, reply])
-            # One INSERT cannot point the reply at a row of the same INSERT: link them now, and in
-            # the common case (the new message continues the active path) its parent to it, in one UPDATE.
+            # One INSERT cannot point the reply at a row of the same INSERT: link them, and in the common
+            # case (the new message continues the active path) its parent to it, in one UPDATE, which
+            # goes with the thread's (below) on PostgreSQL.
             reply.parent_id = message.pk
             message.active_child_id = reply.pk
             continues = follows_leaf and parent is not None
-            _link(message.pk, reply.pk, parent if continues else None)
+            link, linked = _link(message.pk, reply.pk, parent if continues else None), False
             fields = ["updated_at"]
             if continues or parent is None:
                 # The path ends at the new reply: after the active leaf, or from a new first message
-                # (the two rows just linked are the whole path). Saved with the rest below.
+                # (the two rows, linked with the thread's update below, are the whole path).
                 conv.active_leaf_id = reply.pk
                 fields.append("active_leaf")
                 siblings: tuple[int, ...] = (message.pk,) if continues else (*roots, message.pk)
             else:
+                _execute(link)  # the path to point at the new reply runs through the linked rows
+                linked = True
                 _point_path_to(conv, reply.pk)
                 siblings = _children(conv, parent)
             if files:
@@ -497,7 +519,10 @@ def message_send(
             if not conv.title:
                 conv.title = " ".join(text.split()[:TITLE_WORDS])[:200] or ", ".join(f.name for f in files)[:200]
                 fields.append("title")
-            _update_columns(conv, fields)
+            if linked:
+                _execute(_update_columns(conv, fields))
+            else:
+                _link_and_update(link, _update_columns(conv, fields))
     except IntegrityError:
         # Another send won a race: the same client_id (a resend) or a reply opened meanwhile.
         raced = Message.objects.filter(conversation=conversation, client_id=client_id).first()

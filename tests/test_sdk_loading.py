@@ -187,3 +187,26 @@ print(json.dumps({"first": asyncio.run(main()), "loaded": "anthropic" in sys.mod
 def test_a_failed_import_fails_its_caller_and_is_tried_again_by_the_next():
     out = run(RETRY_SCRIPT)
     assert out == {"first": "anthropic is broken", "loaded": True}
+
+
+def test_a_deferred_init_that_fails_raises_and_runs_again_at_the_next_name():
+    from conversations.llm.deferred_types import DeferredPackage, deferred
+
+    class Loader:
+        runs = 0
+
+        def exec_module(self, module):
+            Loader.runs += 1
+            if Loader.runs == 1:
+                raise ImportError("the package's __init__ failed")
+            module.Name = "defined"
+
+    package = DeferredPackage("some.package")
+    package.__dict__["_deferred_loader"] = Loader()
+    with pytest.raises(ImportError, match="failed"):
+        package.Name  # noqa: B018 - the attribute's read runs the __init__
+    assert deferred(package)
+    assert package.Name == "defined" and not deferred(package)
+    with pytest.raises(AttributeError):
+        package.Missing  # noqa: B018
+    assert Loader.runs == 2

@@ -137,6 +137,72 @@ def test_on_postgresql_a_reply_ends_in_one_statement_after_its_price(alice):
     assert not any(sql in ("BEGIN", "COMMIT") for sql in sqls), sqls
 
 
+@postgresql_only
+def test_on_postgresql_a_send_links_its_rows_and_updates_its_thread_in_one_statement(alice):
+    conv = make_conversation(alice)
+    _answered(_send(conv, "first"))
+    with CaptureQueriesContext(connection) as queries:
+        _send(conv, "second")
+    message_table, conv_table = Message._meta.db_table, conv._meta.db_table
+    updates = [q["sql"] for q in queries.captured_queries if q["sql"].startswith(("UPDATE", "WITH"))]
+    assert len(updates) == 1, updates
+    assert updates[0].startswith(f'WITH linked AS (UPDATE "{message_table}"'), updates
+    assert f'UPDATE "{conv_table}" SET' in updates[0]
+
+
+def _answered(sent: services.Sent) -> services.Sent:
+    """The send's reply ended (as a stream's end would), so the thread takes the next send."""
+    assert sent.reply is not None
+    Message.objects.filter(pk=sent.reply.pk).update(status=Message.Status.COMPLETE, content="answer")
+    return sent
+
+
+def _sent_rows(conv) -> tuple[object, ...]:
+    """What sends left: every message's place in the tree (as indexes in the order stored), and the
+    thread's active leaf and title."""
+    rows = Message.objects.filter(conversation=conv).order_by("id")
+    messages = list(rows.values_list("role", "content", "parent_id", "active_child_id"))
+    ids = list(rows.values_list("id", flat=True))
+    conv.refresh_from_db()
+    relative = [(role, content, _at(ids, parent), _at(ids, child)) for role, content, parent, child in messages]
+    return relative, _at(ids, conv.active_leaf_id), conv.title
+
+
+def _at(ids: list[int], pk: int | None) -> int | None:
+    return None if pk is None else ids.index(pk)
+
+
+@pytest.mark.parametrize("one_statement", [True, False])
+def test_sends_leave_the_same_tree_with_the_link_and_update_in_one_statement_or_two(alice, monkeypatch, one_statement):
+    """A first message, two that continue the path, an edit of the second (off the active path: its
+    own path pointed at), and a new first message leave the same rows either way, as listed here."""
+    monkeypatch.setattr(services, "ONE_STATEMENT_SEND", one_statement)
+    conv = make_conversation(alice)
+    _answered(_send(conv, "one"))
+    second = _answered(_send(conv, "two"))
+    _answered(_send(conv, "three"))
+    edit_of = second.message.pk
+    _answered(services.message_send(conversation=conv, client_id=uuid.uuid4(), content="two, edited", edit_of=edit_of))
+    _answered(services.message_send(conversation=conv, client_id=uuid.uuid4(), content="again", parent_id=None))
+    U, A = Message.Role.USER, Message.Role.ASSISTANT
+    assert _sent_rows(conv) == (
+        [
+            (U, "one", None, 1),
+            (A, "answer", 0, 6),  # its active child: the edit of "two" (below), the path it is on
+            (U, "two", 1, 3),
+            (A, "answer", 2, 4),
+            (U, "three", 3, 5),
+            (A, "answer", 4, None),
+            (U, "two, edited", 1, 7),
+            (A, "answer", 6, None),
+            (U, "again", None, 9),
+            (A, "answer", 8, None),
+        ],
+        9,
+        "one",
+    )
+
+
 def _ended_rows(conv, sent) -> tuple[object, ...]:
     reply = Message.objects.filter(pk=sent.reply.pk).values(
         "content", "status", "input_tokens", "output_tokens", "cached_input_tokens", "cache_write_tokens", "cost",

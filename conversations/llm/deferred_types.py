@@ -46,7 +46,11 @@ class DeferredPackage(ModuleType):
         with _lock:  # one thread runs the `__init__`; another asking meanwhile waits for its names
             loader = self.__dict__.pop("_deferred_loader", None)
             if loader is not None:
-                loader.exec_module(self)
+                try:
+                    loader.exec_module(self)
+                except BaseException:
+                    self.__dict__["_deferred_loader"] = loader  # failed: the next name asked tries again
+                    raise
         try:
             return self.__dict__[name]
         except KeyError:
