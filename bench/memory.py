@@ -6,7 +6,9 @@ and again 5 s after the user's first reply has ended: the idle process a team ru
 has imported a provider's SDK. `--churn N` then opens and closes N sockets `--rounds` times, reading
 daphne's RSS after each round: memory that grows round after round is what closed sockets leave behind.
 `--variants` passes BENCH_VARIANTS to daphne (bench/variants.py); `--server uvicorn` reads uvicorn (the
-README's production option) in daphne's place.
+README's production option) in daphne's place. `--worker-task` leaves the user's thread untitled, so the
+worker asks the model for a title after the first reply (its first task, which loads the SDK there too),
+and reads the worker once that title is stored.
 """
 
 from __future__ import annotations
@@ -34,6 +36,21 @@ def uss_bytes(pid: int) -> int:
             if line.startswith(("Private_Clean:", "Private_Dirty:")):
                 total += int(line.split()[1]) * 1024
     return total
+
+
+# The user's thread untitled: the worker titles it after the first reply (conversations/tasks.py).
+UNTITLED = """
+import sys, django
+django.setup()
+from conversations.models import Conversation
+Conversation.objects.filter(pk=sys.argv[1]).update(title="", title_is_auto=True)
+"""
+TITLED = """
+import sys, django
+django.setup()
+from conversations.models import Conversation
+print(Conversation.objects.get(pk=sys.argv[1]).title_is_auto)
+"""
 
 
 def sizes(pid: int) -> dict[str, float]:
@@ -70,6 +87,7 @@ def measure(
     sockets: int = 0,
     rounds: int = 0,
     server: str = "daphne",
+    worker_task: bool = False,
 ) -> dict[str, Any]:
     site = Site(kind, tmp, provider_port, variants=variants, server=server)
     site.create_database()
@@ -81,6 +99,8 @@ def measure(
         )  # fmt: skip
         users = json.loads(seed_path.read_text())["users"]
         user = users[0]
+        if worker_task:
+            subprocess.run([PYTHON, "-c", UNTITLED, user["conversation"]], cwd=ROOT, env=site.env(), check=True)
         site.start(1)
         assert site.worker is not None
         daphne, worker = site.daphnes[0].pid, site.worker.pid
@@ -91,6 +111,17 @@ def measure(
             raise RuntimeError(f"the reply did not complete: {result.status} {result.error}")
         time.sleep(settle)
         out |= {"daphne_after_reply": sizes(daphne), "worker_after_reply": sizes(worker)}
+        if worker_task:
+            for _ in range(60):  # the worker's title, then its settle
+                check = [PYTHON, "-c", TITLED, user["conversation"]]
+                titled = subprocess.run(check, cwd=ROOT, env=site.env(), capture_output=True, text=True, check=True)
+                if titled.stdout.strip() == "False":
+                    break
+                time.sleep(1)
+            else:
+                raise RuntimeError("the worker did not title the thread within a minute")
+            time.sleep(settle)
+            out["worker_after_task"] = sizes(worker)
         if sockets and rounds:
             out["churn_mb"] = asyncio.run(churn(site.ports[0], users, rounds, daphne, settle))
         return out
@@ -108,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=1)
     parser.add_argument("--churn", type=int, default=0, help="sockets to open and close in each round")
     parser.add_argument("--rounds", type=int, default=4, help="rounds of --churn")
+    parser.add_argument("--worker-task", action="store_true", help="read the worker after its first task too")
     args = parser.parse_args(argv)
     configs = [c for c in args.configs.split(",") if c]
     if "postgres" in configs and not postgres_available():
@@ -129,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
                         args.churn,
                         args.rounds,
                         args.server,
+                        args.worker_task,
                     )
                     rounds = m.pop("churn_mb", None)
                     cells = ", ".join(f"{k} {v['rss_mb']:.1f} MB RSS ({v['uss_mb']:.1f} USS)" for k, v in m.items())
