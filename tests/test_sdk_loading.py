@@ -150,7 +150,8 @@ def test_the_sdk_type_packages_load_what_a_reply_uses_and_every_name_when_asked(
     else:
         assert out["waiting"] == [False, False]
         assert out["responses_modules"] > 200
-    # Every name is still there when asked, from the SDK's own modules; a star import sees `__all__`.
+    # Every name is still there when asked, from the SDK's own modules; a star import sees them all
+    # (graders has no `__all__`: the real `__init__` ran at the import system's ask for it).
     assert out["names"] == ["openai.types.batch", "openai.types.responses.response", True, True]
     assert out["waiting_after"] == [False, False]
 
