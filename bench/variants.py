@@ -62,7 +62,7 @@
 - `aiohttp-read-timer`: the openai adapter's stream request keeps the SDK's read timeout, so aiohttp sets
   and cancels a timer on every read of the body, instead of one lazily re-armed guard for the stream
   (conversations/llm/openai.py, `GUARD_READS`);
-- `eager-sdk-types`: the OpenAI SDK's type packages run their `__init__` as they are imported, all 560
+- `eager-sdk-types`: the OpenAI SDK's type packages run their `__init__` as they are imported, all 541
   modules at once, instead of when a name is first asked of them (conversations/llm/deferred_types.py;
   it sets `CHAT_DEFER_SDK_TYPES=0` before the site is imported);
 - `sdk-import-on-loop`: a provider's adapter and SDK are imported on the event loop at the first reply

@@ -1,9 +1,9 @@
 """The OpenAI SDK's type packages run their `__init__` when a name is first asked of them, not on import.
 
-`import openai` loads 560 modules, and most of them are type definitions the site never uses. Two
+`import openai` loads 541 modules of its own, and most of them are type definitions the site never uses. Two
 package `__init__` files do it: `openai.types` imports every type the SDK has (graders and evals
 among them), and `openai.types.responses` imports all 247 modules of the Responses API, because the
-SDK's `openai.lib` imports one module from inside it. A daphne process held about 8 MB more after
+SDK's `openai.lib` imports one module from inside it. A daphne process held about 9 MB more after
 its first reply for that (docs/performance.md, twelfth session).
 
 `install()` puts a finder first on `sys.meta_path`. For a package under `openai.types` it returns a
