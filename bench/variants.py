@@ -78,6 +78,7 @@ from __future__ import annotations
 
 import atexit
 import cProfile
+import importlib
 import os
 import threading
 import time
@@ -331,6 +332,20 @@ def sends_on_own_threads(threads: int) -> None:
     consumers._send = send  # type: ignore[assignment]
 
 
+# The variants that set one module-level switch of the site off: name -> (module, switch).
+SWITCHED_OFF = {
+    "no-read-join": ("conversations.llm.openai", "JOIN_READS"),
+    "rate-two-trips": ("conversations.limits", "ONE_TRIP"),
+    "sdk-reads": ("conversations.llm.openai", "DIRECT_READS"),
+    "no-coalesce": ("conversations.layers.coalesce", "ENABLED"),
+    "no-local-relay": ("conversations.layers.redis_pubsub", "LOCAL_RELAY"),
+    "no-send-build": ("conversations.generation.reply", "BUILD_IN_SEND"),
+    "reply-end-statements": ("conversations.services", "ONE_STATEMENT_END"),
+    "send-link-statements": ("conversations.services", "ONE_STATEMENT_SEND"),
+    "aiohttp-read-timer": ("conversations.llm.openai", "GUARD_READS"),
+    "sdk-import-on-loop": ("conversations.llm", "IMPORT_ON_THREAD"),
+}
+
 for variant in VARIANTS:
     if variant == "stock-layer":
         from django.conf import settings
@@ -420,30 +435,6 @@ for variant in VARIANTS:
             settings.CACHES["default"]["BACKEND"] = "django.core.cache.backends.redis.RedisCache"
     elif variant.startswith("send-threads="):
         sends_on_own_threads(int(variant.split("=", 1)[1]))
-    elif variant == "no-read-join":
-        from conversations.llm import openai as openai_adapter
-
-        openai_adapter.JOIN_READS = False
-    elif variant == "rate-two-trips":
-        from conversations import limits
-
-        limits.ONE_TRIP = False
-    elif variant == "sdk-reads":
-        from conversations.llm import openai as openai_adapter
-
-        openai_adapter.DIRECT_READS = False
-    elif variant == "no-coalesce":
-        from conversations.layers import coalesce
-
-        coalesce.ENABLED = False
-    elif variant == "no-local-relay":
-        from conversations.layers import redis_pubsub
-
-        redis_pubsub.LOCAL_RELAY = False
-    elif variant == "no-send-build":
-        from conversations.generation import reply as generation_reply
-
-        generation_reply.BUILD_IN_SEND = False
     elif variant.startswith("switch="):
         import sys
 
@@ -459,26 +450,16 @@ for variant in VARIANTS:
         _log_gc(variant.split("=", 1)[1])
     elif variant.startswith("gc-garbage="):
         _gc_garbage(variant.split("=", 1)[1])
-    elif variant == "reply-end-statements":
-        from conversations import services
-
-        services.ONE_STATEMENT_END = False
-    elif variant == "send-link-statements":
-        from conversations import services
-
-        services.ONE_STATEMENT_SEND = False
-    elif variant == "aiohttp-read-timer":
-        from conversations.llm import openai as openai_adapter
-
-        openai_adapter.GUARD_READS = False
     elif variant == "eager-sdk-types":
         pass  # set before the site was imported (above)
-    elif variant == "sdk-import-on-loop":
-        from conversations import llm
-
-        llm.IMPORT_ON_THREAD = False
     elif variant == "uvloop":
         pass  # chosen before daphne started (bench/procs.py, bench/uvloop_daphne.py)
+    elif variant in SWITCHED_OFF:
+        module, switch = SWITCHED_OFF[variant]
+        switched = importlib.import_module(module)
+        if getattr(switched, switch, None) is not True:
+            raise SystemExit(f"{variant}: {module}.{switch} is not a switch that is on")
+        setattr(switched, switch, False)
     elif variant.startswith("profile="):
         _start_profile(variant.split("=", 1)[1])
     else:
