@@ -117,8 +117,12 @@ def server_command(server: str, port: int, app: str, variants: str = "") -> list
     README's production option runs it, with lifespan on (the site's start-up sweep and drain)."""
     host = "127.0.0.1"
     if server == "daphne":
-        # The `uvloop` variant: daphne on uvloop (bench/uvloop_daphne.py), the loop chosen before it starts.
-        launcher = "bench.uvloop_daphne" if "uvloop" in variants.split(",") else "daphne"
+        # daphne as `make run` starts it (chatsite/serve.py); the `stock-daphne` variant: as `daphne` starts
+        # itself; the `uvloop` variant: on uvloop (bench/uvloop_daphne.py), the loop chosen before it starts.
+        chosen = variants.split(",")
+        launcher = (
+            "bench.uvloop_daphne" if "uvloop" in chosen else "daphne" if "stock-daphne" in chosen else "chatsite.serve"
+        )
         return [PYTHON, "-m", launcher, "-b", host, "-p", str(port), app]
     if server == "uvicorn":
         return [PYTHON, "-m", "uvicorn", "--host", host, "--port", str(port), "--lifespan", "on", "--no-access-log",

@@ -10,12 +10,15 @@ from __future__ import annotations
 import asyncio
 import sys
 
+from chatsite import serve
+
 
 def main() -> None:
     import uvloop
 
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    from daphne import server  # makes the reactor's loop, now uvloop's
+    serve.import_daphne(sys.argv[1:])  # as the site starts daphne (chatsite/serve.py)
+    from daphne import server  # made the reactor's loop, now uvloop's
     from daphne.cli import CommandLineInterface
 
     kind = type(server.twisted_loop)

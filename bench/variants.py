@@ -68,6 +68,8 @@
 - `sdk-import-on-loop`: a provider's adapter and SDK are imported on the event loop at the first reply
   that needs them (holding every socket of the process meanwhile), not on a thread of their own
   (conversations/llm/__init__.py, `IMPORT_ON_THREAD`);
+- `stock-daphne`: daphne started as `python -m daphne`, loading Twisted's TLS and autobahn's WAMP client
+  (cryptography's Rust bindings with them), instead of as the site starts it (`python -m chatsite.serve`);
 - `uvloop`: daphne on uvloop instead of asyncio's own loop (started as `python -m bench.uvloop_daphne`;
   tried and left off: docs/performance.md);
 - `profile=PATH`: cProfile the event loop thread, written to PATH when daphne stops.
@@ -452,7 +454,7 @@ for variant in VARIANTS:
         _gc_garbage(variant.split("=", 1)[1])
     elif variant == "eager-sdk-types":
         pass  # set before the site was imported (above)
-    elif variant == "uvloop":
+    elif variant in ("uvloop", "stock-daphne"):
         pass  # chosen before daphne started (bench/procs.py, bench/uvloop_daphne.py)
     elif variant in SWITCHED_OFF:
         module, switch = SWITCHED_OFF[variant]

@@ -19,12 +19,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
 
 
 def server_command(host: str, port: int) -> list[str]:
     """The ASGI server: the one place that says how it is started."""
-    return [str(BIN / "daphne"), "-b", host, "-p", str(port), "chatsite.asgi:application"]
+    return [sys.executable, "-m", "chatsite.serve", "-b", host, "-p", str(port), "chatsite.asgi:application"]
 
 
 def worker_command() -> list[str]:

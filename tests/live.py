@@ -53,7 +53,7 @@ def server_env(**overrides: str) -> dict[str, str]:
 def server_command(server: str, port: int, app: str) -> list[str]:
     """daphne, as `make run` starts it, or uvicorn with the README's production options."""
     if server == "daphne":
-        return [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), app]
+        return [sys.executable, "-m", "chatsite.serve", "-b", "127.0.0.1", "-p", str(port), app]
     if server == "uvicorn":
         options = ["--lifespan", "on", "--ws-max-size", "1048576", "--proxy-headers", "--no-access-log"]
         return [sys.executable, "-m", "uvicorn", "--host", "127.0.0.1", "--port", str(port), *options, app]

@@ -65,7 +65,7 @@ def test_it_runs_the_worker_and_the_server_and_stops_both_on_ctrl_c(tmp_path):
             assert response.status == 200
         kids = children_of(proc.pid)
         commands = subprocess.run(["ps", "-o", "args=", "-p", ",".join(map(str, kids))], capture_output=True, text=True)
-        assert "db_worker" in commands.stdout and "daphne" in commands.stdout
+        assert "db_worker" in commands.stdout and "chatsite.serve" in commands.stdout
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=60) == 0
     finally:
