@@ -121,6 +121,8 @@ def floor_line(plan: dict[str, Any]) -> str:
     procs = plan.get("client_procs", 1)
     where = "the bench process" if procs == 1 else f"{procs} client processes"
     line = f"Direct floor: {floor[plan.get('floor', 'sdk')]}; users and floor readers in {where}."
+    if plan.get("provider", "openai") != "openai":
+        line += f" The site's replies go through its {plan['provider']} adapter (the floor reads OpenAI's format)."
     if plan.get("loop_lag"):
         line += " The server's loop-lag probe is on (its timer's 200 firings a second are in its CPU)."
     return line

@@ -46,6 +46,17 @@ from .stats import combine, loop_lag_summary, median, ratio, stage_summary, summ
 MB = 1024 * 1024
 
 
+PROVIDERS = ("openai", "anthropic")
+
+
+def provider_env(provider: str, port: int) -> dict[str, str]:
+    """The site's settings for replies through `provider`'s adapter, from the same fake provider."""
+    if provider == "anthropic":
+        base = f"http://127.0.0.1:{port}"
+        return {"ANTHROPIC_API_KEY": "x", "ANTHROPIC_BASE_URL": base, "CHAT_DEFAULT_MODEL": "anthropic:bench"}
+    return {}
+
+
 @dataclass
 class Plan:
     """What one run measures."""
@@ -74,6 +85,7 @@ class Plan:
     floor: str = "raw"  # the direct floor's reader: raw SSE (aiohttp + orjson) or the openai SDK
     client_procs: int = 2  # processes the load client and the floor's readers run in (1: this one)
     loop_lag: bool = True  # daphne measures its event loop's lag (a 5 ms timer, 200 firings a second)
+    provider: str = "openai"  # whose wire format and adapter the site's replies use (the floor reads OpenAI's)
 
     @property
     def users(self) -> int:
@@ -346,8 +358,9 @@ class Bench:
         plan = self.plan
         out: dict[str, Any] = {"phases": {}, "notes": []}
         site = Site(
-            kind, self.tmp, self.provider_port, variants=plan.variants, server=plan.server, loop_lag=plan.loop_lag
-        )
+            kind, self.tmp, self.provider_port, variants=plan.variants, server=plan.server, loop_lag=plan.loop_lag,
+            extra_env=provider_env(plan.provider, self.provider_port),
+        )  # fmt: skip
         self.say(f"{kind}: creating and migrating the database")
         site.create_database()
         try:
@@ -523,6 +536,9 @@ class Bench:
                         directs.append(await self.direct(len(users)))
                         runs.append(await self.site_phase(http, site, users))
                     label = variant or "all optimizations on"
+                    # A variant run again (alternating phases, `;X;;X`) gets a row of its own for each run.
+                    seen = sum(1 for key in out if key == label or key.startswith(f"{label} ("))
+                    label = f"{label} ({seen + 1})" if seen else label
                     out[label] = {"site": combine(runs), "direct": combine(directs)}
                     s = out[label]["site"]
                     self.say(
@@ -609,6 +625,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--client-procs", type=int, help="processes the load client and the floor run in (default 2; 1: in this one)"
     )
+    parser.add_argument(
+        "--provider", choices=PROVIDERS, help="the site's replies through the openai (default) or anthropic adapter"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results", help="where the JSON and table go")
     parser.add_argument(
         "--no-loop-lag", dest="loop_lag", action="store_false", default=None,
@@ -618,7 +637,7 @@ def main(argv: list[str] | None = None) -> int:
     name = args.mode or "full"
     settings: dict[str, Any] = dict(PLANS[name])
     knobs = ("reps", "tokens", "token_delay", "idle", "multi", "multi_n", "ab_n", "floor", "client_procs", "loop_lag")
-    knobs += ("variants",)
+    knobs += ("variants", "provider")
     for key in knobs:
         if getattr(args, key) is not None:
             settings[key] = getattr(args, key)

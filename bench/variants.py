@@ -29,7 +29,7 @@
 - `no-read-join`: the openai adapter yields each SSE event's text on its own, even when one read of
   the stream brought several (conversations/llm/openai.py, `JOIN_READS`);
 - `sdk-reads`: the openai adapter reads the stream's body through httpx2's byte iterators (four async
-  generators a read) instead of aiohttp's reader (conversations/llm/openai.py, `DIRECT_READS`);
+  generators a read) instead of aiohttp's reader (conversations/llm/sse.py, `DIRECT_READS`);
 - `no-local-relay`: on Redis, every event goes through Redis to this process's own sockets too
   (serialized, published, read back), and deltas are published while no other process listens
   (conversations/layers/redis_pubsub.py, `LOCAL_RELAY`);
@@ -68,6 +68,9 @@
 - `sdk-import-on-loop`: a provider's adapter and SDK are imported on the event loop at the first reply
   that needs them (holding every socket of the process meanwhile), not on a thread of their own
   (conversations/llm/__init__.py, `IMPORT_ON_THREAD`);
+- `anthropic-sdk-stream`: the anthropic adapter reads the SDK's parsed stream (a model per event, over
+  httpx2's own transport) instead of raw SSE lines over aiohttp (conversations/llm/anthropic.py,
+  `RAW_READS`; for runs with `--provider anthropic`);
 - `stock-daphne`: daphne started as `python -m daphne`, loading Twisted's TLS and autobahn's WAMP client
   (cryptography's Rust bindings with them), instead of as the site starts it (`python -m chatsite.serve`);
 - `uvloop`: daphne on uvloop instead of asyncio's own loop (started as `python -m bench.uvloop_daphne`;
@@ -338,7 +341,7 @@ def sends_on_own_threads(threads: int) -> None:
 SWITCHED_OFF = {
     "no-read-join": ("conversations.llm.openai", "JOIN_READS"),
     "rate-two-trips": ("conversations.limits", "ONE_TRIP"),
-    "sdk-reads": ("conversations.llm.openai", "DIRECT_READS"),
+    "sdk-reads": ("conversations.llm.sse", "DIRECT_READS"),
     "no-coalesce": ("conversations.layers.coalesce", "ENABLED"),
     "no-local-relay": ("conversations.layers.redis_pubsub", "LOCAL_RELAY"),
     "no-send-build": ("conversations.generation.reply", "BUILD_IN_SEND"),
@@ -346,6 +349,7 @@ SWITCHED_OFF = {
     "send-link-statements": ("conversations.services", "ONE_STATEMENT_SEND"),
     "aiohttp-read-timer": ("conversations.llm.openai", "GUARD_READS"),
     "sdk-import-on-loop": ("conversations.llm", "IMPORT_ON_THREAD"),
+    "anthropic-sdk-stream": ("conversations.llm.anthropic", "RAW_READS"),
 }
 
 for variant in VARIANTS:

@@ -9,26 +9,16 @@ import time
 import httpx2
 import pytest
 
-from conversations.llm import ChatRequest, ProviderError, Usage
+from conversations.llm import ChatRequest, ProviderError, Usage, sse
 from conversations.llm import openai as adapter
-from conversations.llm.openai import OpenAIProvider, _reader, _sse_data
+from conversations.llm.openai import OpenAIProvider
+from tests import adapters
 from tests.fakes.provider import Reply
 from tests.live import free_port
 
 
 async def collect(request: ChatRequest) -> tuple[list[str], Usage | None]:
-    provider = OpenAIProvider()
-    texts: list[str] = []
-    usage = None
-    try:
-        async for item in provider.stream(request):
-            if isinstance(item, Usage):
-                usage = item
-            else:
-                texts.append(item)
-    finally:
-        await provider.aclose()
-    return texts, usage
+    return await adapters.collect(OpenAIProvider(), request)
 
 
 def request(**fields) -> ChatRequest:
@@ -176,20 +166,14 @@ async def test_a_cancelled_stream_stays_cancelled(fake_provider, settings):
 
 
 async def test_the_body_is_read_from_aiohttp_itself(fake_provider):
-    """The SDK's aiohttp transport keeps aiohttp's response where `_reader` looks for it (private
-    attributes of httpx2 and of the SDK's vendored httpx_aiohttp): an upgrade that moves it fails
-    here instead of quietly reading through httpx2 again."""
+    """Through the SDK's own aiohttp transport (tests/adapters.py, `raw_body`)."""
     fake_provider.script(Reply(text="one two"))
     provider = OpenAIProvider()
     try:
         async with provider.client.chat.completions.with_streaming_response.create(
             model="gpt-test", messages=[{"role": "user", "content": "Hi"}], stream=True
         ) as response:
-            read = _reader(response.http_response)
-            assert read.__self__ is response.http_response.stream._stream._aiohttp_response.content
-            body = b""
-            while piece := await read():
-                body += piece
+            body = await adapters.raw_body(response)
     finally:
         await provider.aclose()
     assert b"data: [DONE]" in body
@@ -198,7 +182,10 @@ async def test_the_body_is_read_from_aiohttp_itself(fake_provider):
 async def test_a_compressed_body_is_decoded_through_httpx():
     lines = b'data: {"a": 1}\n\ndata: [DONE]\n\n'
     response = httpx2.Response(200, headers={"content-encoding": "gzip"}, content=gzip.compress(lines))
-    assert [d async for batch in _sse_data(response) for d in batch] == [b'{"a": 1}', b"[DONE]"]
+    assert [d async for batch in sse.data_lines(response, adapter.TRANSPORT_ERRORS) for d in batch] == [
+        b'{"a": 1}',
+        b"[DONE]",
+    ]
 
 
 async def test_it_finds_data_lines_however_the_bytes_are_split():
@@ -210,7 +197,7 @@ async def test_it_finds_data_lines_however_the_bytes_are_split():
 
     for size in (1, 3, 7, len(body)):
         response = httpx2.Response(200, content=pieces(size))
-        assert [d async for batch in _sse_data(response) for d in batch] == [
+        assert [d async for batch in sse.data_lines(response, adapter.TRANSPORT_ERRORS) for d in batch] == [
             b'{"a": 1}',
             b'{"b": 2}',
             b'{"c": "x\\ny"}',
@@ -218,4 +205,4 @@ async def test_it_finds_data_lines_however_the_bytes_are_split():
         ]
     # The events one read completes come as one batch.
     whole = httpx2.Response(200, content=pieces(len(body)))
-    assert [len(batch) async for batch in _sse_data(whole)] == [3, 1]
+    assert [len(batch) async for batch in sse.data_lines(whole, adapter.TRANSPORT_ERRORS)] == [3, 1]

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Mapping
 from typing import Any, cast
 
 import anthropic
 import anyio
 import httpx2
+import orjson
 from anthropic import AsyncStream
 from anthropic.types import (
     RawContentBlockDeltaEvent,
@@ -19,9 +21,21 @@ from anthropic.types import (
 )
 from django.conf import settings
 
-from .base import ChatRequest, Content, Provider, ProviderError, Usage, error_for_status, parse_retry_after
+from . import sse
+from .base import ChatRequest, Content, GapGuard, Provider, ProviderError, Usage, error_for_status, parse_retry_after
 
 DEFAULT_MAX_TOKENS = 4096
+
+# The stream is read as the OpenAI adapter reads its own (sse.py): the SDK sends the request over its
+# aiohttp transport, and the events' `data:` lines are parsed with orjson, the text of one read
+# yielded as one piece, each read watched by one lazily re-armed timer (`GapGuard`) instead of a
+# read timeout. The SDK's parsed stream (a pydantic model per event, read through httpx2's
+# pure-Python transport) cost 3.4 times the OpenAI adapter's CPU per token (docs/performance.md,
+# thirteenth session). The benchmark's `anthropic-sdk-stream` variant sets this off.
+RAW_READS = True
+
+# How the SDK's parsed stream reports a read that timed out and one that failed (sse.py raises them).
+TRANSPORT_ERRORS: sse.TransportErrors = (anthropic.APITimeoutError, anthropic.APIConnectionError)
 
 
 def map_error(exc: Exception) -> ProviderError:
@@ -110,11 +124,13 @@ def cached_turns(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def add_usage(usage: Usage, counted: Any) -> None:
-    """Fold an event's usage into `usage`; `input_tokens` gets the cache's reads and writes added,
-    which Anthropic counts apart from it."""
-    fresh = getattr(counted, "input_tokens", None)
-    read = getattr(counted, "cache_read_input_tokens", None)
-    written = getattr(counted, "cache_creation_input_tokens", None)
+    """Fold an event's usage (a raw event's dict, or the SDK's object) into `usage`; `input_tokens`
+    gets the cache's reads and writes added, which Anthropic counts apart from it."""
+    if not isinstance(counted, Mapping):
+        counted = {name: getattr(counted, name, None) for name in USAGE_FIELDS}
+    fresh = counted.get("input_tokens")
+    read = counted.get("cache_read_input_tokens")
+    written = counted.get("cache_creation_input_tokens")
     if fresh is not None:
         # message_delta may repeat the counts (cumulative), or carry input_tokens without the cache's.
         if read is not None or usage.cached_input_tokens is None:
@@ -122,8 +138,11 @@ def add_usage(usage: Usage, counted: Any) -> None:
         if written is not None or usage.cache_write_tokens is None:
             usage.cache_write_tokens = written or 0
         usage.input_tokens = fresh + usage.cached_input_tokens + usage.cache_write_tokens
-    if getattr(counted, "output_tokens", None) is not None:
-        usage.output_tokens = counted.output_tokens
+    if counted.get("output_tokens") is not None:
+        usage.output_tokens = counted["output_tokens"]
+
+
+USAGE_FIELDS = ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens", "output_tokens")
 
 
 class AnthropicProvider(Provider):
@@ -135,6 +154,9 @@ class AnthropicProvider(Provider):
             base_url=settings.ANTHROPIC_BASE_URL or None,
             max_retries=0,
             timeout=anthropic.Timeout(settings.CHAT_READ_TIMEOUT, connect=settings.CHAT_CONNECT_TIMEOUT),
+            # The SDK's aiohttp transport (its `aiohttp` extra), as the OpenAI adapter's: aiohttp's C
+            # parser reads the body, not httpx2's pure-Python stack.
+            http_client=anthropic.DefaultAioHttpClient() if RAW_READS else None,
         )
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[str | Usage]:
@@ -146,6 +168,10 @@ class AnthropicProvider(Provider):
             # This SDK's `create` no longer takes `temperature` (a TypeError, so every summary, which
             # asks for 0.2, failed): the API's field goes in the body as it is.
             kwargs["extra_body"] = {"temperature": request.temperature}
+        if RAW_READS:
+            async for item in self._raw_stream(request, kwargs):
+                yield item
+            return
         usage = Usage()
         stopped = False
         try:
@@ -175,6 +201,60 @@ class AnthropicProvider(Provider):
             raise
         except Exception as exc:  # every SDK/transport failure becomes a ProviderError
             raise map_error(exc) from exc
+        if not stopped:
+            # The body ended cleanly but before `message_stop`: a cut stream, not a whole reply.
+            raise ProviderError("provider_unavailable", "The provider ended the reply early.", retryable=True)
+        yield usage
+
+    async def _raw_stream(self, request: ChatRequest, kwargs: dict[str, Any]) -> AsyncIterator[str | Usage]:
+        usage = Usage()
+        stopped = False
+        guard = GapGuard(settings.CHAT_READ_TIMEOUT)
+        guard.since = guard.loop.time()  # until the response's headers
+        try:
+            async with self.client.messages.with_streaming_response.create(
+                model=request.model,
+                messages=cached_turns(request.messages),  # type: ignore[arg-type]
+                max_tokens=request.max_output_tokens or DEFAULT_MAX_TOKENS,
+                stream=True,
+                timeout=anthropic.Timeout(None, connect=settings.CHAT_CONNECT_TIMEOUT),
+                **kwargs,
+            ) as response:
+                guard.since = None
+                async for batch in sse.data_lines(response.http_response, TRANSPORT_ERRORS, guard):
+                    texts: list[str] = []
+                    for data in batch:
+                        event = orjson.loads(data)
+                        if not isinstance(event, dict):
+                            continue
+                        kind = event.get("type")
+                        if kind == "content_block_delta":
+                            delta = event.get("delta") or {}
+                            if delta.get("type") == "text_delta" and delta.get("text"):
+                                texts.append(delta["text"])
+                        elif kind == "message_start":
+                            add_usage(usage, (event.get("message") or {}).get("usage") or {})
+                        elif kind == "message_delta":
+                            add_usage(usage, event.get("usage") or {})
+                        elif kind == "message_stop":
+                            stopped = True
+                        elif kind == "error":
+                            if texts:
+                                yield "".join(texts)  # what came before the error is the reply's
+                            # As the SDK raises it: a status error on the 200 response, with the event as its body.
+                            raise anthropic.APIStatusError(f"{event}", response=response.http_response, body=event)
+                    if texts:
+                        yield texts[0] if len(texts) == 1 else "".join(texts)
+        except ProviderError:
+            raise
+        except asyncio.CancelledError:
+            if guard.expired():
+                raise ProviderError("provider_unavailable", "The provider timed out.", retryable=True) from None
+            raise
+        except Exception as exc:  # every SDK/transport failure becomes a ProviderError
+            raise map_error(exc) from exc
+        finally:
+            guard.close()
         if not stopped:
             # The body ended cleanly but before `message_stop`: a cut stream, not a whole reply.
             raise ProviderError("provider_unavailable", "The provider ended the reply early.", retryable=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -12,6 +12,7 @@ import openai
 import orjson
 from django.conf import settings
 
+from . import sse
 from .base import (
     ChatRequest,
     Content,
@@ -26,13 +27,14 @@ from .base import (
 # The text of the events one read of the stream completes is yielded as one piece (the benchmark's
 # `no-read-join` variant sets this off: docs/performance.md).
 JOIN_READS = True
-# The stream's body is read from aiohttp's response directly, not through httpx2's byte iterators
-# (four async generators a read), when nothing needs decoding (the `sdk-reads` variant sets this off).
-DIRECT_READS = True
 # A stream's request is sent without a read timeout, so aiohttp sets and cancels no timer on each read;
 # one lazily re-armed timer of ours (`GapGuard`) bounds the wait for the headers and every read instead
 # (the `aiohttp-read-timer` variant sets this off: docs/performance.md).
 GUARD_READS = True
+
+
+# How the SDK's parsed stream reports a read that timed out and one that failed (sse.py raises them).
+TRANSPORT_ERRORS: sse.TransportErrors = (openai.APITimeoutError, openai.APIConnectionError)
 
 
 def map_error(exc: Exception) -> ProviderError:
@@ -144,7 +146,7 @@ class OpenAIProvider(Provider):
             ) as response:
                 if guard is not None:
                     guard.since = None
-                async for batch in _sse_data(response.http_response, guard):
+                async for batch in sse.data_lines(response.http_response, TRANSPORT_ERRORS, guard):
                     # The events of one read leave as one piece of text: when the process is behind,
                     # several tokens wait in the socket's buffer, and relaying them as one delta costs
                     # one event instead of many (docs/performance.md). Unhurried, a read holds one event.
@@ -211,57 +213,6 @@ def parse_usage(counted: dict[str, Any]) -> Usage:
         cached_input_tokens=cached if isinstance(cached, int) else 0 if counted.get("prompt_tokens") else None,
         cache_write_tokens=0 if counted.get("prompt_tokens") is not None else None,
     )
-
-
-async def _sse_data(response: httpx2.Response, guard: GapGuard | None = None) -> AsyncIterator[list[bytes]]:
-    """The `data:` payloads of a server-sent event stream, one per line (OpenAI sends one-line events),
-    in batches: those completed by one read of the body. `guard`, if given, watches each read.
-
-    Transport failures surface as the SDK's own APITimeoutError / APIConnectionError, as they do
-    from its parsed stream, so `map_error` treats both paths alike.
-    """
-    buffer = b""
-    try:
-        read = _reader(response)
-        while True:
-            if guard is not None:
-                guard.since = guard.loop.time()
-            piece = await read()
-            if guard is not None:
-                guard.since = None
-            if not piece:
-                break
-            buffer += piece
-            if b"\n" not in piece:
-                continue
-            *lines, buffer = buffer.split(b"\n")
-            batch = [line[5:].strip() for line in lines if line.startswith(b"data:")]
-            if batch:
-                yield batch
-    except (httpx2.TimeoutException, aiohttp.ServerTimeoutError) as exc:  # aiohttp's: read directly
-        raise openai.APITimeoutError(request=response.request) from exc
-    except (httpx2.RequestError, aiohttp.ClientError) as exc:
-        raise openai.APIConnectionError(request=response.request) from exc
-    if buffer.startswith(b"data:"):
-        yield [buffer[5:].strip()]
-
-
-def _reader(response: httpx2.Response) -> Callable[[], Awaitable[bytes]]:
-    """What reads the next piece of the body (b"" at its end): aiohttp's own reader when the SDK's
-    aiohttp transport carries a body that needs no decoding; else httpx2's iterator. Private parts
-    relied on (pinned by tests/test_openai_adapter.py): httpx2's client wraps the transport's stream
-    in a `BoundAsyncStream` (`_stream`), and the SDK's vendored httpx_aiohttp keeps aiohttp's
-    response in its stream's `_aiohttp_response`."""
-    stream = getattr(response.stream, "_stream", response.stream)
-    raw = getattr(stream, "_aiohttp_response", None)
-    if DIRECT_READS and raw is not None and response.headers.get("content-encoding", "identity") == "identity":
-        return raw.content.readany
-    pieces = response.aiter_bytes()
-
-    async def read() -> bytes:
-        return await anext(pieces, b"")
-
-    return read
 
 
 def _stream_error(error: object, request: httpx2.Request) -> openai.APIError:
