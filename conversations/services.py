@@ -430,11 +430,13 @@ def _execute(*statements: tuple[str, list[Any]]) -> None:
             cursor.execute(sql, params)
 
 
-def _link_and_update(link: tuple[str, list[int]], update: tuple[str, list[Any]]) -> None:
-    """A send's link of its rows, then its thread's update: one statement on PostgreSQL, whose
-    data-modifying `WITH` runs to completion though nothing reads it (the two touch different tables),
-    one round trip fewer; two statements elsewhere (SQLite has no UPDATE inside `WITH`)."""
-    if ONE_STATEMENT_SEND and connection.vendor == "postgresql":
+def _link_and_update(link: tuple[str, list[int]] | None, update: tuple[str, list[Any]]) -> None:
+    """A send's link of its rows (None: already run), then its thread's update: one statement on
+    PostgreSQL, whose data-modifying `WITH` runs to completion though nothing reads it (the two touch
+    different tables), one round trip fewer; two statements elsewhere (SQLite has no UPDATE inside `WITH`)."""
+    if link is None:
+        _execute(update)
+    elif ONE_STATEMENT_SEND and connection.vendor == "postgresql":
         _execute((f"WITH linked AS ({link[0]}) {update[0]}", link[1] + update[1]))
     else:
         _execute(link, update)
@@ -496,9 +498,10 @@ def message_send(
             reply.parent_id = message.pk
             message.active_child_id = reply.pk
             continues = follows_leaf and parent is not None
-            link, linked = _link(message.pk, reply.pk, parent if continues else None), False
+            link = _link(message.pk, reply.pk, parent if continues else None)
             fields = ["updated_at"]
-            if continues or parent is None:
+            ends_at_reply = continues or parent is None
+            if ends_at_reply:
                 # The path ends at the new reply: after the active leaf, or from a new first message
                 # (the two rows, linked with the thread's update below, are the whole path).
                 conv.active_leaf_id = reply.pk
@@ -506,7 +509,6 @@ def message_send(
                 siblings: tuple[int, ...] = (message.pk,) if continues else (*roots, message.pk)
             else:
                 _execute(link)  # the path to point at the new reply runs through the linked rows
-                linked = True
                 _point_path_to(conv, reply.pk)
                 siblings = _children(conv, parent)
             if files:
@@ -519,10 +521,7 @@ def message_send(
             if not conv.title:
                 conv.title = " ".join(text.split()[:TITLE_WORDS])[:200] or ", ".join(f.name for f in files)[:200]
                 fields.append("title")
-            if linked:
-                _execute(_update_columns(conv, fields))
-            else:
-                _link_and_update(link, _update_columns(conv, fields))
+            _link_and_update(link if ends_at_reply else None, _update_columns(conv, fields))
     except IntegrityError:
         # Another send won a race: the same client_id (a resend) or a reply opened meanwhile.
         raced = Message.objects.filter(conversation=conversation, client_id=client_id).first()

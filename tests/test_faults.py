@@ -324,6 +324,24 @@ async def test_the_sdk_clients_themselves_time_out_a_silent_stream(fake_provider
 
 
 @pytest.mark.parametrize("provider_class", ["openai", "anthropic"])
+async def test_a_cancelled_stream_stays_cancelled(fake_provider, settings, provider_class):
+    """Cancelling an adapter's reader (a stop) is not mistaken for its read guard's timeout."""
+    from conversations.llm.anthropic import AnthropicProvider
+    from conversations.llm.openai import OpenAIProvider
+    from tests.adapters import collect
+
+    settings.CHAT_READ_TIMEOUT = 0.3
+    provider = OpenAIProvider() if provider_class == "openai" else AnthropicProvider()
+    fake_provider.script(Reply(text="a b c", hang_after=1))
+    chat = ChatRequest(model="m", system="", messages=[{"role": "user", "content": "x"}])
+    task = asyncio.ensure_future(collect(provider, chat))
+    await asyncio.sleep(0.15)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+@pytest.mark.parametrize("provider_class", ["openai", "anthropic"])
 async def test_the_sdk_clients_get_both_timeouts_as_numbers(settings, provider_class):
     """Connecting is bounded too (an `httpx.Timeout` given to these httpx2-based SDKs lost it)."""
     from conversations.llm.anthropic import AnthropicProvider
